@@ -1,0 +1,133 @@
+"""The only owner of data and output locations.
+
+Every folder the pipeline reads or writes is derived here, from the repository root, the data root the user points
+at, an experiment name and a fold. Two environment variables move the defaults:
+
+- `CXRDET_OUTPUTS`: the outputs folder (default `<repo>/outputs`, gitignored).
+- `CXRDET_SHARED_DATA`: the folder of real label tables (default `<repo>/../shared/data`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIGS_DIR = REPO_ROOT / "configs"
+FOLDS_DIR = REPO_ROOT / "folds"
+SUBMISSIONS_DIR = REPO_ROOT / "submissions"
+
+
+def outputs_dir() -> Path:
+    """Root of all run outputs (gitignored)."""
+    return Path(os.environ.get("CXRDET_OUTPUTS", REPO_ROOT / "outputs"))
+
+
+def shared_data_dir() -> Path:
+    """Folder of the real label tables (no images); may be absent."""
+    return Path(os.environ.get("CXRDET_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def real_rsna_labels() -> Path:
+    """The real RSNA stage-2 training labels table."""
+    return shared_data_dir() / "rsna" / "stage_2_train_labels.csv"
+
+
+def real_rsna_headers() -> Path:
+    """DICOM header fields (age, sex, view) of the real RSNA training images."""
+    return shared_data_dir() / "rsna" / "stage_2_train_dicom_headers.csv.gz"
+
+
+def real_nih_labels() -> Path:
+    """The NIH ChestX-ray14 label table."""
+    return shared_data_dir() / "nih" / "Data_Entry_2017_v2020.csv.gz"
+
+
+def data_root() -> Path:
+    """The Kaggle-layout data folder a run reads: `CXRDET_DATA`, else the demo's synthetic data set."""
+    return Path(os.environ.get("CXRDET_DATA", demo_data_dir()))
+
+
+def folds_file(name: str | Path) -> Path:
+    """Resolve a fold file: an existing path as given, else `folds/<name>.csv` (committed), else
+    `outputs/folds/<name>.csv` (generated, e.g. by the demo)."""
+    p = Path(name)
+    if p.suffix == ".csv" and p.exists():
+        return p
+    for folder in (FOLDS_DIR, outputs_dir() / "folds"):
+        candidate = folder / (p.name if p.suffix == ".csv" else f"{p.name}.csv")
+        if candidate.exists():
+            return candidate
+    return FOLDS_DIR / (p.name if p.suffix == ".csv" else f"{p.name}.csv")
+
+
+def generated_folds_dir() -> Path:
+    """Where generated (uncommitted) fold files go, e.g. the demo's."""
+    return outputs_dir() / "folds"
+
+
+def demo_data_dir() -> Path:
+    """Where `make demo` writes its synthetic Kaggle-layout data set."""
+    return outputs_dir() / "demo" / "data"
+
+
+def cache_dir(data_root: str | Path, size: int) -> Path:
+    """Default prepare cache for a data root at a given image size: `outputs/cache/<root name>/<size>px`."""
+    return outputs_dir() / "cache" / Path(data_root).resolve().name / f"{size}px"
+
+
+def run_dir(experiment: str, fold: int) -> Path:
+    """Run folder of one experiment on one fold: `outputs/<experiment>/fold<k>`."""
+    return outputs_dir() / experiment / f"fold{fold}"
+
+
+def predictions_path(experiment: str, fold: int, split: str) -> Path:
+    """Box predictions of one fold model on a split (`oof` or `test`)."""
+    return run_dir(experiment, fold) / f"{split}.parquet"
+
+
+def ensemble_dir(name: str) -> Path:
+    """Folder of one ensemble's study, parameters and reports."""
+    return outputs_dir() / "ensembles" / name
+
+
+@dataclass(frozen=True)
+class KaggleLayout:
+    """The folder layout of the RSNA Kaggle download (and of `cxrdet synth` output).
+
+    Attributes:
+        root: The folder holding the labels CSV and the image folders.
+    """
+
+    root: Path
+
+    @property
+    def labels_csv(self) -> Path:
+        return self.root / "stage_2_train_labels.csv"
+
+    @property
+    def train_images(self) -> Path:
+        return self.root / "stage_2_train_images"
+
+    @property
+    def test_images(self) -> Path:
+        return self.root / "stage_2_test_images"
+
+    @property
+    def sample_submission(self) -> Path:
+        return self.root / "stage_2_sample_submission.csv"
+
+    @property
+    def detailed_class_info(self) -> Path:
+        return self.root / "stage_2_detailed_class_info.csv"
+
+    def images_dir(self, split: str) -> Path:
+        """Image folder of `split` (`train` or `test`)."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        return self.train_images if split == "train" else self.test_images
+
+    def dicom_path(self, split: str, image_id: str) -> Path:
+        """Path of one image's DICOM file."""
+        return self.images_dir(split) / f"{image_id}.dcm"
