@@ -50,6 +50,69 @@ def user_errors(func: F) -> F:
 
 # ---- data: synth, prepare, folds ----
 
+
+@app.command("synth")
+@user_errors
+def synth_command(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder to write (default: outputs/demo/data).")
+    ] = None,
+    n_train: Annotated[int, typer.Option("--n-train", help="Training images.", min=0)] = 400,
+    n_test: Annotated[int, typer.Option("--n-test", help="Test images.", min=0)] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Data-set seed; the same seed gives the same bytes.", min=0)] = 0,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Rendering processes (default: all CPUs).", min=1)
+    ] = None,
+    labels_only: Annotated[bool, typer.Option("--labels-only", help="Write the tables but no images.")] = False,
+) -> None:
+    """Generate a synthetic RSNA-format data set laid out like the Kaggle download.
+
+    Writes into --out: stage_2_train_labels.csv, stage_2_detailed_class_info.csv, stage_2_sample_submission.csv,
+    stage_2_train_images/*.dcm and stage_2_test_images/*.dcm (1024 x 1024, 8-bit, JPEG baseline), plus the test
+    labels (synth_test_labels.csv) and per-image truth (synth_truth.csv). Reads nothing. Refuses a folder that
+    holds data not written by this command; an earlier synth folder is overwritten.
+    """
+    from cxrdet import paths
+    from cxrdet.data.synth import generate_dataset
+
+    target = out if out is not None else paths.demo_data_dir()
+    s = generate_dataset(target, n_train, n_test, seed=seed, workers=workers, labels_only=labels_only)
+    typer.echo(f"{s.root}: {s.n_train} train ({s.n_train_positive} positive, {s.n_train_boxes} boxes) + {s.n_test} "
+               f"test ({s.n_test_positive} positive, {s.n_test_boxes} boxes), {s.images_written} DICOMs, "
+               f"seed {s.seed}, {s.seconds:.1f} s")
+
+
+@app.command("prepare")
+@user_errors
+def prepare_command(
+    data: Annotated[Path, typer.Option("--data", help="Kaggle-layout data root (stage_2_train_images/, ...).")],
+    size: Annotated[int, typer.Option("--size", help="Side of the square cached images, in pixels.", min=1)] = 512,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Cache folder (default: outputs/cache/<data name>/<size>px).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Decoding processes (default: all CPUs).", min=1)
+    ] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop with exit status 1 at the first bad file.")] = False,
+) -> None:
+    """Decode every DICOM once into a cache of square 8-bit PNGs plus a metadata table.
+
+    Reads --data/stage_2_train_images/*.dcm and stage_2_test_images/*.dcm (optional). Writes into the cache folder
+    images/{train,test}/<image_id>.png, meta.parquet (original size, header fields) and errors.csv (path,reason of the
+    files that could not be used). Incremental: up-to-date images are skipped. Without --strict a bad file is reported
+    and the others are still cached (exit status 0).
+    """
+    from cxrdet import paths
+    from cxrdet.data.prepare import prepare_cache
+
+    report = prepare_cache(data, size, out=out, workers=workers, strict=strict)
+    cache = paths.CacheLayout(report.cache_root)
+    typer.echo(f"cache: {cache.root}\n  images: {cache.root / 'images'}\n  meta: {cache.meta}\n  errors: {cache.errors}")
+    typer.echo(f"written {report.n_written}, skipped {report.n_skipped} (up to date), failed {len(report.errors)}")
+    for path, reason in report.errors:
+        typer.echo(f"  failed: {path}: {reason}")
+
+
 @app.command("folds")
 @user_errors
 def folds_command(
@@ -146,6 +209,172 @@ def validate_submission_command(
 
     stats = validate_submission(submission, image_ids=read_image_ids(sample), image_size=image_size)
     typer.echo(f"{submission}: OK: {stats.n_rows} rows, {stats.n_boxes} boxes, {stats.n_empty} empty rows")
+
+
+# ---- ensemble: tune, submit ----
+
+
+@app.command("tune")
+@user_errors
+def tune_command(
+    config: Annotated[Path, typer.Argument(help="Ensemble config, configs/ensembles/NAME.py.")],
+    n_trials: Annotated[
+        int | None, typer.Option("--n-trials", min=1, help="COMPLETE trials wanted per study (default: the config's).")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option("--storage", help="Study storage: sqlite:///PATH, postgresql://USER@HOST/DB or journal:PATH "
+                                       "(default: SQLite in outputs/ensembles/NAME/)."),
+    ] = None,
+    honest: Annotated[
+        bool, typer.Option("--honest/--no-honest", help="Also tune on k-1 folds and score the held-out fold.")
+    ] = True,
+) -> None:
+    """Tune an ensemble's fusion and post-processing on the members' pooled OOF boxes (RSNA metric, Optuna TPE).
+
+    Reads the members' OOF predictions (outputs/<experiment>/fold<k>/oof.parquet), the fold file and the labels.
+    Writes the study (resumable: run the same command again after a kill; several workers may share --storage) and
+    outputs/ensembles/NAME/params.json (best parameters, optimistic and honest CV scores, parameter importances).
+    """
+    import optuna
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cxrdet.ensemble.spec import load_ensemble
+    from cxrdet.ensemble.tune import summary_frame, tune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = load_ensemble(config)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def on_trial(study_name: str, trial: Any) -> None:
+            total = n_trials or (spec.n_trials if study_name == spec.name else spec.honest_trials)
+            if study_name not in tasks:
+                tasks[study_name] = bar.add_task(study_name, total=total, best="-")
+            best = max(bar.tasks[tasks[study_name]].fields.get("best_value", float("-inf")), trial.value)
+            bar.update(tasks[study_name], advance=1, best=f"{best:.5f}", best_value=best)
+
+        result = tune(spec, n_trials=n_trials, storage=storage, honest=honest, on_trial=on_trial)
+    frame = summary_frame(result)
+    typer.echo(frame.to_string(index=False, float_format=lambda v: f"{v:.5f}"))
+    honest_text = f"{result.honest:.5f}" if result.honest is not None else "not estimated (--no-honest)"
+    typer.echo(f"ensemble {spec.name}: tuned-on-all OOF score {result.optimistic:.5f} (optimistic), honest "
+               f"{honest_text}; {result.n_complete} trials")
+    if result.importances:
+        typer.echo("importance: " + ", ".join(f"{k} {v:.3f}" for k, v in result.importances.items()))
+    typer.echo(f"wrote {result.params_path}")
+
+
+@app.command("submit")
+@user_errors
+def submit_command(
+    config: Annotated[Path, typer.Argument(help="Ensemble config, configs/ensembles/NAME.py (tuned).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Submission CSV (default submissions/NAME.csv).")] = None,
+) -> None:
+    """Apply the tuned parameters to the members' test boxes and write a validated submission.
+
+    Reads outputs/ensembles/NAME/params.json and outputs/<experiment>/fold<k>/test.parquet of every member and fold.
+    Writes the CSV and, beside it, NAME.json (git revision, configs, fold-file hashes, parameters, CV scores, date).
+    """
+    from cxrdet.ensemble.spec import load_ensemble
+    from cxrdet.ensemble.submit import submit
+
+    result = submit(load_ensemble(config), out)
+    typer.echo(f"wrote {result.csv}: {result.n_rows} rows, {result.n_boxes} boxes, {result.n_empty} empty rows "
+               f"(validated); provenance {result.provenance}")
+
+
+# ---- detectors: train, predict ----
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment config, e.g. configs/experiments/<name>.py.")]
+FoldOpt = Annotated[int, typer.Option("--fold", help="The held-out fold (0-based).", min=0)]
+CfgOptions = Annotated[
+    list[str] | None,
+    typer.Option("--cfg-options", "-o", help="Config override KEY=VALUE with a dotted key (repeatable), e.g. "
+                 "-o data.size=512 -o train.epochs=2."),
+]
+
+
+@app.command("fold-ids")
+@user_errors
+def fold_ids_command(config: ConfigArg, cfg_options: CfgOptions = None) -> None:
+    """Print the fold numbers of the config's fold file (data.folds), space-separated; the bash loops use it.
+
+    Reads the config and its fold file; writes nothing.
+    """
+    from cxrdet import paths
+    from cxrdet.config import load_config
+    from cxrdet.data.folds import read_folds
+
+    cfg = load_config(config, cfg_options)
+    folds = read_folds(paths.folds_file(cfg["data"]["folds"]))
+    typer.echo(" ".join(str(k) for k in sorted(set(folds["fold"].tolist()))))
+
+
+@app.command("train")
+@user_errors
+def train_command(
+    config: ConfigArg,
+    fold: FoldOpt,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last.ckpt.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete this run's checkpoints, start again.")] = False,
+    limit_train_batches: Annotated[
+        float | None, typer.Option("--limit-train-batches", help="Batches per epoch (>1) or a fraction (<=1).")
+    ] = None,
+    accelerator: Annotated[str | None, typer.Option("--accelerator", help="cpu, gpu, ... (default: config).")] = None,
+    devices: Annotated[str | None, typer.Option("--devices", help="Device count or list (default: config).")] = None,
+    strategy: Annotated[str | None, typer.Option("--strategy", help="auto, ddp, ddp_spawn, ... (default: config).")
+                        ] = None,
+    cfg_options: CfgOptions = None,
+) -> None:
+    """Train a detector on every fold but --fold and validate on --fold (RSNA metric, threshold sweep).
+
+    Reads the config, the fold file, the labels and the prepare cache. Writes outputs/<experiment>/fold<k>/:
+    config.py (resolved), provenance.json (git revision, fold-file hash), checkpoints/{best,last}.ckpt and done.json
+    (per curriculum stage in stage<i>_<name>/), tensorboard/ and csv/ logs.
+    """
+    from cxrdet.config import load_config
+    from cxrdet.train import train
+
+    overrides = list(cfg_options or [])
+    for key, value in (("limit_train_batches", limit_train_batches), ("accelerator", accelerator),
+                       ("devices", devices), ("strategy", strategy)):
+        if value is not None:
+            overrides.append(f"train.{key}={value}")
+    cfg = load_config(config, overrides)
+    result = train(cfg, fold, resume=resume, overwrite=overwrite)
+    typer.echo(f"{result.run_dir}: best val/rsna {result.best_score:.4f} at threshold {result.best_threshold:.2f} "
+               f"({result.best_checkpoint})")
+
+
+@app.command("predict")
+@user_errors
+def predict_command(
+    config: ConfigArg,
+    fold: FoldOpt,
+    split: Annotated[str, typer.Option("--split", help="oof (the images of --fold) or test.")] = "oof",
+    tta: Annotated[str | None, typer.Option("--tta", help="none or hflip (default: config predict.tta).")] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", help="best, last or a .ckpt path (default: config, best).")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: CUDA if present).")
+                      ] = None,
+    cfg_options: CfgOptions = None,
+) -> None:
+    """Predict boxes of a split with the fold-k model (OOF = fold k's images, which that model never trained on).
+
+    Reads the config, the run's checkpoint, the fold file and the prepare cache. Writes
+    outputs/<experiment>/fold<k>/<split>.parquet (image_id, x1, y1, x2, y2 in original pixels, score, label) and a
+    <split>.json sidecar (checkpoint, settings).
+    """
+    from cxrdet.config import load_config
+    from cxrdet.predict import predict
+
+    cfg = load_config(config, cfg_options)
+    out = predict(cfg, fold, split=split, tta=tta, checkpoint=checkpoint, device=device)
+    typer.echo(str(out))
 
 
 def main() -> None:

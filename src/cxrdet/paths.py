@@ -82,6 +82,17 @@ def run_dir(experiment: str, fold: int) -> Path:
     return outputs_dir() / experiment / f"fold{fold}"
 
 
+def stage_dir(experiment: str, fold: int, stage: str | None = None) -> Path:
+    """Folder of one training stage: the run folder itself for a single-stage run, else `<run>/<stage>`."""
+    run = run_dir(experiment, fold)
+    return run if stage is None else run / stage
+
+
+def checkpoints_dir(experiment: str, fold: int, stage: str | None = None) -> Path:
+    """Checkpoints (`best.ckpt`, `last.ckpt`) of one training stage."""
+    return stage_dir(experiment, fold, stage) / "checkpoints"
+
+
 def predictions_path(experiment: str, fold: int, split: str) -> Path:
     """Box predictions of one fold model on a split (`oof` or `test`)."""
     return run_dir(experiment, fold) / f"{split}.parquet"
@@ -122,6 +133,16 @@ class KaggleLayout:
     def detailed_class_info(self) -> Path:
         return self.root / "stage_2_detailed_class_info.csv"
 
+    @property
+    def synth_test_labels(self) -> Path:
+        """Test labels of a `cxrdet synth` data set (not part of the Kaggle download, which hides them)."""
+        return self.root / "synth_test_labels.csv"
+
+    @property
+    def synth_truth(self) -> Path:
+        """Per-image truth of a `cxrdet synth` data set: split, view, sex, age, n_boxes, distractors."""
+        return self.root / "synth_truth.csv"
+
     def images_dir(self, split: str) -> Path:
         """Image folder of `split` (`train` or `test`)."""
         if split not in ("train", "test"):
@@ -131,3 +152,34 @@ class KaggleLayout:
     def dicom_path(self, split: str, image_id: str) -> Path:
         """Path of one image's DICOM file."""
         return self.images_dir(split) / f"{image_id}.dcm"
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """The folder layout of a prepare cache (`cxrdet prepare`), a contract with the training code.
+
+    Attributes:
+        root: The cache folder, by default `cache_dir(data_root, size)`.
+    """
+
+    root: Path
+
+    @property
+    def meta(self) -> Path:
+        """One row per cached image: original size, header fields, source DICOM and cached PNG."""
+        return self.root / "meta.parquet"
+
+    @property
+    def errors(self) -> Path:
+        """`path,reason` of the files the last prepare run could not use."""
+        return self.root / "errors.csv"
+
+    def images_dir(self, split: str) -> Path:
+        """Folder of the cached PNGs of `split` (`train` or `test`)."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        return self.root / "images" / split
+
+    def image(self, split: str, image_id: str) -> Path:
+        """Cached 8-bit greyscale PNG of one image."""
+        return self.images_dir(split) / f"{image_id}.png"
