@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from cxrdet import io, paths
 from cxrdet.data.dicom import read_dicom, to_uint8
 from cxrdet.errors import ConfigError, CxrdetError, DicomError
+from cxrdet.progress import progress as progress_bar
 
 SPLITS = ("train", "test")
 META_COLUMNS = (
@@ -244,7 +244,7 @@ def _run(
 ) -> Generator[tuple[_Task, dict[str, Any] | _Failed], None, None]:
     """Yield `(task, meta row or error)` as tasks finish, in this process or in a process pool."""
     n_workers = min(workers if workers is not None else os.cpu_count() or 1, len(tasks))
-    with tqdm(total=len(tasks), desc=f"prepare {size}px", unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(tasks), desc=f"prepare {size}px", unit="img", enabled=progress) as bar:
         if n_workers <= 1:
             for task in tasks:
                 outcome = _cache_one(task, size)

@@ -1119,7 +1119,7 @@ def generate_dataset(out: Path, n_train: int, n_test: int, seed: int = 0, worker
         ConfigError: Negative counts or seed, or no images at all.
         CxrdetError: `out` holds data that `cxrdet synth` did not write.
     """
-    from tqdm import tqdm
+    from cxrdet.progress import progress as progress_bar
 
     _check_seed(seed)
     if n_train < 0 or n_test < 0 or n_train + n_test == 0:
@@ -1145,7 +1145,7 @@ def generate_dataset(out: Path, n_train: int, n_test: int, seed: int = 0, worker
         for split in splits:
             layout.images_dir(split).mkdir(parents=True, exist_ok=True)
         tasks = [(im, str(layout.dicom_path(s, im.patient_id)), seed) for s, ims in splits.items() for im in ims]
-        bar = tqdm(total=len(tasks), desc="synth: rendering", unit="img", disable=not progress)
+        bar = progress_bar(total=len(tasks), desc="synth: rendering", unit="img", enabled=progress)
         if workers == 1:
             for task in tasks:
                 _render_and_write(task)
