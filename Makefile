@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PIP := $(VENV)/bin/pip --disable-pip-version-check -q
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup mmdet demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -18,10 +18,25 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@set -o pipefail; $(PIP) install --no-deps --no-build-isolation -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@touch $(STAMP)
 
+# mmdetection backend: builds mmcv from source on the first run (~10 min; wheel cached outside the repo), then seconds.
+mmdet: setup
+	@bash scripts/install_mmdet.sh
+
 demo: setup
 	@bash scripts/demo.sh
 
-test: setup
+# The two-worker tuning test starts a throw-away PostgreSQL server on loopback; install its binaries when missing
+# (Debian package, needs root). Where that is impossible the test skips and says why.
+services:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing PostgreSQL server binaries for the tuning tests"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+				|| echo "warning: could not install postgresql; its test will skip"; \
+		else echo "note: PostgreSQL server not installed and not root; its test will skip"; fi; \
+	fi
+
+test: setup services
 	@$(VENV)/bin/python -m pytest
 
 test-fast: setup
