@@ -244,8 +244,8 @@ def tune_command(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_ensemble(config)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
-               TimeElapsedColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("best {task.fields[best]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         tasks: dict[str, Any] = {}
 
@@ -354,7 +354,9 @@ def train_command(
 def predict_command(
     config: ConfigArg,
     fold: FoldOpt,
-    split: Annotated[str, typer.Option("--split", help="oof (the images of --fold) or test.")] = "oof",
+    split: Annotated[
+        list[str] | None, typer.Option("--split", help="oof (the images of --fold) or test; repeat for both.")
+    ] = None,
     tta: Annotated[str | None, typer.Option("--tta", help="none or hflip (default: config predict.tta).")] = None,
     checkpoint: Annotated[
         str | None, typer.Option("--checkpoint", help="best, last or a .ckpt path (default: config, best).")
@@ -365,7 +367,7 @@ def predict_command(
 ) -> None:
     """Predict boxes of a split with the fold-k model (OOF = fold k's images, which that model never trained on).
 
-    Reads the config, the run's checkpoint, the fold file and the prepare cache. Writes
+    Reads the config, the run's checkpoint, the fold file and the prepare cache. Writes, per --split,
     outputs/<experiment>/fold<k>/<split>.parquet (image_id, x1, y1, x2, y2 in original pixels, score, label) and a
     <split>.json sidecar (checkpoint, settings).
     """
@@ -373,8 +375,8 @@ def predict_command(
     from cxrdet.predict import predict
 
     cfg = load_config(config, cfg_options)
-    out = predict(cfg, fold, split=split, tta=tta, checkpoint=checkpoint, device=device)
-    typer.echo(str(out))
+    for one in split or ["oof"]:
+        typer.echo(str(predict(cfg, fold, split=one, tta=tta, checkpoint=checkpoint, device=device)))
 
 
 def main() -> None:

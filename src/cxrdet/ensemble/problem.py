@@ -1,0 +1,227 @@
+"""An ensemble's data and the score of a parameter set: what every tuning trial evaluates.
+
+`EnsembleProblem` holds what does not change across trials: the members' boxes prepared for fusion
+(`FusionInput`), the metric's grouped ground truth (`RsnaEvaluator`) and the classifier's probabilities. A trial
+thresholds, fuses, post-processes and scores, all vectorised over the images.
+
+`load_oof` finds the data of an ensemble config: the members' OOF prediction files (from experiment names and folds),
+the fold file and the labels (from the config, else from the members' experiment configs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from cxrdet import paths
+from cxrdet.ensemble.fuse import BoxSet, FusionInput
+from cxrdet.ensemble.postprocess import classifier_probs, postprocess
+from cxrdet.ensemble.spec import EnsembleParams, EnsembleSpec
+from cxrdet.errors import ConfigError, TableError
+from cxrdet.metrics.rsna import RsnaEvaluator
+
+_MAX_LISTED = 10
+
+
+class EnsembleProblem:
+    """The members' boxes and the ground truth of one image set, scored under many parameter sets.
+
+    Args:
+        inp: The members' boxes, prepared.
+        gt: Ground-truth boxes `image_id, x1, y1, x2, y2` (xyxy, pixels of the original image) of `inp.image_ids`.
+        prob: Classifier probability of each image of `inp.image_ids`, or None.
+        engine: `fast` or `library` (see `cxrdet.ensemble.fuse`).
+    """
+
+    def __init__(self, inp: FusionInput, gt: pd.DataFrame, prob: npt.NDArray[np.float64] | None = None,
+                 engine: str = "fast") -> None:
+        self.inp = inp
+        self.gt = gt
+        self.prob = prob
+        self.engine = engine
+        self.evaluator = RsnaEvaluator(gt, inp.image_ids)
+
+    @property
+    def image_ids(self) -> pd.Index:
+        return self.inp.image_ids
+
+    def predict(self, params: EnsembleParams) -> BoxSet:
+        """Fused and post-processed boxes (xyxy pixels of the original image) under `params`."""
+        if params.fusion.method == "wbf" and self.engine == "fast":
+            thr = np.maximum(np.asarray(params.member_thr), params.fusion.skip_box_thr)
+            fused = self.inp.fuse_wbf(params.fusion, thr)  # the final order does not matter to the metric
+        else:
+            fused = self.inp.fuse(params.fusion, params.member_thr, self.engine)
+        return postprocess(fused, params.post, self.inp.n_members, self.prob)
+
+    def score(self, params: EnsembleParams) -> float:
+        """RSNA score of the predictions under `params` (0 when no image counts)."""
+        value = self.evaluator.score(self.frame(self.predict(params))).score
+        return 0.0 if np.isnan(value) else float(value)
+
+    def frame(self, boxes: BoxSet) -> pd.DataFrame:
+        """A metric-ready table of `boxes`: image ids as a categorical over this image set (fast to index)."""
+        out = pd.DataFrame(boxes.boxes, columns=["x1", "y1", "x2", "y2"])
+        out["image_id"] = pd.Categorical.from_codes(boxes.image, categories=self.image_ids)
+        out["score"] = boxes.score
+        return out
+
+    def subset(self, image_mask: npt.NDArray[np.bool_]) -> EnsembleProblem:
+        """The same ensemble restricted to the images where `image_mask` is True."""
+        inp = self.inp.subset(image_mask)
+        gt = self.gt[self.gt["image_id"].isin(inp.image_ids)]
+        prob = None if self.prob is None else self.prob[image_mask]
+        return EnsembleProblem(inp, gt, prob, self.engine)
+
+
+@dataclass(frozen=True)
+class DataSources:
+    """Where an ensemble's data come from.
+
+    Attributes:
+        folds: The fold file.
+        labels: The labels CSV.
+        member_configs: Per member, the experiment config file found (the run folder's resolved config first), or
+            None.
+    """
+
+    folds: Path
+    labels: Path
+    member_configs: dict[str, Path | None]
+
+
+def member_config_path(experiment: str, folds: tuple[int, ...]) -> Path | None:
+    """The experiment's config: the resolved one a run wrote into its folder, else `configs/experiments/<name>.py`."""
+    for k in folds:
+        resolved = paths.run_dir(experiment, k) / "config.py"
+        if resolved.is_file():
+            return resolved
+    committed = paths.CONFIGS_DIR / "experiments" / f"{experiment}.py"
+    return committed if committed.is_file() else None
+
+
+def data_sources(spec: EnsembleSpec) -> DataSources:
+    """The fold file and labels of an ensemble: the config's `folds` / `labels`, else its members' experiment configs'
+    `data.folds` / `data.root`, which must agree.
+
+    Raises:
+        ConfigError: Neither the ensemble nor the members' configs name them, or the members disagree.
+    """
+    configs = {m.name: member_config_path(m.experiment, m.folds) for m in spec.members}
+    folds_names, roots = set(), set()
+    for path in configs.values():
+        if path is None:
+            continue
+        data = _read_data_section(path)
+        folds_names.add(str(paths.folds_file(data["folds"]).resolve()) if data.get("folds") else None)
+        roots.add(str(data.get("root")) if data.get("root") else None)
+    if spec.folds is not None:
+        folds = paths.folds_file(spec.folds)
+    elif len(folds_names) == 1 and None not in folds_names:
+        folds = Path(folds_names.pop())
+    else:
+        raise ConfigError(f"{spec.path}: cannot tell the fold file: set folds=... in the ensemble config (the members' "
+                          f"experiment configs give {sorted(map(str, folds_names)) or 'none'})")
+    if spec.labels is not None:
+        labels = Path(spec.labels)
+    elif len(roots) <= 1:
+        root = next(iter(roots), None)
+        labels = paths.KaggleLayout(Path(root) if root else paths.data_root()).labels_csv
+    else:
+        raise ConfigError(f"{spec.path}: the members' data.root differ ({sorted(map(str, roots))}); set labels=...")
+    return DataSources(folds, labels, configs)
+
+
+def _read_data_section(path: Path) -> dict[str, Any]:
+    """The `data` dict of an experiment config (no validation beyond that)."""
+    from mmengine.config import Config
+
+    try:
+        return dict(Config.fromfile(str(path)).to_dict().get("data") or {})
+    except Exception as err:  # mmengine raises several types for unreadable files
+        raise ConfigError(f"{path}: cannot be read as an mmengine config: {err}") from err
+
+
+def read_predictions(experiment: str, fold: int, split: str) -> pd.DataFrame:
+    """One fold model's prediction table (`image_id, x1, y1, x2, y2, score, label` or, for a classifier,
+    `image_id, p`).
+
+    Raises:
+        TableError: The file is missing or unreadable.
+    """
+    path = paths.predictions_path(experiment, fold, split)
+    if not path.is_file():
+        raise TableError(path, [f"file not found: predict {split} boxes of {experiment} fold {fold} first "
+                                f"(cxrdet predict ... --fold {fold} --split {split})"])
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a broken file
+        raise TableError(path, [f"cannot be read as parquet: {err}"]) from err
+    frame["image_id"] = frame["image_id"].astype(str)
+    return frame
+
+
+def _missing_files(spec: EnsembleSpec, split: str) -> list[str]:
+    """Every prediction file of the ensemble that does not exist, for one error listing them all."""
+    experiments = [m.experiment for m in spec.members] + ([spec.classifier["experiment"]] if spec.classifier else [])
+    return [str(paths.predictions_path(e, k, split)) for e in experiments for k in spec.folds_used
+            if not paths.predictions_path(e, k, split).is_file()]
+
+
+@dataclass(frozen=True)
+class OofData:
+    """An ensemble's pooled OOF problem and the fold of each of its images."""
+
+    problem: EnsembleProblem
+    image_fold: npt.NDArray[np.int64]
+    sources: DataSources
+    members: dict[str, pd.DataFrame]
+
+
+def load_oof(spec: EnsembleSpec) -> OofData:
+    """Load the members' OOF boxes of all folds, the ground truth and the classifier probabilities.
+
+    Raises:
+        TableError: Missing or unreadable prediction files (all listed), OOF boxes on images outside their fold.
+        ConfigError: The fold file or labels cannot be found.
+    """
+    from cxrdet.data.folds import read_folds
+    from cxrdet.data.labels import read_labels
+
+    missing = _missing_files(spec, "oof")
+    if missing:
+        raise TableError("OOF predictions", [f"missing {p}" for p in missing])
+    sources = data_sources(spec)
+    folds = read_folds(sources.folds)
+    folds = folds[folds["fold"].isin(spec.folds_used)].reset_index(drop=True)
+    image_ids = pd.Index(folds["image_id"])
+    ann = read_labels(sources.labels)
+    gt = ann.boxes[ann.boxes["image_id"].isin(image_ids)][["image_id", "x1", "y1", "x2", "y2"]]
+    fold_of = pd.Series(folds["fold"].to_numpy(), index=image_ids)
+    members, problems = {}, []
+    for m in spec.members:
+        parts = []
+        for k in spec.folds_used:
+            part = read_predictions(m.experiment, k, "oof")
+            wrong = fold_of.reindex(part["image_id"]).to_numpy() != k
+            if wrong.any():
+                ids = pd.unique(part["image_id"][wrong])
+                problems.append(f"{paths.predictions_path(m.experiment, k, 'oof')}: {len(ids)} image(s) not in fold "
+                                f"{k} of {sources.folds}, e.g. {list(ids[:_MAX_LISTED])}")
+            parts.append(part)
+        members[m.name] = pd.concat(parts, ignore_index=True)
+    if problems:
+        raise TableError("OOF predictions", problems)
+    inp = FusionInput.from_frames(list(members.values()), image_ids, *spec.image_size, names=spec.member_names)
+    prob = None
+    if spec.classifier is not None:
+        exp = spec.classifier["experiment"]
+        frame = pd.concat([read_predictions(exp, k, "oof") for k in spec.folds_used], ignore_index=True)
+        prob = classifier_probs(frame, image_ids, f"OOF probabilities of {exp}")
+    problem = EnsembleProblem(inp, gt, prob, spec.engine)
+    return OofData(problem, folds["fold"].to_numpy(dtype=np.int64), sources, members)

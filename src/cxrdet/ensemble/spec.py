@@ -1,0 +1,264 @@
+"""Ensemble descriptions (`configs/ensembles/NAME.py`) and their parameters.
+
+An ensemble config is an mmengine Python config with these keys (see `configs/ensembles/` for examples):
+
+- `members`: list of `dict(experiment=NAME, folds=[0, 1, ...], weight=1.0, name=NAME)`; `weight` and `name` are
+  optional. Prediction files derive from the experiment name and fold (`cxrdet.paths.predictions_path`), never
+  from paths in the config. Every member must list the same folds (the OOF boxes are pooled over them).
+- `fusion`: `FusionParams` fields (`method`, `iou_thr`, `skip_box_thr`, `conf_type`, ...) plus `engine`
+  (`fast` or `library`) and `test_fold_merge` (`before`: each member's fold models are merged on the test set first,
+  then the members fused; `after`: each fold's members are fused, then the folds merged).
+- `postprocess`: `PostParams` fields plus `member_thr` (one number, or a dict member name -> number).
+- `classifier`: None, or `dict(experiment=NAME)`: an image-level classifier whose files at
+  `predictions_path(NAME, fold, split)` hold `image_id, p`.
+- `search_space`: parameter name -> `dict(type='float'|'int'|'categorical', low=, high=, step=, log=, choices=)`.
+  Names are fusion and postprocess keys; `weight` and `member_thr` expand to one parameter per member
+  (`weight.<member>`, `member_thr.<member>`; the first member's weight stays fixed: only ratios matter).
+- `n_trials`, `honest_trials` (per held-out fold; default `n_trials`), `seed`.
+- Optional: `image_size` ((width, height) or a side, default 1024), `folds` and `labels` (default: the members'
+  experiment configs' `data.folds` and `data.root`), `storage` (default SQLite under `outputs/ensembles/NAME/`),
+  `test_ids` (a submission-format CSV listing the test images; default the data root's sample submission).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrdet.ensemble.fuse import FusionParams
+from cxrdet.ensemble.postprocess import PostParams
+from cxrdet.errors import ConfigError
+
+FUSION_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FusionParams) if f.name != "weights")
+POST_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PostParams))
+PER_MEMBER_KEYS: tuple[str, ...] = ("weight", "member_thr")
+FOLD_MERGES: tuple[str, ...] = ("before", "after")
+ENGINES: tuple[str, ...] = ("fast", "library")
+SPACE_TYPES: tuple[str, ...] = ("float", "int", "categorical")
+TOP_KEYS: tuple[str, ...] = (
+    "name", "members", "fusion", "postprocess", "classifier", "search_space", "n_trials", "honest_trials", "seed",
+    "image_size", "folds", "labels", "storage", "test_ids",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One member of an ensemble: an experiment's fold models.
+
+    Attributes:
+        name: Unique name in the ensemble (default: the experiment name); names its parameters.
+        experiment: Experiment name (config stem); its predictions are at `predictions_path(experiment, k, split)`.
+        folds: The folds whose models predicted OOF and test boxes.
+        weight: Fixed fusion weight (when `weight` is not tuned).
+    """
+
+    name: str
+    experiment: str
+    folds: tuple[int, ...]
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """A parsed ensemble config (see the module docstring for the keys)."""
+
+    name: str
+    path: Path
+    members: tuple[MemberSpec, ...]
+    fusion: dict[str, Any]
+    postprocess: dict[str, Any]
+    classifier: dict[str, Any] | None
+    search_space: dict[str, dict[str, Any]]
+    n_trials: int
+    honest_trials: int
+    seed: int
+    image_size: tuple[float, float]
+    folds: str | None
+    labels: str | None
+    storage: str | None
+    engine: str
+    test_fold_merge: str
+    raw: dict[str, Any]
+
+    @property
+    def member_names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    @property
+    def folds_used(self) -> tuple[int, ...]:
+        """The folds all members share."""
+        return self.members[0].folds
+
+
+@dataclass(frozen=True)
+class EnsembleParams:
+    """Everything one trial (or the submission) applies to the members' boxes."""
+
+    fusion: FusionParams
+    member_thr: tuple[float, ...]
+    post: PostParams
+
+
+def load_ensemble(path: str | Path) -> EnsembleSpec:
+    """Read and check an ensemble config.
+
+    Raises:
+        ConfigError: Naming the file and every problem found.
+    """
+    from mmengine.config import Config
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: ensemble config not found; expected a Python config such as "
+                          "configs/ensembles/<name>.py")
+    try:
+        raw = Config.fromfile(str(path)).to_dict()
+    except Exception as err:  # mmengine raises several types for unreadable files
+        raise ConfigError(f"{path}: cannot be read as an mmengine config: {err}") from err
+    return parse_ensemble(raw, path)
+
+
+def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
+    """Build an `EnsembleSpec` from a config's dict; `path` names it (its stem is the ensemble name)."""
+    problems: list[str] = []
+    unknown = sorted(k for k in raw if k not in TOP_KEYS and not str(k).startswith("_"))
+    if unknown:
+        problems.append(f"unknown key(s) {unknown}; expected some of {list(TOP_KEYS)}")
+    members = _parse_members(raw.get("members"), problems)
+    fusion = dict(raw.get("fusion") or {})
+    engine = str(fusion.pop("engine", "fast"))
+    merge = str(fusion.pop("test_fold_merge", "before"))
+    post = dict(raw.get("postprocess") or {})
+    if engine not in ENGINES:
+        problems.append(f"fusion.engine={engine!r}: expected one of {list(ENGINES)}")
+    if merge not in FOLD_MERGES:
+        problems.append(f"fusion.test_fold_merge={merge!r}: expected one of {list(FOLD_MERGES)}")
+    for key in fusion:
+        if key not in FUSION_KEYS:
+            problems.append(f"fusion.{key}: unknown key; expected some of {list(FUSION_KEYS)}")
+    for key in post:
+        if key not in (*POST_KEYS, "member_thr"):
+            problems.append(f"postprocess.{key}: unknown key; expected some of {[*POST_KEYS, 'member_thr']}")
+    space = {str(k): dict(v) for k, v in (raw.get("search_space") or {}).items()}
+    names = [m.name for m in members]
+    for key, entry in space.items():
+        problems += _space_problems(key, entry, names)
+    n_trials = int(raw.get("n_trials", 100))
+    honest = raw.get("honest_trials")
+    size = raw.get("image_size", 1024)
+    image_size = (float(size), float(size)) if np.isscalar(size) else (float(size[0]), float(size[1]))
+    if n_trials < 1:
+        problems.append(f"n_trials={n_trials}: expected an integer >= 1")
+    classifier = raw.get("classifier")
+    if classifier is not None and "experiment" not in classifier:
+        problems.append("classifier: expected None or dict(experiment=NAME)")
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    spec = EnsembleSpec(
+        name=str(raw.get("name", path.stem)), path=path, members=tuple(members), fusion=fusion, postprocess=post,
+        classifier=dict(classifier) if classifier is not None else None, search_space=space, n_trials=n_trials,
+        honest_trials=int(honest) if honest is not None else n_trials, seed=int(raw.get("seed", 0)),
+        image_size=image_size, folds=raw.get("folds"), labels=raw.get("labels"), storage=raw.get("storage"),
+        engine=engine, test_fold_merge=merge, raw=dict(raw),
+    )  # fmt: skip
+    resolve(spec, {})  # the fixed values alone must make valid parameters
+    return spec
+
+
+def _parse_members(raw: Any, problems: list[str]) -> list[MemberSpec]:
+    """Members from the config's list; problems appended."""
+    if not raw:
+        problems.append("members: expected a non-empty list of dict(experiment=NAME, folds=[...])")
+        return []
+    members = []
+    for i, m in enumerate(raw):
+        if "experiment" not in m or "folds" not in m:
+            problems.append(f"members[{i}]: expected dict(experiment=NAME, folds=[...]), got {dict(m)!r}")
+            continue
+        folds = tuple(sorted(int(k) for k in m["folds"]))
+        members.append(MemberSpec(str(m.get("name", m["experiment"])), str(m["experiment"]), folds,
+                                  float(m.get("weight", 1.0))))
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        problems.append(f"members: names {names} repeat; give repeated experiments a distinct name=")
+    if len({m.folds for m in members}) > 1:
+        problems.append(f"members: folds differ ({[list(m.folds) for m in members]}); every member must list the "
+                        "same folds so that their OOF boxes cover the same images")
+    return members
+
+
+def _space_problems(key: str, entry: Mapping[str, Any], names: list[str]) -> list[str]:
+    """What is wrong with one search-space entry."""
+    base, _, member = key.partition(".")
+    known = base in (*FUSION_KEYS, *POST_KEYS, *PER_MEMBER_KEYS) and (not member or base in PER_MEMBER_KEYS)
+    if not known:
+        return [f"search_space.{key}: unknown parameter; expected one of "
+                f"{[*FUSION_KEYS, *POST_KEYS, *PER_MEMBER_KEYS]} (per member: weight.<member>, member_thr.<member>)"]
+    if member and member not in names:
+        return [f"search_space.{key}: no member named {member!r} (members: {names})"]
+    kind = entry.get("type")
+    if kind not in SPACE_TYPES:
+        return [f"search_space.{key}.type={kind!r}: expected one of {list(SPACE_TYPES)}"]
+    if kind == "categorical":
+        return [] if entry.get("choices") else [f"search_space.{key}: categorical needs choices=[...]"]
+    if "low" not in entry or "high" not in entry or not entry["low"] <= entry["high"]:
+        return [f"search_space.{key}: {kind} needs low <= high, got {dict(entry)!r}"]
+    return []
+
+
+def expanded_space(spec: EnsembleSpec) -> dict[str, dict[str, Any]]:
+    """The search space with `weight` and `member_thr` expanded per member (`weight.<name>`, ...)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, entry in spec.search_space.items():
+        if key == "weight":
+            out.update({f"weight.{m.name}": entry for m in spec.members[1:]})
+        elif key == "member_thr":
+            out.update({f"member_thr.{m.name}": entry for m in spec.members})
+        else:
+            out[key] = entry
+    return out
+
+
+def fixed_params(spec: EnsembleSpec) -> dict[str, Any]:
+    """The flat parameters the config fixes (what a trial starts from before its own values)."""
+    flat: dict[str, Any] = {**spec.fusion, **{k: v for k, v in spec.postprocess.items() if k != "member_thr"}}
+    thr = spec.postprocess.get("member_thr", 0.0)
+    for m in spec.members:
+        flat[f"weight.{m.name}"] = m.weight
+        flat[f"member_thr.{m.name}"] = float(thr.get(m.name, 0.0) if isinstance(thr, Mapping) else thr)
+    return flat
+
+
+def resolve(spec: EnsembleSpec, values: Mapping[str, Any]) -> EnsembleParams:
+    """Turn flat parameter values (a trial's, or `params.json`'s) over the config's fixed ones into parameters.
+
+    Raises:
+        ConfigError: A value is out of its valid range (e.g. an unknown conf_type).
+    """
+    flat = {**fixed_params(spec), **values}
+    for key in list(flat):
+        base, _, member = key.partition(".")
+        if base in PER_MEMBER_KEYS and not member:
+            flat.update({f"{base}.{m.name}": flat[key] for m in spec.members})
+            del flat[key]
+    weights = tuple(float(flat[f"weight.{m.name}"]) for m in spec.members)
+    fusion = FusionParams(**{k: flat[k] for k in FUSION_KEYS if k in flat}, weights=weights)
+    post = PostParams(**{k: flat[k] for k in POST_KEYS if k in flat})
+    member_thr = tuple(float(flat[f"member_thr.{m.name}"]) for m in spec.members)
+    return EnsembleParams(fusion, member_thr, post)
+
+
+def flat_params(spec: EnsembleSpec, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The complete flat parameters (fixed ones overlaid with `values`), as saved in `params.json`."""
+    params = resolve(spec, values)
+    flat: dict[str, Any] = {k: getattr(params.fusion, k) for k in FUSION_KEYS}
+    flat.update({k: getattr(params.post, k) for k in POST_KEYS})
+    for m, w, t in zip(spec.members, params.fusion.weights or (), params.member_thr, strict=True):
+        flat[f"weight.{m.name}"] = w
+        flat[f"member_thr.{m.name}"] = t
+    return flat

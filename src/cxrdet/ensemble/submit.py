@@ -1,0 +1,182 @@
+"""Apply an ensemble's tuned parameters to its members' test boxes and write a validated submission.
+
+Each member has one model per fold, so the test set has k predictions per member. They are merged per image with
+weighted boxes fusion (equal weights, `avg`, the tuned IoU threshold) either before the members are fused (each
+member's folds first: `test_fold_merge='before'`) or after (each fold's members fused with the tuned parameters, the
+vote scaling applied, then the folds merged: `'after'`); the remaining post-processing steps follow. A single member
+with `method='none'` is an ensemble too, so every model is submitted the same way.
+
+Outputs: the CSV (validated with `cxrdet.submission.validate_submission`) and, beside it, a JSON provenance record:
+git revision, the ensemble config, the member configs and fold-file hashes, the parameters, both CV scores and date.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrdet import paths
+from cxrdet.ensemble.fuse import BoxSet, FusionInput, FusionParams
+from cxrdet.ensemble.postprocess import classifier_probs, drop_non_finite, postprocess, scale_by_votes
+from cxrdet.ensemble.problem import DataSources, data_sources, read_predictions
+from cxrdet.ensemble.spec import EnsembleParams, EnsembleSpec, resolve
+from cxrdet.errors import ConfigError, TableError
+from cxrdet.io import file_sha256, write_json
+from cxrdet.provenance import git_revision
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What `submit` wrote."""
+
+    csv: Path
+    provenance: Path
+    n_rows: int
+    n_boxes: int
+    n_empty: int
+
+
+def load_params(spec: EnsembleSpec) -> dict[str, Any]:
+    """The ensemble's `params.json` record.
+
+    Raises:
+        ConfigError: No tuning result yet.
+    """
+    path = paths.ensemble_dir(spec.name) / "params.json"
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: tune the ensemble first (cxrdet tune {spec.path})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_test_image_ids(spec: EnsembleSpec, sources: DataSources) -> list[str]:
+    """The test image set: the config's `test_ids` file, else the data root's sample submission, else the ids of
+    its test image folder.
+
+    Raises:
+        ConfigError: None of them exists.
+    """
+    from cxrdet.submission import read_image_ids
+
+    if spec.raw.get("test_ids"):
+        return read_image_ids(Path(spec.raw["test_ids"]))
+    layout = paths.KaggleLayout(sources.labels.parent)
+    if layout.sample_submission.is_file():
+        return read_image_ids(layout.sample_submission)
+    if layout.test_images.is_dir():
+        return sorted(p.stem for p in layout.test_images.glob("*.dcm"))
+    raise ConfigError(f"{spec.path}: no test image list: expected {layout.sample_submission} or "
+                      f"{layout.test_images}, or set test_ids=<a submission-format CSV> in the config")
+
+
+def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str]) -> tuple[BoxSet, pd.Index]:
+    """The ensemble's test boxes (xyxy pixels of the original image) under `params`.
+
+    Returns:
+        The boxes and the image index their `image` refers to.
+
+    Raises:
+        TableError: Missing prediction files (all listed).
+    """
+    ids = pd.Index(image_ids)
+    folds = spec.folds_used
+    missing = [str(paths.predictions_path(m.experiment, k, "test")) for m in spec.members for k in folds
+               if not paths.predictions_path(m.experiment, k, "test").is_file()]
+    if missing:
+        raise TableError("test predictions", [f"missing {p}" for p in missing])
+    frames = {m.name: [read_predictions(m.experiment, k, "test") for k in folds] for m in spec.members}
+    size = spec.image_size
+    merge = FusionParams(method="wbf", iou_thr=params.fusion.iou_thr, conf_type="avg")
+    prob = None
+    if spec.classifier is not None:
+        exp = spec.classifier["experiment"]
+        table = pd.concat([read_predictions(exp, k, "test") for k in folds], ignore_index=True)
+        prob = classifier_probs(table, ids, f"test probabilities of {exp}")
+    n_members = len(spec.members)
+
+    def merge_folds(parts: list[pd.DataFrame], names: list[str]) -> BoxSet:
+        inp = FusionInput.from_frames(parts, ids, *size, names=names)
+        return inp.fuse(replace(merge, method="none") if len(parts) == 1 else merge)
+
+    if spec.test_fold_merge == "before":
+        merged = [merge_folds(frames[m.name], [f"{m.name} fold {k}" for k in folds]).to_frame(ids)
+                  for m in spec.members]
+        inp = FusionInput.from_frames(merged, ids, *size, names=spec.member_names)
+        fused = inp.fuse(params.fusion, params.member_thr, spec.engine)
+        return postprocess(fused, params.post, n_members, prob), ids
+    per_fold = []
+    for i, k in enumerate(folds):
+        inp = FusionInput.from_frames([frames[m.name][i] for m in spec.members], ids, *size,
+                                      names=[f"{m.name} fold {k}" for m in spec.members])
+        fused = drop_non_finite(inp.fuse(params.fusion, params.member_thr, spec.engine))
+        per_fold.append(scale_by_votes(fused, n_members, params.post.vote_power).to_frame(ids))
+    merged = merge_folds(per_fold, [f"fold {k}" for k in folds])
+    return postprocess(merged, replace(params.post, vote_power=0.0), n_members, prob), ids
+
+
+def member_provenance(spec: EnsembleSpec, sources: DataSources) -> list[dict[str, Any]]:
+    """Per member: experiment, folds, config file and hash, and the fold file and hash each run recorded."""
+    out = []
+    for m in spec.members:
+        config = sources.member_configs.get(m.name)
+        runs = {}
+        for k in m.folds:
+            record = paths.run_dir(m.experiment, k) / "provenance.json"
+            if record.is_file():
+                data = json.loads(record.read_text(encoding="utf-8"))
+                runs[str(k)] = {"folds_file": data.get("folds_file"), "folds_sha256": data.get("folds_sha256"),
+                                "git": data.get("git")}
+        out.append({
+            "name": m.name, "experiment": m.experiment, "folds": list(m.folds),
+            "config": str(config) if config else None, "config_sha256": file_sha256(config) if config else None,
+            "runs": runs,
+        })  # fmt: skip
+    return out
+
+
+def submit(spec: EnsembleSpec, out: str | Path | None = None) -> SubmitResult:
+    """Write `out` (default `submissions/NAME.csv`) and its provenance `out` with suffix `.json`.
+
+    Raises:
+        ConfigError: Not tuned yet, or no test image list. TableError: Missing or invalid prediction files, or the
+            written file fails validation.
+    """
+    from cxrdet.submission import validate_submission, write_submission
+
+    record = load_params(spec)
+    if record.get("config_sha256") not in (None, file_sha256(spec.path)):
+        raise ConfigError(f"{spec.path} changed since it was tuned ({paths.ensemble_dir(spec.name)}/params.json "
+                          "records another hash): tune again")
+    params = resolve(spec, record["params"])
+    sources = data_sources(spec)
+    image_ids = load_test_image_ids(spec, sources)
+    boxes, ids = predict_test(spec, params, image_ids)
+    frame = boxes.to_frame(ids)
+    # The file format takes confidences in [0, 1]; weights can push a fused one above 1.
+    frame["score"] = frame["score"].clip(0.0, 1.0)
+    csv = Path(out) if out is not None else paths.SUBMISSIONS_DIR / f"{spec.name}.csv"
+    size = (int(spec.image_size[0]), int(spec.image_size[1]))
+    written = write_submission(csv, frame, image_ids, size)
+    stats = validate_submission(csv, image_ids, size)
+    provenance = csv.with_suffix(".json")
+    write_json(provenance, {
+        "submission": str(csv), "sha256": file_sha256(csv), "ensemble": spec.name,
+        "config": {"path": str(spec.path), "sha256": file_sha256(spec.path),
+                   "text": spec.path.read_text(encoding="utf-8")},
+        "members": member_provenance(spec, sources),
+        "folds": {"file": str(sources.folds), "sha256": file_sha256(sources.folds)},
+        "params": record["params"], "scores": record["scores"], "test_fold_merge": spec.test_fold_merge,
+        "params_json": {"path": str(paths.ensemble_dir(spec.name) / "params.json"),
+                        "sha256": file_sha256(paths.ensemble_dir(spec.name) / "params.json")},
+        "stats": {"n_rows": stats.n_rows, "n_boxes": stats.n_boxes, "n_empty": stats.n_empty,
+                  "n_dropped": written.n_dropped, "n_test_images": len(image_ids),
+                  "mean_boxes_per_image": float(np.float64(stats.n_boxes) / max(stats.n_rows, 1))},
+        "git": git_revision(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    })  # fmt: skip
+    return SubmitResult(csv, provenance, stats.n_rows, stats.n_boxes, stats.n_empty)

@@ -1,0 +1,72 @@
+"""Ensemble configs: parsing, expansion of per-member parameters, errors that name what to fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cxrdet.ensemble.spec import expanded_space, flat_params, load_ensemble, parse_ensemble, resolve
+from cxrdet.errors import ConfigError
+
+RAW = {
+    "members": [{"experiment": "a", "folds": [1, 0]}, {"experiment": "b", "folds": [0, 1], "weight": 2.0}],
+    "fusion": {"method": "wbf", "iou_thr": 0.4, "test_fold_merge": "after"},
+    "postprocess": {"member_thr": {"b": 0.2}, "shrink": 0.875},
+    "search_space": {"weight": {"type": "float", "low": 0.5, "high": 2.0},
+                     "member_thr": {"type": "float", "low": 0.0, "high": 0.5},
+                     "conf_type": {"type": "categorical", "choices": ["avg", "max"]}},
+    "n_trials": 7,
+    "seed": 11,
+}
+
+
+def test_parse_and_resolve() -> None:
+    spec = parse_ensemble(RAW, Path("configs/ensembles/pair.py"))
+    assert spec.name == "pair" and spec.folds_used == (0, 1) and spec.honest_trials == 7
+    assert spec.test_fold_merge == "after" and spec.engine == "fast"
+    # weight expands to every member but the first (only ratios matter); member_thr to every member
+    assert list(expanded_space(spec)) == ["weight.b", "member_thr.a", "member_thr.b", "conf_type"]
+    fixed = resolve(spec, {})
+    assert fixed.fusion.weights == (1.0, 2.0) and fixed.member_thr == (0.0, 0.2)
+    assert fixed.fusion.iou_thr == 0.4 and fixed.post.shrink == 0.875
+    tuned = resolve(spec, {"weight.b": 0.7, "member_thr.a": 0.1, "conf_type": "max"})
+    assert tuned.fusion.weights == (1.0, 0.7) and tuned.member_thr == (0.1, 0.2)
+    assert tuned.fusion.conf_type == "max"
+    flat = flat_params(spec, {"weight.b": 0.7})
+    assert flat["weight.b"] == 0.7 and flat["member_thr.b"] == 0.2 and flat["max_boxes"] is None
+
+
+def test_config_problems_are_all_listed(tmp_path: Path) -> None:
+    raw = {
+        "members": [{"experiment": "a", "folds": [0, 1]}, {"experiment": "b", "folds": [0]}],
+        "fusion": {"methd": "wbf"},
+        "n_trial": 5,
+        "search_space": {"iou": {"type": "float", "low": 0, "high": 1},
+                         "final_thr": {"type": "float", "low": 0.9, "high": 0.1},
+                         "member_thr.c": {"type": "float", "low": 0, "high": 1}},
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_ensemble(raw, tmp_path / "bad.py")
+    text = str(err.value)
+    for part in ("bad.py", "unknown key(s) ['n_trial']", "folds differ", "fusion.methd", "search_space.iou",
+                 "search_space.final_thr", "no member named 'c'"):
+        assert part in text
+    with pytest.raises(ConfigError, match="conf_type"):
+        parse_ensemble({**RAW, "fusion": {"conf_type": "mean"}}, tmp_path / "x.py")
+
+
+def test_load_from_file(tmp_path: Path) -> None:
+    path = tmp_path / "duo.py"
+    path.write_text("members = [dict(experiment='a', folds=[0, 1])]\nfusion = dict(method='none')\n")
+    spec = load_ensemble(path)
+    assert spec.name == "duo" and spec.n_trials == 100
+    with pytest.raises(ConfigError, match="not found"):
+        load_ensemble(tmp_path / "missing.py")
+
+
+def test_committed_example_configs_parse() -> None:
+    configs = sorted(Path(__file__).resolve().parents[2].joinpath("configs", "ensembles").glob("*.py"))
+    assert configs
+    for path in configs:
+        assert load_ensemble(path).members

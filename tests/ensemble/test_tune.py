@@ -1,0 +1,245 @@
+"""Tuning: parameters and scores written, resume after a kill, several workers on one study, reseeded sampler."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cxrdet import paths
+from cxrdet.ensemble.problem import load_oof
+from cxrdet.ensemble.spec import load_ensemble
+from cxrdet.ensemble.tune import member_scores, n_complete, open_storage, redact, run_study, tune
+
+from .conftest import write_config
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+WORKER = """
+import sys, time
+import optuna
+from cxrdet.ensemble.problem import load_oof
+from cxrdet.ensemble.spec import load_ensemble
+from cxrdet.ensemble.tune import run_study
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+config, url, n, delay = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+spec = load_ensemble(config)
+problem = load_oof(spec).problem
+score = problem.score
+def slow(params):
+    time.sleep(delay)  # a trial long enough to be killed in the middle of
+    return score(params)
+problem.score = slow
+print("ready", flush=True)
+run_study(problem, spec, spec.name, url, n, spec.seed)
+"""
+
+
+def start_worker(tmp_path: Path, config: Path, url: str, n: int, delay: float) -> subprocess.Popen[str]:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    return subprocess.Popen([sys.executable, str(script), str(config), url, str(n), str(delay)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def complete_params(study: optuna.Study) -> list[tuple]:
+    return [tuple(sorted(t.params.items())) for t in study.get_trials(states=(TrialState.COMPLETE,))]
+
+
+@pytest.mark.slow
+def test_tune_writes_params_scores_and_resumes_without_new_trials(world, tmp_path: Path) -> None:
+    spec = load_ensemble(write_config(tmp_path / "ens.py", world, n_trials=6))
+    result = tune(spec)
+    record = json.loads((paths.ensemble_dir("ens") / "params.json").read_text())
+    assert record["scores"]["optimistic"] == pytest.approx(result.optimistic)
+    assert set(record["scores"]["honest_per_fold"]) == {"0", "1", "2"}
+    assert record["scores"]["honest"] == pytest.approx(sum(result.honest_per_fold.values()) / 3)
+    assert set(record["members"]) == {"det_a", "det_b"}
+    assert record["study"]["n_complete"] == 6
+    assert record["params"]["weight.det_a"] == 1.0  # the first member's weight stays fixed
+    assert record["params"]["iou_thr"] == pytest.approx(result.best_params["iou_thr"])
+    assert set(record["study"]["importances"]) <= set(result.best_params)
+    # The config's own values are trial 0, so the tuned score is never below them.
+    study = optuna.load_study(study_name="ens", storage=f"sqlite:///{paths.ensemble_dir('ens') / 'study.db'}")
+    first = study.trials[0]
+    assert first.params["iou_thr"] == 0.5 and first.params["final_thr"] == 0.3
+    assert result.optimistic >= first.value
+    # The best parameters reproduce the best value.
+    oof = load_oof(spec)
+    from cxrdet.ensemble.spec import resolve
+
+    assert oof.problem.score(resolve(spec, result.best_params)) == pytest.approx(result.optimistic, abs=1e-12)
+    # Run again: the study is complete, nothing new runs, same result.
+    again = tune(spec, honest=False)
+    assert again.n_complete == 6 and again.optimistic == result.optimistic
+    assert n_complete(study) == 6
+
+
+def test_member_scores_by_hand_threshold(world, tmp_path: Path) -> None:
+    spec = load_ensemble(write_config(tmp_path / "ens.py", world))
+    oof = load_oof(spec)
+    scores = member_scores(oof)
+    frame = oof.members["det_a"]
+    thr = scores["det_a"]["threshold"]
+    direct = oof.problem.evaluator.score(frame[frame["score"] >= thr]).score
+    assert scores["det_a"]["optimistic"] == pytest.approx(direct)
+    assert scores["det_a"]["honest"] <= scores["det_a"]["optimistic"] + 1e-12
+
+
+@pytest.mark.slow
+def test_resumed_study_draws_what_an_uninterrupted_one_draws(world, tmp_path: Path) -> None:
+    spec = load_ensemble(write_config(tmp_path / "ens.py", world))
+    problem = load_oof(spec).problem
+    whole = run_study(problem, spec, "whole", f"sqlite:///{tmp_path / 'a.db'}", 14, seed=5)
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    run_study(problem, spec, "parts", url, 6, seed=5)
+    parts = run_study(problem, spec, "parts", url, 14, seed=5)  # a new process would do the same
+    assert complete_params(parts) == complete_params(whole)
+    assert len(set(complete_params(parts))) == 14  # nothing repeated
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_with_no_trial_lost_or_repeated(world, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "ens.py", world)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = start_worker(tmp_path, config, url, 40, delay=1.0)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", proc.stderr.read()
+
+        def in_a_trial_after_some_done() -> bool:
+            try:
+                study = optuna.load_study(study_name="ens", storage=url)
+            except KeyError:
+                return False
+            busy = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "worker" in t.user_attrs]
+            return n_complete(study) >= 4 and bool(busy)
+
+        wait_for(in_a_trial_after_some_done, 120, "4 complete trials and one running")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    study = optuna.load_study(study_name="ens", storage=url)
+    before = {t.number: (t.params, t.value) for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    running = study.get_trials(states=(TrialState.RUNNING,))
+    assert len(running) == 1 and len(before) >= 4
+
+    spec = load_ensemble(config)
+    resumed = run_study(load_oof(spec).problem, spec, "ens", url, len(before) + 4, spec.seed)
+    trials = resumed.get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == len(before) + 4
+    for number, (params, value) in before.items():  # nothing done is lost or changed
+        assert trials[number].state == TrialState.COMPLETE
+        assert trials[number].params == params and trials[number].value == value
+    for killed in running:  # the killed trial failed and was re-run once with its parameters
+        assert trials[killed.number].state == TrialState.FAIL
+        retries = [t for t in complete if t.user_attrs.get("retry_of") == killed.number]
+        assert len(retries) == 1 and retries[0].params == killed.params
+    assert len(set(complete_params(resumed))) == len(complete)  # nothing repeated
+
+
+def run_two_workers(tmp_path: Path, world, url: str, n: int = 14) -> optuna.Study:
+    config = write_config(tmp_path / "ens.py", world)
+    workers = [start_worker(tmp_path, config, url, n, delay=0.4) for _ in range(2)]
+    try:
+        for w in workers:
+            _, err = w.communicate(timeout=300)
+            assert w.returncode == 0, err
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    study = optuna.load_study(study_name="ens", storage=open_storage(url))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == n  # together the workers stop at exactly n
+    assert study.best_value == max(t.value for t in complete)
+    assert len({t.number for t in study.trials}) == len(study.trials)
+    assert len(set(complete_params(study))) == n  # the workers drew different points
+    assert len({t.user_attrs["worker"]["pid"] for t in complete}) == 2  # both workers ran trials
+    return study
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_journal_file_study(world, tmp_path: Path) -> None:
+    run_two_workers(tmp_path, world, f"journal:{tmp_path / 'study.log'}")
+
+
+def _pg_bin(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL server on loopback (CI installs it with `apt-get install -y postgresql`)."""
+    pytest.importorskip("psycopg", reason="psycopg (requirements-test.txt) is needed for PostgreSQL")
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install -y postgresql)")
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="cxrdet-pg-"))
+    if os.geteuid() == 0:  # the server refuses to run as root
+        runuser = shutil.which("runuser")
+        try:
+            import pwd
+
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pw = None
+        if not runuser or pw is None:
+            pytest.skip("running as root without a 'postgres' user to start the server as")
+        os.chown(folder, pw.pw_uid, pw.pw_gid)
+        as_user = [runuser, "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = folder / "data"
+    done = subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"initdb failed: {done.stderr.strip()[-300:]}")
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+    done = subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w",
+                           "start"], capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"the PostgreSQL server did not start: {done.stderr.strip()[-300:]}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_postgresql_study(world, tmp_path: Path, postgres_url: str) -> None:
+    run_two_workers(tmp_path, world, postgres_url)
+
+
+def test_redact_hides_passwords() -> None:
+    assert redact("postgresql://me:secret@db:5432/x") == "postgresql://me:***@db:5432/x"
+    assert redact("sqlite:///a/b.db") == "sqlite:///a/b.db"
