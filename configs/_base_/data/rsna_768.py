@@ -1,0 +1,2 @@
+_base_ = './rsna_512.py'
+data = dict(size=768, batch_size=4)

@@ -1,0 +1,2 @@
+_base_ = './sgd_cosine_12e.py'
+train = dict(epochs=24)

@@ -1,0 +1,348 @@
+"""Train one experiment on one fold: data module + LightningModule + Trainer, callbacks, loggers, provenance, stages.
+
+`train(cfg, fold)` trains on every fold but `fold` and validates on `fold`. The run folder
+(`cxrdet.paths.run_dir(experiment, fold)`) receives the resolved config (`config.py`), `provenance.json` (git
+revision, fold-file hash, versions, command) and, per stage, `checkpoints/{best,last}.ckpt`, a `done.json` marker
+and TensorBoard and CSV logs.
+
+Curriculum: `train.stages` may list stages, each `dict(name=..., epochs=..., view=..., lr=..., data=dict(...))`;
+each trains in its own folder `<run>/stage<i>_<name>` and starts from the previous stage's best (EMA) weights.
+Without stages the run is one stage whose folder is the run folder itself.
+
+Resume: `resume=True` skips stages that finished and continues the unfinished one from its `last.ckpt` (saved
+every epoch), so a killed run loses at most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from mmengine.config import Config
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from cxrdet import paths
+from cxrdet.config import to_dict
+from cxrdet.errors import ConfigError, CxrdetError
+from cxrdet.io import file_sha256, write_json, write_text
+from cxrdet.models.lit_detector import MONITOR, LitDetector, load_checkpoint_file
+from cxrdet.provenance import git_revision
+
+BEST = "best"
+LAST = "last"
+DONE_FILE = "done.json"
+TENSORBOARD = "tensorboard"
+CSV = "csv"
+STAGE_KEYS: frozenset[str] = frozenset({"name", "epochs", "view", "lr", "data"})
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One curriculum stage (a whole single-stage run is one `Stage` with `name=None`).
+
+    Attributes:
+        index: Position in `train.stages`, from 0.
+        name: The stage's folder name under the run folder (`stage<i>_<name>`), None for a single-stage run.
+        epochs: Epochs of this stage.
+        view: Training view (`full`, `crops`); None keeps `data.view`.
+        lr: Learning rate of this stage; None keeps `optim.lr`.
+        data: Overrides of the `data` section for this stage (e.g. `batch_size`).
+    """
+
+    index: int
+    name: str | None
+    epochs: int
+    view: str | None = None
+    lr: float | None = None
+    data: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run left: its folder, the final stage's best checkpoint, score and threshold."""
+
+    run_dir: Path
+    best_checkpoint: Path
+    best_score: float
+    best_threshold: float
+
+
+def resolve_stages(cfg: Mapping[str, Any], source: str = "config") -> list[Stage]:
+    """The stages of a config: `train.stages`, or one stage of `train.epochs` epochs.
+
+    Raises:
+        ConfigError: A stage lacks `name` or `epochs`, has an unknown key, or two stages share a name.
+    """
+    stages = cfg["train"].get("stages")
+    if not stages:
+        return [Stage(0, None, int(cfg["train"]["epochs"]))]
+    if isinstance(stages, (str, Mapping)) or not all(isinstance(st, Mapping) for st in stages):
+        raise ConfigError(f"{source}: train.stages={stages!r}: expected a list of dicts such as "
+                          "[{'name': 'crops', 'view': 'crops', 'epochs': 2}, {'name': 'full', 'epochs': 10}]")
+    out = []
+    for i, st in enumerate(stages):
+        where = f"{source}: train.stages[{i}]"
+        unknown = sorted(set(st) - STAGE_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(STAGE_KEYS)}")
+        if "name" not in st or "epochs" not in st:
+            raise ConfigError(f"{where}: expected `name` and `epochs`, got {dict(st)}")
+        out.append(Stage(i, f"stage{i + 1}_{st['name']}", int(st["epochs"]), st.get("view"),
+                         None if st.get("lr") is None else float(st["lr"]), dict(st.get("data") or {})))
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: train.stages has repeated names {names}")
+    return out
+
+
+def stage_config(cfg: Mapping[str, Any], stage: Stage) -> dict[str, Any]:
+    """The config one stage trains with: the stage's epochs, learning rate and data overrides applied."""
+    out = to_dict(cfg)
+    out["train"]["epochs"] = stage.epochs
+    if stage.lr is not None:
+        out["optim"]["lr"] = stage.lr
+    out["data"].update(dict(stage.data or {}))
+    if stage.view is not None:
+        out["data"]["view"] = stage.view
+    return out
+
+
+def write_provenance(cfg: Config | Mapping[str, Any], fold: int, folds_file: Path, resumed: bool) -> None:
+    """Write the resolved config and `provenance.json` (git revision, fold file and its hash, versions, command).
+
+    A resumed run keeps the first start's record and appends the resume's under `resumes`.
+    """
+    run = paths.run_dir(cfg["experiment"], fold)
+    text = cfg.pretty_text if isinstance(cfg, Config) else Config(dict(cfg)).pretty_text
+    write_text(run / "config.py", text)
+    record = {
+        "experiment": cfg["experiment"],
+        "fold": fold,
+        "config_file": getattr(cfg, "filename", None),
+        "folds_file": str(folds_file),
+        "folds_sha256": file_sha256(folds_file) if folds_file.is_file() else None,
+        "git": git_revision(),
+        "command": sys.argv,
+        "resumed": resumed,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "lightning": pl.__version__},
+    }  # fmt: skip
+    path = run / "provenance.json"
+    if resumed and path.is_file():
+        first = json.loads(path.read_text(encoding="utf-8"))
+        record = {**first, "resumes": [*first.get("resumes", []), record]}
+    write_json(path, record)
+
+
+def _precision(train_cfg: Mapping[str, Any]) -> str:
+    """`train.precision`; 'auto' is mixed precision on a GPU, full precision on a CPU."""
+    precision = str(train_cfg.get("precision", "auto"))
+    if precision != "auto":
+        return precision
+    on_gpu = torch.cuda.is_available() and str(train_cfg.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+    return "16-mixed" if on_gpu else "32-true"
+
+
+def _limit(value: Any) -> int | float | None:
+    """Lightning's `limit_*_batches`: an int is a batch count, a float a fraction."""
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() and float(value) > 1 else float(value)
+
+
+class _EpochLine(Callback):
+    """One line per epoch on stderr (epoch, mean training loss, val/rsna and its cut, seconds): the progress report
+    when stderr is a log file, where a live bar would write thousands of carriage returns."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        loss = f"{float(m['train/loss_epoch']):.4f}" if "train/loss_epoch" in m else "-"
+        print(f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: train/loss {loss}, "
+              f"val/rsna {float(m.get(MONITOR, math.nan)):.4f} at cut {float(m.get('val/threshold', math.nan)):.2f}, "
+              f"{time.perf_counter() - self._start:.1f} s", file=sys.stderr, flush=True)
+
+
+class _StageRecord(Callback):
+    """Stores the epoch's validation score and threshold in every checkpoint, so `best.ckpt` says which cut won."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        metrics = trainer.callback_metrics
+        checkpoint["cxrdet"] = {
+            key: float(metrics[m]) for key, m in (("val_score", MONITOR), ("val_threshold", "val/threshold"))
+            if m in metrics
+        }
+
+
+def build_trainer(cfg: Mapping[str, Any], experiment: str, fold: int, stage: Stage) -> tuple[pl.Trainer,
+                                                                                             ModelCheckpoint]:
+    """A Trainer for one stage: checkpoints (best by `val/rsna`, last), early stopping, LR monitor, loggers."""
+    train_cfg = cfg["train"]
+    folder = paths.stage_dir(experiment, fold, stage.name)
+    checkpoint = ModelCheckpoint(
+        dirpath=paths.checkpoints_dir(experiment, fold, stage.name), filename=BEST, monitor=MONITOR, mode="max",
+        save_top_k=1, save_last=True, enable_version_counter=False, auto_insert_metric_name=False,
+    )  # fmt: skip
+    callbacks: list[Callback] = [checkpoint, LearningRateMonitor(logging_interval="step"), _StageRecord()]
+    # 'auto': a live bar in a terminal, one line per epoch in a log file.
+    bar = train_cfg.get("progress_bar", "auto")
+    bar = sys.stderr.isatty() if bar == "auto" else bool(bar)
+    if not bar:
+        callbacks.append(_EpochLine(f"{experiment} fold {fold}{f' {stage.name}' if stage.name else ''}"))
+    early = train_cfg.get("early_stopping")
+    if early:
+        callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=int(early.get("patience", 5)),
+                                       min_delta=float(early.get("min_delta", 0.0))))
+    # One version folder per attempt (version_0, then version_1 after a resume...): a resumed run keeps its logs.
+    loggers = [TensorBoardLogger(save_dir=str(folder), name=TENSORBOARD), CSVLogger(save_dir=str(folder), name=CSV)]
+    trainer = pl.Trainer(
+        max_epochs=stage.epochs,
+        accelerator=train_cfg.get("accelerator", "auto"),
+        devices=train_cfg.get("devices", "auto"),
+        strategy=train_cfg.get("strategy", "auto"),
+        num_nodes=int(train_cfg.get("num_nodes", 1)),
+        precision=_precision(train_cfg),
+        gradient_clip_val=train_cfg.get("grad_clip"),
+        accumulate_grad_batches=int(train_cfg.get("accumulate", 1)),
+        limit_train_batches=_limit(train_cfg.get("limit_train_batches")),
+        limit_val_batches=_limit(train_cfg.get("limit_val_batches")),
+        callbacks=callbacks,
+        logger=loggers,
+        default_root_dir=str(folder),
+        log_every_n_steps=int(train_cfg.get("log_every_n_steps", 10)),
+        num_sanity_val_steps=0,  # a partial validation would score a fraction of the fold
+        enable_progress_bar=bar,
+        enable_model_summary=False,
+        deterministic=train_cfg.get("deterministic", False),
+    )  # fmt: skip
+    return trainer, checkpoint
+
+
+def _read_done(folder: Path) -> dict[str, Any] | None:
+    marker = folder / DONE_FILE
+    return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+
+
+def checkpoint_record(path: Path) -> dict[str, float]:
+    """The validation score and threshold stored in a checkpoint by this module (empty if absent)."""
+    return dict(load_checkpoint_file(path).get("cxrdet", {}))
+
+
+def final_checkpoint(cfg: Mapping[str, Any], fold: int, which: str = BEST) -> Path:
+    """The checkpoint prediction uses: `best` or `last` of the final stage, or an explicit file path.
+
+    Raises:
+        CxrdetError: The checkpoint does not exist (the run has not finished, or never started).
+    """
+    if which not in (BEST, LAST):
+        path = Path(which)
+        if not path.is_file():
+            raise CxrdetError(f"checkpoint {path} not found: expected 'best', 'last' or the path of a .ckpt file")
+        return path
+    stage = resolve_stages(cfg)[-1]
+    path = paths.checkpoints_dir(cfg["experiment"], fold, stage.name) / f"{which}.ckpt"
+    if not path.is_file():
+        raise CxrdetError(f"{path} not found: train first (`cxrdet train CONFIG --fold {fold}`), or finish the run "
+                          "with --resume")
+    return path
+
+
+def _existing_checkpoints(experiment: str, fold: int, stages: list[Stage]) -> list[Path]:
+    return [p for st in stages for p in sorted(paths.checkpoints_dir(experiment, fold, st.name).glob("*.ckpt"))]
+
+
+def train(cfg: Config | Mapping[str, Any], fold: int, resume: bool = False, overwrite: bool = False,
+          datamodule_cls: type[pl.LightningDataModule] | None = None) -> TrainResult:
+    """Train `cfg`'s detector on all folds but `fold`, validating on `fold`, stage after stage.
+
+    Args:
+        cfg: A resolved config (`cxrdet.config.load_config`).
+        fold: The held-out fold.
+        resume: Skip finished stages and continue the unfinished one from its `last.ckpt`.
+        overwrite: Delete this run's checkpoints and start again.
+        datamodule_cls: Data module class taking `(data_cfg, fold, view=..., seed=...)`; default
+            `cxrdet.data.datamodule.DetectionDataModule`.
+
+    Returns:
+        The run folder and the final stage's best checkpoint, score and threshold.
+
+    Raises:
+        CxrdetError: The run already has checkpoints and neither `resume` nor `overwrite` is set; or a data or
+            config problem.
+    """
+    if datamodule_cls is None:
+        from cxrdet.data.datamodule import DetectionDataModule as datamodule_cls  # noqa: N813 -- a class, renamed
+
+    experiment = cfg["experiment"]
+    stages = resolve_stages(cfg, getattr(cfg, "filename", None) or experiment)
+    run = paths.run_dir(experiment, fold)
+    is_main = rank_zero_only.rank == 0  # DDP re-runs this function in every process; only rank 0 writes files
+    existing = _existing_checkpoints(experiment, fold, stages)
+    if existing and not (resume or overwrite):
+        raise CxrdetError(f"{run} already has checkpoints ({existing[0].name}, ...): pass --resume to continue "
+                          "that run or --overwrite to start again")
+    if overwrite and is_main:
+        for st in stages:
+            folder = paths.stage_dir(experiment, fold, st.name)
+            for sub in (paths.checkpoints_dir(experiment, fold, st.name), folder / TENSORBOARD, folder / CSV):
+                shutil.rmtree(sub, ignore_errors=True)
+
+    seed = int(cfg["train"].get("seed", 42))
+    previous_best: Path | None = None
+    record: dict[str, Any] = {}
+    wrote_provenance = False
+    for stage in stages:
+        ckpt_dir = paths.checkpoints_dir(experiment, fold, stage.name)
+        done = _read_done(ckpt_dir) if resume else None
+        if done is not None:
+            previous_best, record = ckpt_dir / done["best_checkpoint"], done
+            continue
+        scfg = stage_config(cfg, stage)
+        pl.seed_everything(seed + stage.index, workers=True, verbose=False)
+        module = LitDetector(scfg)  # a config problem in the model shows before the tables are read
+        dm = datamodule_cls(scfg["data"], fold, view=stage.view, seed=seed + stage.index)
+        dm.setup("fit")  # read and check the tables now, before anything is written
+        if is_main and not wrote_provenance:
+            write_provenance(cfg, fold, paths.folds_file(cfg["data"]["folds"]), resumed=resume)
+            wrote_provenance = True
+        last = ckpt_dir / f"{LAST}.ckpt"
+        ckpt_path = str(last) if resume and last.is_file() else None
+        if ckpt_path is None and previous_best is not None:
+            module.init_from_checkpoint(previous_best)
+        trainer, checkpoint = build_trainer(scfg, experiment, fold, stage)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        if not checkpoint.best_model_path:
+            raise CxrdetError(f"stage {stage.name or 'train'} of {run} saved no best checkpoint: did validation run? "
+                              "(check limit_val_batches and the fold's images)")
+        best = Path(checkpoint.best_model_path)
+        score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else math.nan
+        record = {"best_checkpoint": best.name, "best_score": score,
+                  "best_threshold": checkpoint_record(best).get("val_threshold", math.nan),
+                  "epochs_run": trainer.current_epoch, "stage": stage.name}
+        if is_main:
+            write_json(ckpt_dir / DONE_FILE, record)
+        previous_best = best
+    assert previous_best is not None  # resolve_stages returns at least one stage
+    return TrainResult(run, previous_best, float(record["best_score"]), float(record["best_threshold"]))

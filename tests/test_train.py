@@ -1,0 +1,291 @@
+"""Training runs on a tiny on-disk data set: run folder and provenance, resume, stages, learning, CLI, DDP, loops."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from cxrdet import paths
+from cxrdet.cli import app
+from cxrdet.config import load_config
+from cxrdet.errors import ConfigError, CxrdetError
+from cxrdet.io import file_sha256
+from cxrdet.models.lit_detector import LitDetector, load_checkpoint_file
+from cxrdet.train import final_checkpoint, resolve_stages, stage_config, train
+
+REPO = paths.REPO_ROOT
+TINY = REPO / "configs" / "experiments" / "retinanet_mnv3s_128_tiny12e.py"
+SIZE = 64
+ORIG = 1024
+N_TRAIN, N_TEST, K = 45, 4, 3
+
+
+def write_squares_dataset(folder: Path, seed: int = 0) -> dict[str, str]:
+    """A Kaggle-layout labels CSV, a prepare cache of 64-px PNGs and a 3-fold file: dark noisy images, two thirds
+    with one bright rectangle (the box), so a tiny detector learns it in a few epochs.
+
+    Returns:
+        `--cfg-options` values that point a config at it.
+    """
+    rng = np.random.default_rng(seed)
+    root, cache = folder / "root", folder / "cache"
+    root.mkdir(parents=True)
+    rows, meta = [], []
+    ids = [f"img{i:03d}" for i in range(N_TRAIN + N_TEST)]
+    for i, image_id in enumerate(ids):
+        split = "train" if i < N_TRAIN else "test"
+        pixels = rng.normal(40, 8, (SIZE, SIZE)).clip(0, 255)
+        if i % 3 != 2:
+            w, h = rng.integers(14, 26, 2)
+            x, y = rng.integers(2, SIZE - 28, 2)
+            pixels[y : y + h, x : x + w] = 210
+            box = [x * ORIG / SIZE, y * ORIG / SIZE, w * ORIG / SIZE, h * ORIG / SIZE]
+            if split == "train":
+                rows.append([image_id, *box, 1])
+        elif split == "train":
+            rows.append([image_id, None, None, None, None, 0])
+        png = paths.CacheLayout(cache).image(split, image_id)
+        png.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.astype(np.uint8), mode="L").save(png)
+        meta.append({"image_id": image_id, "split": split, "orig_width": ORIG, "orig_height": ORIG, "bits_stored": 8,
+                     "photometric": "MONOCHROME2", "pixel_spacing_row": 0.14, "pixel_spacing_col": 0.14, "sex": "F",
+                     "age": 50, "view": "PA", "source": f"{image_id}.dcm", "cache": png.relative_to(cache).as_posix()})
+    pd.DataFrame(rows, columns=["patientId", "x", "y", "width", "height", "Target"]).to_csv(
+        paths.KaggleLayout(root).labels_csv, index=False)
+    pd.DataFrame(meta).to_parquet(paths.CacheLayout(cache).meta, index=False)
+    folds = folder / "squares_k3.csv"
+    train_ids = ids[:N_TRAIN]
+    pd.DataFrame({"image_id": train_ids, "patient_id": train_ids, "fold": [i % K for i in range(N_TRAIN)]}).to_csv(
+        folds, index=False)
+    return {"data.root": str(root), "data.cache": str(cache), "data.folds": str(folds)}
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return write_squares_dataset(tmp_path_factory.mktemp("squares"))
+
+
+def tiny_options(data: dict[str, str], **extra: Any) -> list[str]:
+    """`--cfg-options` for a quick CPU run of the tiny config on the squares data."""
+    options = {**data, "data.size": SIZE, "data.batch_size": 4, "train.epochs": 1, "train.progress_bar": False,
+               "train.accelerator": "cpu", "train.log_every_n_steps": 1, **extra}
+    return [f"{k}={v}" for k, v in options.items()]
+
+
+@pytest.fixture(autouse=True)
+def _few_threads() -> None:
+    torch.set_num_threads(1)
+
+
+def test_run_folder_holds_config_provenance_checkpoints_and_logs(squares: dict[str, str],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_config(TINY, tiny_options(squares))
+    result = train(cfg, fold=1)
+    # Without a terminal, progress is one line per epoch.
+    assert "retinanet_mnv3s_128_tiny12e fold 1 epoch 1/1: train/loss " in capsys.readouterr().err
+    run = paths.run_dir("retinanet_mnv3s_128_tiny12e", 1)
+    assert result.run_dir == run
+    assert result.best_checkpoint == run / "checkpoints" / "best.ckpt" and (run / "checkpoints" / "last.ckpt").is_file()
+    assert 0.0 <= result.best_score <= 1.0 and 0.05 <= result.best_threshold <= 0.95
+
+    resolved = load_config(run / "config.py")
+    assert resolved.experiment == "retinanet_mnv3s_128_tiny12e" and resolved.data.size == SIZE
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["fold"] == 1 and prov["folds_sha256"] == file_sha256(squares["data.folds"])
+    assert set(prov["git"]) == {"commit", "dirty"} and not prov["resumed"]
+    done = json.loads((run / "checkpoints" / "done.json").read_text())
+    assert done["best_checkpoint"] == "best.ckpt" and done["best_score"] == pytest.approx(result.best_score)
+    metrics = pd.read_csv(run / "csv" / "version_0" / "metrics.csv")
+    assert {"train/loss_step", "train/loss_epoch", "val/rsna", "val/threshold"} <= set(metrics.columns)
+    assert list((run / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
+
+    # The best checkpoint holds EMA weights next to the trained ones, and says which cut won.
+    ckpt = load_checkpoint_file(result.best_checkpoint)
+    assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
+    assert ckpt["cxrdet"]["val_threshold"] == pytest.approx(result.best_threshold)
+
+
+def test_existing_run_needs_resume_or_overwrite(squares: dict[str, str]) -> None:
+    cfg = load_config(TINY, tiny_options(squares, **{"train.limit_train_batches": 1}))
+    train(cfg, fold=0)
+    with pytest.raises(CxrdetError, match=r"--resume .* --overwrite"):
+        train(cfg, fold=0)
+    assert train(cfg, fold=0, overwrite=True).best_checkpoint.is_file()
+    # A finished run resumes to nothing new: the marker says the stage is done.
+    before = (paths.checkpoints_dir(cfg.experiment, 0) / "last.ckpt").stat().st_mtime_ns
+    train(cfg, fold=0, resume=True)
+    assert (paths.checkpoints_dir(cfg.experiment, 0) / "last.ckpt").stat().st_mtime_ns == before
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+class _DiesInSecondEpoch(LitDetector):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.current_epoch == 1 and batch_idx == 1:
+            raise _Killed("simulated kill")
+        return super().training_step(batch, batch_idx)
+
+
+def test_resume_continues_from_last_checkpoint(squares: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(TINY, tiny_options(squares, **{"train.epochs": 2, "train.limit_train_batches": 2}))
+    monkeypatch.setattr("cxrdet.train.LitDetector", _DiesInSecondEpoch)
+    with pytest.raises(_Killed):
+        train(cfg, fold=2)
+    last = paths.checkpoints_dir(cfg.experiment, 2) / "last.ckpt"
+    assert load_checkpoint_file(last)["global_step"] == 2  # saved after epoch 0 (2 batches); epoch 1 died
+
+    monkeypatch.setattr("cxrdet.train.LitDetector", LitDetector)
+    train(cfg, fold=2, resume=True)
+    # Epoch 1 ran again from the checkpoint and epoch 0 was not repeated: 2 epochs x 2 batches = 4 steps.
+    assert load_checkpoint_file(last)["global_step"] == 4
+    run = paths.run_dir(cfg.experiment, 2)
+    prov = json.loads((run / "provenance.json").read_text())
+    assert not prov["resumed"] and prov["resumes"][0]["resumed"]
+    # Each attempt logs into its own version folder, so the killed attempt's metrics survive.
+    assert all((run / "csv" / v / "metrics.csv").is_file() for v in ("version_0", "version_1"))
+
+
+def test_stages_train_in_their_folders_from_the_previous_best(squares: dict[str, str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    stages = "[{'name':'crops','view':'crops','epochs':1,'lr':0.001},{'name':'full','view':'full','epochs':1}]"
+    cfg = load_config(TINY, tiny_options(squares, **{"train.stages": stages, "train.limit_train_batches": 2}))
+    started_from: list[Path] = []
+    original = LitDetector.init_from_checkpoint
+
+    def spy(self: LitDetector, path: Path) -> None:
+        started_from.append(Path(path))
+        original(self, path)
+
+    monkeypatch.setattr(LitDetector, "init_from_checkpoint", spy)
+    result = train(cfg, fold=0)
+    first = paths.checkpoints_dir(cfg.experiment, 0, "stage1_crops")
+    second = paths.checkpoints_dir(cfg.experiment, 0, "stage2_full")
+    assert started_from == [first / "best.ckpt"]
+    assert result.best_checkpoint == second / "best.ckpt" == final_checkpoint(cfg, 0)
+    assert (first / "done.json").is_file() and (second / "done.json").is_file()
+    # Each stage ran with its own view and learning rate.
+    hparams = [load_checkpoint_file(d / "best.ckpt")["hyper_parameters"]["cfg"] for d in (first, second)]
+    assert [h["data"]["view"] for h in hparams] == ["crops", "full"]
+    assert [h["optim"]["lr"] for h in hparams] == [0.001, cfg.optim.lr]
+
+
+def test_stage_resolution_and_errors() -> None:
+    cfg = load_config(TINY, ["train.stages=[{'name':'a','epochs':2,'lr':0.5,'data':{'batch_size':2}},"
+                             "{'name':'b','epochs':3}]"])
+    a, b = resolve_stages(cfg)
+    assert (a.name, a.epochs, a.lr, b.name, b.epochs, b.view) == ("stage1_a", 2, 0.5, "stage2_b", 3, None)
+    sa = stage_config(cfg, a)
+    assert sa["optim"]["lr"] == 0.5 and sa["data"]["batch_size"] == 2 and sa["train"]["epochs"] == 2
+    assert stage_config(cfg, b)["data"]["batch_size"] == cfg.data.batch_size
+    assert [s.name for s in resolve_stages(load_config(TINY))] == [None]
+    with pytest.raises(ConfigError, match=r"train.stages\[0\]: expected `name` and `epochs`"):
+        resolve_stages(load_config(TINY, ["train.stages=[{'name':'a'}]"]))
+    with pytest.raises(ConfigError, match="unknown key"):
+        resolve_stages(load_config(TINY, ["train.stages=[{'name':'a','epochs':1,'lr_rate':1}]"]))
+    with pytest.raises(ConfigError, match="a list of dicts"):
+        resolve_stages(load_config(TINY, ["train.stages=crops"]))
+
+
+def test_final_checkpoint_says_to_train_first(squares: dict[str, str]) -> None:
+    cfg = load_config(TINY, tiny_options(squares))
+    with pytest.raises(CxrdetError, match="train first"):
+        final_checkpoint(cfg, 4)
+
+
+@pytest.mark.slow
+def test_tiny_detector_learns_squares_through_the_cli(squares: dict[str, str]) -> None:
+    """Train and predict with the CLI; the OOF boxes match the squares (RSNA score well above 0)."""
+    from cxrdet.data.datamodule import DetectionDataModule
+    from cxrdet.metrics.rsna import RsnaEvaluator
+
+    # The squares are 14-25 px: anchors from 16 px up (the default starts at 32, made for RSNA-sized boxes).
+    options = tiny_options(squares, **{"train.epochs": 15, "data.augment": None,
+                                       "model.anchor_sizes": (16, 32, 64, 128, 256)})
+    args = [a for o in options for a in ("-o", o)]
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(TINY), "--fold", "0", *args])
+    assert result.exit_code == 0, result.output
+    assert "best val/rsna" in result.output
+    result = runner.invoke(app, ["predict", str(TINY), "--fold", "0", "--split", "oof", "--split", "test", "--tta",
+                                 "hflip", *args])
+    assert result.exit_code == 0, result.output
+    pred = pd.read_parquet(paths.predictions_path("retinanet_mnv3s_128_tiny12e", 0, "oof"))
+    cfg = load_config(TINY, options)
+    dm = DetectionDataModule(cfg.data, 0)
+    test = pd.read_parquet(paths.predictions_path("retinanet_mnv3s_128_tiny12e", 0, "test"))
+    assert set(test["image_id"]) <= set(dm.test_image_ids) and len(dm.test_image_ids) == N_TEST
+    evaluator = RsnaEvaluator(dm.val_gt, dm.val_image_ids)
+    assert set(pred["image_id"]) <= set(dm.val_image_ids)
+    curve = evaluator.score_vs_threshold(pred, np.arange(0.1, 0.95, 0.05))
+    assert curve["score"].max() > 0.2, curve
+
+
+def test_cli_errors_are_messages(squares: dict[str, str]) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(TINY), "--fold", "0", "-o", "model.type=yolo", "-o",
+                                 f"data.folds={squares['data.folds']}"])
+    assert result.exit_code == 1 and "model.type='yolo' is not a registered detector" in result.output
+    result = runner.invoke(app, ["fold-ids", str(TINY), "-o", f"data.folds={squares['data.folds']}"])
+    assert result.exit_code == 0 and result.output.strip() == "0 1 2"
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_train_two_steps(squares: dict[str, str], tmp_path: Path) -> None:
+    """`strategy=ddp` on two CPU processes (gloo): Lightning relaunches the command, both ranks train 2 steps."""
+    options = tiny_options(squares, **{"train.limit_train_batches": 2, "data.batch_size": 2})
+    args = [a for o in options for a in ("-o", o)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CXRDET_OUTPUTS": str(tmp_path / "out")}
+    cmd = [sys.executable, "-m", "cxrdet.cli", "train", str(TINY), "--fold", "1", "--accelerator", "cpu",
+           "--devices", "2", "--strategy", "ddp", *args]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Starting with 2 processes" in done.stdout + done.stderr
+    ckpt = tmp_path / "out" / "retinanet_mnv3s_128_tiny12e" / "fold1" / "checkpoints" / "last.ckpt"
+    assert load_checkpoint_file(ckpt)["global_step"] == 2
+
+
+def _fake_cxrdet(tmp_path: Path, fail_fold: int | None) -> tuple[Path, Path]:
+    """A stand-in `cxrdet` that records its arguments, knows folds 0 1 2, and fails on `fail_fold`."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "cxrdet"
+    fail = "" if fail_fold is None else f'[ "$4" = "{fail_fold}" ] && exit 3\n'
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n'
+                    f'if [ "$1" = fold-ids ]; then echo "0 1 2"; exit 0; fi\n{fail}exit 0\n')
+    fake.chmod(0o755)
+    return fake, log
+
+
+@pytest.mark.parametrize("script", ["train_folds.sh", "predict_folds.sh"])
+def test_fold_loops_default_to_every_fold_and_pass_arguments_through(tmp_path: Path, script: str) -> None:
+    fake, log = _fake_cxrdet(tmp_path, fail_fold=None)
+    command = script.split("_")[0]
+    done = subprocess.run(["bash", str(REPO / "scripts" / script), "c.py", "--", "-o", "data.folds=f.csv", "--x"],
+                          env={**os.environ, "CXRDET": str(fake)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines() == [
+        "fold-ids c.py -o data.folds=f.csv",
+        *[f"{command} c.py --fold {k} -o data.folds=f.csv --x" for k in (0, 1, 2)],
+    ]
+
+
+@pytest.mark.parametrize("script", ["train_folds.sh", "predict_folds.sh"])
+def test_fold_loops_stop_at_the_first_failure_naming_the_fold(tmp_path: Path, script: str) -> None:
+    fake, log = _fake_cxrdet(tmp_path, fail_fold=1)
+    done = subprocess.run(["bash", str(REPO / "scripts" / script), "c.py", "0", "1", "2"],
+                          env={**os.environ, "CXRDET": str(fake)}, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "failed on fold 1" in done.stderr
+    assert [line.split()[3] for line in log.read_text().splitlines()] == ["0", "1"]
