@@ -1,34 +1,63 @@
 #!/usr/bin/env bash
-# The demo pipeline on synthetic RSNA-format data: synth -> prepare -> folds.
+# The whole pipeline on synthetic RSNA-format data:
+#   synth -> prepare -> folds -> train two tiny detectors on every fold -> predict OOF and test boxes
+#   -> score each model's OOF boxes -> one submission per model -> tuned ensemble and its submission.
 # Run it with `make demo` (which installs what it needs first). Sizes can be overridden from the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CXRDET=${CXRDET:-.venv/bin/cxrdet}
+export CXRDET=${CXRDET:-.venv/bin/cxrdet}
 export CXRDET_OUTPUTS=${CXRDET_OUTPUTS:-outputs}
 OUT=$CXRDET_OUTPUTS
 DATA="$OUT/demo/data"
 N_TRAIN=${DEMO_N_TRAIN:-400}
 N_TEST=${DEMO_N_TEST:-100}
-SIZE=${DEMO_SIZE:-256}
-K=${DEMO_K:-5}
+SIZE=${DEMO_SIZE:-128}
+K=5
 SEED=${DEMO_SEED:-42}
 PY=${PY:-.venv/bin/python}
 FOLDS="$OUT/folds/demo_k${K}.csv"
+SUBS="$OUT/demo/submissions"
 CACHE=$("$PY" -c "from cxrdet import paths; print(paths.cache_dir('$DATA', $SIZE))")
+MODELS=(retinanet_mnv3s_128_tiny12e fcos_mnv3s_128_tiny12e)
+ENSEMBLES=(demo_retinanet_tiny demo_fcos_tiny demo_wbf)
+start=$SECONDS
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%4ds] %s\n' $((SECONDS - start)) "$*"; }
 
-step "1/3 synthetic Kaggle-layout data: $N_TRAIN train + $N_TEST test images -> $DATA"
+step "1/7 synthetic Kaggle-layout data: $N_TRAIN train + $N_TEST test images -> $DATA"
 "$CXRDET" synth --out "$DATA" --n-train "$N_TRAIN" --n-test "$N_TEST" --seed "$SEED"
 
-step "2/3 decode DICOMs into the ${SIZE}px cache"
+step "2/7 decode DICOMs into the ${SIZE}px cache -> $CACHE"
 "$CXRDET" prepare --data "$DATA" --size "$SIZE"
 
-step "3/3 $K folds grouped by patient, stratified -> $FOLDS"
+step "3/7 $K folds grouped by patient, stratified -> $FOLDS"
 "$CXRDET" folds --labels "$DATA/stage_2_train_labels.csv" --headers "$CACHE/meta.parquet" \
     --k "$K" --seed "$SEED" --out "$FOLDS"
 
-step "done"
-echo "data:  $DATA"
-echo "cache: $CACHE"
-echo "folds: $FOLDS"
+for model in "${MODELS[@]}"; do
+    step "4/7 train $model on every fold"
+    bash scripts/train_folds.sh "configs/experiments/$model.py" -- --overwrite
+    step "5/7 predict OOF and test boxes of $model"
+    bash scripts/predict_folds.sh "configs/experiments/$model.py" -- --split oof --split test
+done
+
+step "6/7 tune and submit: each model alone, then the ensemble"
+for ens in "${ENSEMBLES[@]}"; do
+    rm -rf "$OUT/ensembles/$ens"  # a fresh study: the members were retrained above
+    "$CXRDET" tune "configs/ensembles/$ens.py"
+    "$CXRDET" submit "configs/ensembles/$ens.py" --out "$SUBS/$ens.csv"
+done
+
+step "7/7 score the submissions on the synthetic test labels (hidden in the real competition)"
+for ens in "${ENSEMBLES[@]}"; do
+    "$CXRDET" validate-submission "$SUBS/$ens.csv" --sample "$DATA/stage_2_sample_submission.csv"
+    printf '%-22s test ' "$ens"
+    "$CXRDET" score --labels "$DATA/synth_test_labels.csv" --submission "$SUBS/$ens.csv" --json | tail -n 1
+done
+
+step "done in $((SECONDS - start)) s"
+echo "data:        $DATA"
+echo "folds:       $FOLDS"
+echo "runs:        $OUT/<experiment>/fold<k>/ (config, provenance, checkpoints, logs, oof/test.parquet)"
+echo "ensembles:   $OUT/ensembles/<name>/params.json"
+echo "submissions: $SUBS/<name>.csv (+ .json provenance)"

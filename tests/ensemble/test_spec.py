@@ -24,7 +24,7 @@ RAW = {
 def test_parse_and_resolve() -> None:
     spec = parse_ensemble(RAW, Path("configs/ensembles/pair.py"))
     assert spec.name == "pair" and spec.folds_used == (0, 1) and spec.honest_trials == 7
-    assert spec.test_fold_merge == "after" and spec.engine == "fast"
+    assert spec.test_fold_merge == "after" and spec.engine == "fast" and spec.test_fold_conf_type == "avg"
     # weight expands to every member but the first (only ratios matter); member_thr to every member
     assert list(expanded_space(spec)) == ["weight.b", "member_thr.a", "member_thr.b", "conf_type"]
     fixed = resolve(spec, {})
@@ -54,6 +54,8 @@ def test_config_problems_are_all_listed(tmp_path: Path) -> None:
         assert part in text
     with pytest.raises(ConfigError, match="conf_type"):
         parse_ensemble({**RAW, "fusion": {"conf_type": "mean"}}, tmp_path / "x.py")
+    with pytest.raises(ConfigError, match="fusion.test_fold_conf_type='mean': expected one of"):
+        parse_ensemble({**RAW, "fusion": {"test_fold_conf_type": "mean"}}, tmp_path / "x.py")
 
 
 def test_load_from_file(tmp_path: Path) -> None:

@@ -74,6 +74,21 @@ def test_fold_models_are_merged_on_the_test_set(world, tmp_path: Path, merge: st
     assert set(frame["image_id"]) == {"test00"}
 
 
+def test_fold_merge_with_max_keeps_the_single_model_score_scale(world, tmp_path: Path) -> None:
+    # Same boxes as above, merged with conf_type 'max': a box keeps its best fold model's score, unscaled by the
+    # share of fold models that found it (the scale the OOF-tuned thresholds were fitted on).
+    for k in range(3):
+        box = [(0, 0, 100, 100), (0, 0, 100, 80), (500, 500, 600, 600)][k]
+        write_box("solo", k, "test", [("test00", *box, [0.9, 0.5, 0.6][k])])
+    extra = ("members = [dict(experiment='solo', folds=[0, 1, 2])]\nsearch_space = dict()\n"
+             "fusion = dict(method='none', iou_thr=0.5, test_fold_merge='before', test_fold_conf_type='max')\n")
+    spec = load_ensemble(write_config(tmp_path / "solo.py", world, extra=extra))
+    boxes, ids = predict_test(spec, resolve(spec, {"final_thr": 0.0}), world["test_ids"])
+    frame = boxes.to_frame(ids).sort_values("score", ascending=False)
+    assert frame["score"].tolist() == pytest.approx([0.9, 0.6], rel=1e-6)
+    assert frame["y2"].iloc[0] == pytest.approx((0.9 * 100 + 0.5 * 80) / 1.4, rel=1e-6)
+
+
 def test_single_member_is_submitted_the_same_way(world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(paths, "SUBMISSIONS_DIR", tmp_path / "submissions")
     extra = ("members = [dict(experiment='det_a', folds=[0, 1, 2])]\n"

@@ -7,7 +7,9 @@ An ensemble config is an mmengine Python config with these keys (see `configs/en
   from paths in the config. Every member must list the same folds (the OOF boxes are pooled over them).
 - `fusion`: `FusionParams` fields (`method`, `iou_thr`, `skip_box_thr`, `conf_type`, ...) plus `engine`
   (`fast` or `library`) and `test_fold_merge` (`before`: each member's fold models are merged on the test set first,
-  then the members fused; `after`: each fold's members are fused, then the folds merged).
+  then the members fused; `after`: each fold's members are fused, then the folds merged) and `test_fold_conf_type`
+  (the WBF `conf_type` of that fold merge, default `avg`, which scales a box found by m of k fold models by m/k:
+  `max` keeps the single-model score scale that the OOF-tuned thresholds were fitted on).
 - `postprocess`: `PostParams` fields plus `member_thr` (one number, or a dict member name -> number).
 - `classifier`: None, or `dict(experiment=NAME)`: an image-level classifier whose files at
   `predictions_path(NAME, fold, split)` hold `image_id, p`.
@@ -30,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrdet.ensemble.fuse import FusionParams
+from cxrdet.ensemble.fuse import CONF_TYPES, FusionParams
 from cxrdet.ensemble.postprocess import PostParams
 from cxrdet.errors import ConfigError
 
@@ -83,6 +85,7 @@ class EnsembleSpec:
     storage: str | None
     engine: str
     test_fold_merge: str
+    test_fold_conf_type: str
     raw: dict[str, Any]
 
     @property
@@ -133,11 +136,14 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
     fusion = dict(raw.get("fusion") or {})
     engine = str(fusion.pop("engine", "fast"))
     merge = str(fusion.pop("test_fold_merge", "before"))
+    fold_conf = str(fusion.pop("test_fold_conf_type", "avg"))
     post = dict(raw.get("postprocess") or {})
     if engine not in ENGINES:
         problems.append(f"fusion.engine={engine!r}: expected one of {list(ENGINES)}")
     if merge not in FOLD_MERGES:
         problems.append(f"fusion.test_fold_merge={merge!r}: expected one of {list(FOLD_MERGES)}")
+    if fold_conf not in CONF_TYPES:
+        problems.append(f"fusion.test_fold_conf_type={fold_conf!r}: expected one of {list(CONF_TYPES)}")
     for key in fusion:
         if key not in FUSION_KEYS:
             problems.append(f"fusion.{key}: unknown key; expected some of {list(FUSION_KEYS)}")
@@ -164,7 +170,7 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
         classifier=dict(classifier) if classifier is not None else None, search_space=space, n_trials=n_trials,
         honest_trials=int(honest) if honest is not None else n_trials, seed=int(raw.get("seed", 0)),
         image_size=image_size, folds=raw.get("folds"), labels=raw.get("labels"), storage=raw.get("storage"),
-        engine=engine, test_fold_merge=merge, raw=dict(raw),
+        engine=engine, test_fold_merge=merge, test_fold_conf_type=fold_conf, raw=dict(raw),
     )  # fmt: skip
     resolve(spec, {})  # the fixed values alone must make valid parameters
     return spec

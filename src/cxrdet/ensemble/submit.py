@@ -91,7 +91,7 @@ def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str
         raise TableError("test predictions", [f"missing {p}" for p in missing])
     frames = {m.name: [read_predictions(m.experiment, k, "test") for k in folds] for m in spec.members}
     size = spec.image_size
-    merge = FusionParams(method="wbf", iou_thr=params.fusion.iou_thr, conf_type="avg")
+    merge = FusionParams(method="wbf", iou_thr=params.fusion.iou_thr, conf_type=spec.test_fold_conf_type)
     prob = None
     if spec.classifier is not None:
         exp = spec.classifier["experiment"]
