@@ -55,9 +55,13 @@ for ens in "${ENSEMBLES[@]}"; do
     "$CXRDET" score --labels "$DATA/synth_test_labels.csv" --submission "$SUBS/$ens.csv" --json | tail -n 1
 done
 
+step "report of the ensemble (figures, gallery, error analysis)"
+"$CXRDET" report demo_wbf
+
 step "done in $((SECONDS - start)) s"
 echo "data:        $DATA"
 echo "folds:       $FOLDS"
 echo "runs:        $OUT/<experiment>/fold<k>/ (config, provenance, checkpoints, logs, oof/test.parquet)"
 echo "ensembles:   $OUT/ensembles/<name>/params.json"
 echo "submissions: $SUBS/<name>.csv (+ .json provenance)"
+echo "report:      $("$PY" -c "from cxrdet import paths; print(paths.report_dir('demo_wbf'))")/index.html"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,3 +39,33 @@ def real_rsna_headers() -> Path:
 @pytest.fixture
 def real_nih_labels() -> Path:
     return require_real(paths.real_nih_labels())
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One tiny RetinaNet trained 2 epochs on fold 0 of test_train's squares data, with its OOF predictions (for the
+    report, export and inference tests).
+
+    Returns:
+        `outputs` (the CXRDET_OUTPUTS folder holding the run: point the variable there to use `cxrdet.paths`),
+        `options` (the `--cfg-options` of the run), `config` (its experiment config) and `experiment`.
+    """
+    import torch
+
+    from cxrdet.config import load_config
+    from cxrdet.predict import predict
+    from cxrdet.train import train
+
+    spec = importlib.util.spec_from_file_location("_squares", Path(__file__).parent / "test_train.py")
+    squares = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(squares)
+    folder = tmp_path_factory.mktemp("tiny_run")
+    options = squares.tiny_options(squares.write_squares_dataset(folder / "data"), **{"train.epochs": 2})
+    config = squares.TINY
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CXRDET_OUTPUTS", str(folder / "outputs"))
+        cfg = load_config(config, options)
+        train(cfg, fold=0)
+        predict(cfg, 0, split="oof")
+    return {"outputs": folder / "outputs", "options": options, "config": config, "experiment": cfg["experiment"]}

@@ -379,6 +379,86 @@ def predict_command(
         typer.echo(str(predict(cfg, fold, split=one, tta=tta, checkpoint=checkpoint, device=device)))
 
 
+# ---- reports and export: report, export, infer ----
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    name: Annotated[str, typer.Argument(help="An experiment name (outputs/<experiment>/fold<k>) or a tuned ensemble "
+                                        "(configs/ensembles/<name>.py with params.json).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default outputs/<experiment>/report or "
+                                             "outputs/ensembles/<name>/report).")] = None,
+) -> None:
+    """Write an offline HTML report with PNG figures of OOF results: score vs threshold, PR curves, per-IoU metric,
+    per-fold scores, training curves, an image gallery, error analysis and the box-size bias.
+
+    Reads the runs' configs, OOF predictions, CSV logs and checkpoint records (and, for an ensemble, params.json),
+    the labels, fold file and prepare cache. Writes index.html, report.json and the PNGs to --out.
+    """
+    from cxrdet.report import report
+
+    typer.echo(str(report(name, out)))
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    config: Annotated[Path, typer.Argument(help="Experiment config, e.g. configs/experiments/<name>.py.")],
+    fold: Annotated[int, typer.Option("--fold", help="The fold whose model is exported (0-based).", min=0)],
+    fmt: Annotated[str, typer.Option("--format", help="onnx, or coreml (refused here, with the reason).")] = "onnx",
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last or a .ckpt path.")] = "best",
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default outputs/<experiment>/fold<k>/"
+                                             "export).")] = None,
+    cfg_options: Annotated[list[str] | None, typer.Option("--cfg-options", "-o", help="Config override KEY=VALUE "
+                                                          "(repeatable).")] = None,
+) -> None:
+    """Export a fold's detector for deployment, post-processing (score floor, NMS, cap) inside the graph.
+
+    Reads the config and the run's checkpoint. Writes model.onnx and model.json (input size and range, the
+    pre-processing, normalisation, score floor, NMS IoU, validation threshold, classes) to --out.
+    """
+    from cxrdet.config import load_config
+    from cxrdet.export import export
+
+    cfg = load_config(config, cfg_options)
+    typer.echo(str(export(cfg, fold, fmt=fmt, checkpoint=checkpoint, out_dir=out)))
+
+
+@app.command("infer")
+@user_errors
+def infer_command(
+    model: Annotated[Path, typer.Option("--model", help="An exported model.onnx (cxrdet export) or a .ckpt file.")],
+    dicom: Annotated[list[Path] | None, typer.Option("--dicom", help="A DICOM file (repeatable); more may follow "
+                                                     "as arguments: --dicom A.dcm B.dcm.")] = None,
+    files: Annotated[list[Path] | None, typer.Argument(help="More DICOM files.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default outputs/infer).")] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="Keep boxes with score >= this (default: "
+                                                    "the model's validation threshold).")] = None,
+) -> None:
+    """Detect on single studies: read each DICOM, run the model, write boxes and an overlay PNG per study.
+
+    Reads the model (and the .json sidecar of an .onnx) and the DICOM files. Writes to --out: boxes.csv (image_id,
+    source, x1, y1, x2, y2 in original pixels, score, label, class), boxes.json (per study, with errors) and
+    <image_id>.png overlays. A file that cannot be read is reported with the reason; the others are still processed,
+    and the exit status is 1 if any failed.
+    """
+    from cxrdet import paths
+    from cxrdet.infer import infer, load_model
+
+    out = out or paths.infer_dir()
+    sources = [*(dicom or []), *(files or [])]
+    if not sources:
+        raise CxrdetError("no DICOM files: pass --dicom FILE (repeatable) or files after the options")
+    result = infer(load_model(model), sources, out, threshold=threshold)
+    n_ok = len(sources) - len(result.errors)
+    typer.echo(f"{out}: {len(result.boxes)} boxes in {n_ok} studies")
+    for message in result.errors.values():
+        console.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+    if result.errors:
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

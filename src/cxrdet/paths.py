@@ -98,6 +98,22 @@ def predictions_path(experiment: str, fold: int, split: str) -> Path:
     return run_dir(experiment, fold) / f"{split}.parquet"
 
 
+def export_dir(experiment: str, fold: int) -> Path:
+    """Exported deployment models of one fold (`model.onnx` and its `model.json` sidecar, ...)."""
+    return run_dir(experiment, fold) / "export"
+
+
+def infer_dir() -> Path:
+    """Default output folder of `cxrdet infer` (boxes and overlays of single studies)."""
+    return outputs_dir() / "infer"
+
+
+def report_dir(name: str) -> Path:
+    """Default folder of the HTML report of an experiment (`outputs/<experiment>/report`) or an ensemble."""
+    ens = ensemble_dir(name)
+    return (ens if ens.is_dir() else outputs_dir() / name) / "report"
+
+
 def ensemble_dir(name: str) -> Path:
     """Folder of one ensemble's study, parameters and reports."""
     return outputs_dir() / "ensembles" / name

@@ -1,0 +1,216 @@
+"""Single-study inference (the bedside use): DICOM files in, boxes and an overlay PNG per study out.
+
+The model is an exported ONNX file (run with onnxruntime, its sidecar JSON beside it) or a cxrdet checkpoint (run
+with PyTorch; the checkpoint holds its config). Each DICOM is read with `cxrdet.data.dicom.read_dicom` and resized
+exactly as `cxrdet prepare` does, so the model sees what it saw in training. A file the reader rejects is reported
+with the reader's reason and the other files are still processed.
+
+Outputs in the chosen folder: `boxes.csv` (one row per box: `image_id, source, x1, y1, x2, y2, score, label, class`,
+xyxy pixels of the original image), `boxes.json` (the same per study, with the model, threshold and the errors),
+and `<image_id>.png` (the image with its boxes in green and their scores).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from cxrdet.boxes import rescale_xyxy
+from cxrdet.data.dicom import read_dicom, to_uint8
+from cxrdet.data.prepare import resize_square
+from cxrdet.errors import CxrdetError, DicomError
+from cxrdet.io import atomic_path, write_csv, write_json
+from cxrdet.progress import progress
+
+BOX_COLUMNS: tuple[str, ...] = ("image_id", "source", "x1", "y1", "x2", "y2", "score", "label", "class")
+# Used when neither the sidecar nor the checkpoint records a validation threshold.
+DEFAULT_THRESHOLD = 0.5
+# Overlays are drawn on the image shrunk to at most this side: a 3000 px radiograph PNG would be ~10 MB.
+OVERLAY_MAX_SIDE = 1024
+GREEN = (0, 200, 0)
+
+
+class Model(Protocol):
+    """What inference needs of a model: its input side, classes, default threshold, and a forward pass."""
+
+    size: int
+    classes: list[str]
+    threshold: float | None
+    description: str
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes `[N, 4]` (xyxy pixels of the S x S input), scores `[N]`, labels `[N]` for one `[1, 3, S, S]`."""
+        ...
+
+
+class OnnxModel:
+    """An exported `.onnx` model and its sidecar, run with onnxruntime."""
+
+    def __init__(self, model_file: Path, threads: int = 0) -> None:
+        from cxrdet.export import OnnxDetector
+
+        self.runner = OnnxDetector(model_file, threads=threads)
+        self.size = self.runner.size
+        self.classes = list(self.runner.meta["classes"])
+        self.threshold = self.runner.meta.get("threshold")
+        self.description = f"onnx {model_file}"
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.runner(image)
+
+
+class TorchModel:
+    """A cxrdet checkpoint (`.ckpt`, config inside) run with PyTorch on the CPU."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        from cxrdet.export import load_detector
+        from cxrdet.models.lit_detector import load_checkpoint_file
+
+        ckpt = load_checkpoint_file(checkpoint)
+        cfg = ckpt.get("hyper_parameters", {}).get("cfg")
+        if cfg is None:
+            raise CxrdetError(f"{checkpoint}: no config in the checkpoint (hyper_parameters.cfg); is it a cxrdet "
+                              "checkpoint?")
+        self.detector = load_detector(cfg, checkpoint)
+        self.size = int(cfg["data"]["size"])
+        self.classes = list(cfg["data"]["classes"])
+        self.threshold = ckpt.get("cxrdet", {}).get("val_threshold")
+        self.description = f"checkpoint {checkpoint}"
+
+    @torch.inference_mode()
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = self.detector(torch.from_numpy(image))[0]
+        return out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy()
+
+
+def load_model(model: str | Path, threads: int = 0) -> Model:
+    """An `.onnx` export (onnxruntime) or a `.ckpt` checkpoint (PyTorch).
+
+    Raises:
+        CxrdetError: The file is missing or neither kind.
+    """
+    path = Path(model)
+    if not path.is_file():
+        raise CxrdetError(f"model {path} not found: expected an exported .onnx file (cxrdet export) or a .ckpt file")
+    if path.suffix == ".onnx":
+        return OnnxModel(path, threads=threads)
+    if path.suffix == ".ckpt":
+        return TorchModel(path)
+    raise CxrdetError(f"model {path}: expected a .onnx file (cxrdet export) or a .ckpt checkpoint, got '{path.suffix}'")
+
+
+def preprocess(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Display pixels (float in [0, 1], `(H, W)`) -> the network input float32 `[1, 3, S, S]` in [0, 1], resized as
+    `cxrdet prepare` caches images (so train and inference see the same pixels)."""
+    small = resize_square(pixels, size).astype(np.float32) / 255.0
+    return np.ascontiguousarray(np.broadcast_to(small, (1, 3, size, size)))
+
+
+def detect(model: Model, pixels: np.ndarray, threshold: float) -> pd.DataFrame:
+    """Boxes of one image with score >= `threshold`.
+
+    Args:
+        pixels: `(H, W)` display pixels in [0, 1].
+
+    Returns:
+        Columns `x1, y1, x2, y2, score, label`; xyxy pixels of the original `(H, W)` image, descending score.
+    """
+    height, width = pixels.shape
+    boxes, scores, labels = model(preprocess(pixels, model.size))
+    keep = scores >= threshold
+    xyxy = rescale_xyxy(np.asarray(boxes, dtype=np.float64)[keep].reshape(-1, 4), (model.size, model.size),
+                        (width, height))
+    frame = pd.DataFrame({"x1": xyxy[:, 0], "y1": xyxy[:, 1], "x2": xyxy[:, 2], "y2": xyxy[:, 3],
+                          "score": np.asarray(scores, dtype=np.float64)[keep],
+                          "label": np.asarray(labels, dtype=np.int64)[keep]})
+    return frame.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def draw_overlay(pixels: np.ndarray, boxes: pd.DataFrame, classes: Sequence[str], out: Path) -> Path:
+    """Write the image with its boxes (green, with class and score) as a PNG, shrunk to at most 1024 px a side.
+
+    Args:
+        pixels: `(H, W)` display pixels in [0, 1].
+        boxes: Columns `x1, y1, x2, y2, score, label`; xyxy pixels of `pixels`.
+    """
+    height, width = pixels.shape
+    scale = min(1.0, OVERLAY_MAX_SIDE / max(height, width))
+    image = Image.fromarray(to_uint8(pixels)).convert("RGB")
+    if scale < 1.0:
+        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
+    draw = ImageDraw.Draw(image)
+    line = max(2, round(max(image.size) / 300))
+    font = ImageFont.load_default(size=max(10, round(max(image.size) / 45)))
+    for row in boxes.itertuples(index=False):
+        x1, y1, x2, y2 = (v * scale for v in (row.x1, row.y1, row.x2, row.y2))
+        draw.rectangle((x1, y1, x2, y2), outline=GREEN, width=line)
+        name = classes[int(row.label)] if 0 <= int(row.label) < len(classes) else str(row.label)
+        draw.text((x1 + line, max(0.0, y1 - font.size - line)), f"{name} {row.score:.2f}", fill=GREEN, font=font)
+    with atomic_path(out) as tmp:
+        image.save(tmp, format="PNG")
+    return out
+
+
+@dataclass
+class InferResult:
+    """What `infer` found: the boxes of the studies it could read, and the reader's reason for each it could not."""
+
+    boxes: pd.DataFrame
+    errors: dict[str, str] = field(default_factory=dict)
+    written: list[Path] = field(default_factory=list)
+
+
+def infer(model: Model, dicoms: Sequence[str | Path], out_dir: str | Path, threshold: float | None = None
+          ) -> InferResult:
+    """Run `model` on each DICOM file; write `boxes.csv`, `boxes.json` and one overlay PNG per readable study.
+
+    Args:
+        model: From `load_model`.
+        dicoms: DICOM files; one that cannot be read is reported in `errors` and skipped.
+        out_dir: Output folder (created).
+        threshold: Keep boxes with score >= this; default the model's validation threshold, else 0.5.
+
+    Returns:
+        All kept boxes (`image_id, source, x1, y1, x2, y2, score, label, class`; xyxy pixels of each original
+        image), the errors by file, and the written files.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cut = float(threshold if threshold is not None else (model.threshold if model.threshold is not None
+                                                           else DEFAULT_THRESHOLD))
+    frames, studies, errors, written = [], [], {}, []
+    for source in progress(list(dicoms), desc="infer", unit="study"):
+        try:
+            image = read_dicom(source)
+        except DicomError as err:
+            errors[str(source)] = str(err)
+            continue
+        found = detect(model, image.pixels, cut)
+        found.insert(0, "source", str(source))
+        found.insert(0, "image_id", image.image_id)
+        found["class"] = [model.classes[i] if 0 <= i < len(model.classes) else str(i) for i in found["label"]]
+        frames.append(found)
+        written.append(draw_overlay(image.pixels, found, model.classes, out / f"{image.image_id}.png"))
+        studies.append({"image_id": image.image_id, "source": str(source), "width": image.width,
+                        "height": image.height, "boxes": _records(found)})
+    boxes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(BOX_COLUMNS))
+    boxes = boxes[list(BOX_COLUMNS)]
+    written.append(write_csv(out / "boxes.csv", boxes, index=False))
+    written.append(write_json(out / "boxes.json", {
+        "model": model.description, "threshold": cut, "box_format": "xyxy, pixels of the original image",
+        "studies": studies, "errors": [{"source": k, "error": v} for k, v in errors.items()],
+    }))  # fmt: skip
+    return InferResult(boxes=boxes, errors=errors, written=written)
+
+
+def _records(found: pd.DataFrame) -> list[dict[str, Any]]:
+    """Boxes as JSON-ready dicts (pandas turns numpy scalars into plain numbers)."""
+    return json.loads(found[["x1", "y1", "x2", "y2", "score", "label", "class"]].to_json(orient="records"))
