@@ -1,4 +1,4 @@
-# The demo's tiny retinanet submitted alone: its 5 fold models merged on the test set, only the cut and shrink tuned.
+# The demo's tiny RetinaNet submitted alone: its 5 fold models merged on the test set, only the cut and shrink tuned.
 members = [dict(experiment='retinanet_mnv3s_128_tiny12e', folds=[0, 1, 2, 3, 4])]
 # The cut is tuned on single-model OOF scores; merging the weak demo fold models with 'max' keeps that score scale
 # ('avg' scales a box found by m of 5 models by m/5, and left 4 boxes in 100 test images).
