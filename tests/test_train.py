@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -219,6 +220,13 @@ def test_tiny_detector_learns_squares_through_the_cli(squares: dict[str, str]) -
     result = runner.invoke(app, ["train", str(TINY), "--fold", "0", *args])
     assert result.exit_code == 0, result.output
     assert "best val/rsna" in result.output
+    # The per-epoch line reports that epoch's validation score, as the CSV log records it.
+    printed = {int(e): float(v) for e, v in re.findall(r"epoch (\d+)/15: train/loss [\d.]+, val/rsna ([\d.]+)",
+                                                         result.output)}
+    assert sorted(printed) == list(range(1, 16)), result.output
+    log = pd.concat(pd.read_csv(f) for f in paths.run_dir("retinanet_mnv3s_128_tiny12e", 0).glob("csv/*/metrics.csv"))
+    logged = log.dropna(subset=["val/rsna"]).set_index("epoch")["val/rsna"]
+    assert all(printed[e + 1] == pytest.approx(v, abs=5e-5) for e, v in logged.items())
     result = runner.invoke(app, ["predict", str(TINY), "--fold", "0", "--split", "oof", "--split", "test", "--tta",
                                  "hflip", *args])
     assert result.exit_code == 0, result.output

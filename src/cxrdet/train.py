@@ -166,20 +166,35 @@ def _limit(value: Any) -> int | float | None:
 
 class _EpochLine(Callback):
     """One line per epoch on stderr (epoch, mean training loss, val/rsna and its cut, seconds): the progress report
-    when stderr is a log file, where a live bar would write thousands of carriage returns."""
+    when stderr is a log file, where a live bar would write thousands of carriage returns.
+
+    Printed at `on_validation_end`, when this epoch's validation metrics are in `callback_metrics` (a callback's
+    `on_validation_epoch_end` runs before the module's, so it would still see the previous epoch's); the training
+    loss is averaged here from the batches because Lightning aggregates `train/loss_epoch` only after validation.
+    """
 
     def __init__(self, label: str) -> None:
         self.label = label
         self._start = 0.0
+        self._loss_sum = 0.0
+        self._n_batches = 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
+        self._loss_sum, self._n_batches = 0.0, 0
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self._loss_sum += float(loss.detach())
+            self._n_batches += 1
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
-        loss = f"{float(m['train/loss_epoch']):.4f}" if "train/loss_epoch" in m else "-"
+        loss = f"{self._loss_sum / self._n_batches:.4f}" if self._n_batches else "-"
         print(f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: train/loss {loss}, "
               f"val/rsna {float(m.get(MONITOR, math.nan)):.4f} at cut {float(m.get('val/threshold', math.nan)):.2f}, "
               f"{time.perf_counter() - self._start:.1f} s", file=sys.stderr, flush=True)
