@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from ensemble_boxes import weighted_boxes_fusion
 from mmengine.config import Config
 
 from cxrdet import paths
-from cxrdet.boxes import area_xyxy, clip_xyxy, denormalize_xyxy, normalize_xyxy
 from cxrdet.config import to_dict
+from cxrdet.ensemble.fuse import FusionParams, fuse_predictions
 from cxrdet.errors import ConfigError
 from cxrdet.io import write_json, write_parquet
 from cxrdet.models.factory import Detector
@@ -69,35 +68,14 @@ def fuse_passes(passes: Sequence[pd.DataFrame], sizes: ImageSizes, iou_thr: floa
     Returns:
         The fused table, same columns and units.
     """
-    by_pass = [dict(tuple(p.groupby("image_id", sort=False))) for p in passes]
-    image_ids = sorted(set().union(*[set(g) for g in by_pass]))
-    frames = []
-    for image_id in image_ids:
-        width, height = sizes[image_id]
-        boxes, scores, labels = [], [], []
-        for groups in by_pass:
-            part = groups.get(image_id)
-            if part is None:
-                boxes.append(np.zeros((0, 4)))
-                scores.append(np.zeros(0))
-                labels.append(np.zeros(0))
-                continue
-            xyxy = clip_xyxy(part[["x1", "y1", "x2", "y2"]].to_numpy(), width, height)
-            # A box wholly outside the image clips to zero area; ensemble-boxes would warn and skip it anyway.
-            keep = area_xyxy(xyxy) > 0
-            boxes.append(normalize_xyxy(xyxy[keep], width, height))
-            scores.append(part["score"].to_numpy(dtype=np.float64)[keep])
-            labels.append(part["label"].to_numpy(dtype=np.int64)[keep])
-        fused, fused_scores, fused_labels = weighted_boxes_fusion(
-            boxes, scores, labels, iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type)
-        if len(fused) == 0:
-            continue
-        xyxy = denormalize_xyxy(fused, width, height)
-        frames.append(pd.DataFrame({
-            "image_id": image_id, "x1": xyxy[:, 0], "y1": xyxy[:, 1], "x2": xyxy[:, 2], "y2": xyxy[:, 3],
-            "score": np.asarray(fused_scores, dtype=np.float64), "label": np.asarray(fused_labels).astype(np.int64),
-        }))  # fmt: skip
-    return pd.concat(frames, ignore_index=True)[list(PRED_COLUMNS)] if frames else empty_predictions()
+    image_ids = sorted(set().union(*(set(p["image_id"]) for p in passes)))
+    if not image_ids:
+        return empty_predictions()
+    params = FusionParams(method="wbf", iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type)
+    # The library engine: ensemble-boxes itself, image by image (no compile cost for a few TTA passes).
+    fused = fuse_predictions(list(passes), image_ids, [sizes[i][0] for i in image_ids],
+                             [sizes[i][1] for i in image_ids], params, engine="library")
+    return fused[list(PRED_COLUMNS)].astype({"label": np.int64}).reset_index(drop=True)
 
 
 @torch.inference_mode()
