@@ -117,3 +117,20 @@ def test_cli_tune_and_submit(world, tmp_path: Path) -> None:
     assert out.is_file() and out.with_suffix(".json").is_file()
     missing = runner.invoke(app, ["tune", str(tmp_path / "nope.py")])
     assert missing.exit_code == 1 and "ensemble config not found" in missing.output
+
+
+def test_missing_prediction_files_are_all_listed(world, tmp_path: Path) -> None:
+    from cxrdet.ensemble.problem import load_oof
+    from cxrdet.errors import TableError
+
+    spec = load_ensemble(write_config(tmp_path / "ghost.py", world, experiments=("det_a", "ghost")))
+    n_folds = int(world["n_folds"])
+    for split, run in (("oof", lambda: load_oof(spec)),
+                       ("test", lambda: predict_test(spec, resolve(spec, {}), world["test_ids"]))):
+        with pytest.raises(TableError) as err:
+            run()
+        text = str(err.value)
+        assert f"{n_folds} problem(s)" in text
+        for k in range(n_folds):
+            assert str(paths.predictions_path("ghost", k, split)) in text
+        assert "det_a" not in text

@@ -166,11 +166,18 @@ def read_predictions(experiment: str, fold: int, split: str) -> pd.DataFrame:
     return frame
 
 
-def _missing_files(spec: EnsembleSpec, split: str) -> list[str]:
-    """Every prediction file of the ensemble that does not exist, for one error listing them all."""
+def require_predictions(spec: EnsembleSpec, split: str) -> None:
+    """Check that every prediction file of the ensemble on `split` exists (members and classifier, every fold).
+
+    Raises:
+        TableError: Listing every missing file at once.
+    """
     experiments = [m.experiment for m in spec.members] + ([spec.classifier["experiment"]] if spec.classifier else [])
-    return [str(paths.predictions_path(e, k, split)) for e in experiments for k in spec.folds_used
-            if not paths.predictions_path(e, k, split).is_file()]
+    missing = [str(paths.predictions_path(e, k, split)) for e in experiments for k in spec.folds_used
+               if not paths.predictions_path(e, k, split).is_file()]
+    if missing:
+        raise TableError("OOF predictions" if split == "oof" else f"{split} predictions",
+                         [f"missing {p}" for p in missing])
 
 
 @dataclass(frozen=True)
@@ -193,9 +200,7 @@ def load_oof(spec: EnsembleSpec) -> OofData:
     from cxrdet.data.folds import read_folds
     from cxrdet.data.labels import read_labels
 
-    missing = _missing_files(spec, "oof")
-    if missing:
-        raise TableError("OOF predictions", [f"missing {p}" for p in missing])
+    require_predictions(spec, "oof")
     sources = data_sources(spec)
     folds = read_folds(sources.folds)
     folds = folds[folds["fold"].isin(spec.folds_used)].reset_index(drop=True)

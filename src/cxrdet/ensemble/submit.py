@@ -24,9 +24,9 @@ import pandas as pd
 from cxrdet import paths
 from cxrdet.ensemble.fuse import BoxSet, FusionInput, FusionParams
 from cxrdet.ensemble.postprocess import classifier_probs, drop_non_finite, postprocess, scale_by_votes
-from cxrdet.ensemble.problem import DataSources, data_sources, read_predictions
+from cxrdet.ensemble.problem import DataSources, data_sources, read_predictions, require_predictions
 from cxrdet.ensemble.spec import EnsembleParams, EnsembleSpec, resolve
-from cxrdet.errors import ConfigError, TableError
+from cxrdet.errors import ConfigError
 from cxrdet.io import file_sha256, write_json
 from cxrdet.provenance import git_revision
 
@@ -85,10 +85,7 @@ def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str
     """
     ids = pd.Index(image_ids)
     folds = spec.folds_used
-    missing = [str(paths.predictions_path(m.experiment, k, "test")) for m in spec.members for k in folds
-               if not paths.predictions_path(m.experiment, k, "test").is_file()]
-    if missing:
-        raise TableError("test predictions", [f"missing {p}" for p in missing])
+    require_predictions(spec, "test")
     frames = {m.name: [read_predictions(m.experiment, k, "test") for k in folds] for m in spec.members}
     size = spec.image_size
     merge = FusionParams(method="wbf", iou_thr=params.fusion.iou_thr, conf_type=spec.test_fold_conf_type)
