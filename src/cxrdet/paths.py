@@ -72,6 +72,11 @@ def demo_data_dir() -> Path:
     return outputs_dir() / "demo" / "data"
 
 
+def demo_nih_data_dir() -> Path:
+    """Where `cxrdet synth --format nih` writes its synthetic NIH-layout data set by default."""
+    return outputs_dir() / "demo" / "nih"
+
+
 def cache_dir(data_root: str | Path, size: int) -> Path:
     """Default prepare cache for a data root at a given image size: `outputs/cache/<root name>/<size>px`."""
     return outputs_dir() / "cache" / Path(data_root).resolve().name / f"{size}px"
@@ -94,7 +99,7 @@ def checkpoints_dir(experiment: str, fold: int, stage: str | None = None) -> Pat
 
 
 def predictions_path(experiment: str, fold: int, split: str) -> Path:
-    """Box predictions of one fold model on a split (`oof` or `test`)."""
+    """Predictions of one fold model on a split (`oof` or `test`): boxes, or a classifier's per-image probabilities."""
     return run_dir(experiment, fold) / f"{split}.parquet"
 
 
@@ -112,6 +117,11 @@ def report_dir(name: str) -> Path:
     """Default folder of the HTML report of an experiment (`outputs/<experiment>/report`) or an ensemble."""
     ens = ensemble_dir(name)
     return (ens if ens.is_dir() else outputs_dir() / name) / "report"
+
+
+def explain_dir(experiment: str, fold: int) -> Path:
+    """Default folder of `cxrdet explain`'s Grad-CAM overlays of one fold's classifier: `<report>/explain/fold<k>`."""
+    return outputs_dir() / experiment / "report" / "explain" / f"fold{fold}"
 
 
 def ensemble_dir(name: str) -> Path:
@@ -168,6 +178,91 @@ class KaggleLayout:
     def dicom_path(self, split: str, image_id: str) -> Path:
         """Path of one image's DICOM file."""
         return self.images_dir(split) / f"{image_id}.dcm"
+
+
+NIH_LABELS: str = "Data_Entry_2017_v2020.csv"
+NIH_LABELS_GLOB: str = "Data_Entry_2017*.csv"
+
+
+@dataclass(frozen=True)
+class NihLayout:
+    """The folder layout of the NIH ChestX-ray14 download (and of `cxrdet synth --format nih` output).
+
+    `Data_Entry_2017_v2020.csv` (the 2017 release names it `Data_Entry_2017.csv`), the PNGs in `images/` (the NIH
+    download's `images_001/images/` ... `images_012/images/` folders are found too), and the patient-disjoint
+    `train_val_list.txt` and `test_list.txt` (one PNG file name per line).
+
+    Attributes:
+        root: The folder holding the label table, the lists and the image folder(s).
+    """
+
+    root: Path
+
+    @property
+    def labels_csv(self) -> Path:
+        """The label table: `Data_Entry_2017_v2020.csv`, else another `Data_Entry_2017*.csv` present, else the
+        v2020 name (where a new data set writes it)."""
+        preferred = self.root / NIH_LABELS
+        if preferred.is_file():
+            return preferred
+        found = sorted(self.root.glob(NIH_LABELS_GLOB))
+        return found[0] if found else preferred
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def train_val_list(self) -> Path:
+        return self.root / "train_val_list.txt"
+
+    @property
+    def test_list(self) -> Path:
+        return self.root / "test_list.txt"
+
+    @property
+    def synth_truth(self) -> Path:
+        """Per-image truth of a `cxrdet synth --format nih` data set: split, view, sex, age, findings, devices."""
+        return self.root / "synth_truth.csv"
+
+    @property
+    def synth_boxes(self) -> Path:
+        """Where a `cxrdet synth --format nih` data set drew each finding (xywh, pixels of its PNGs)."""
+        return self.root / "synth_boxes.csv"
+
+    def image_path(self, image_id: str) -> Path:
+        """Path of one image's PNG in `images/` (`image_id` without the extension, e.g. `00000001_000`)."""
+        return self.images_dir / f"{image_id}.png"
+
+    def image_files(self) -> list[Path]:
+        """Every PNG of `images/` and of the download's `images_*/images/` folders, sorted by path."""
+        found = list(self.images_dir.glob("*.png")) + list(self.root.glob("images_*/images/*.png"))
+        return sorted(found)
+
+
+def dataset_layout(root: str | Path) -> KaggleLayout | NihLayout:
+    """The layout of the data set in `root`, told by its label table.
+
+    Raises:
+        CxrdetError: `root` holds neither `stage_2_train_labels.csv` (RSNA Kaggle) nor `Data_Entry_2017*.csv` (NIH),
+            or both.
+    """
+    from cxrdet.errors import CxrdetError
+
+    root = Path(root)
+    kaggle, nih = KaggleLayout(root), NihLayout(root)
+    has_kaggle, has_nih = kaggle.labels_csv.is_file(), nih.labels_csv.is_file()
+    if has_kaggle and has_nih:
+        raise CxrdetError(f"{root}: holds both {kaggle.labels_csv.name} (RSNA) and {nih.labels_csv.name} (NIH): "
+                          "expected one data set per folder")  # fmt: skip
+    if has_kaggle:
+        return kaggle
+    if has_nih:
+        return nih
+    raise CxrdetError(
+        f"{root}: no label table found: expected {kaggle.labels_csv.name} (RSNA Kaggle layout) or {NIH_LABELS} "
+        f"({NIH_LABELS_GLOB}, NIH ChestX-ray14 layout)" + ("" if root.is_dir() else "; the folder does not exist")
+    )
 
 
 @dataclass(frozen=True)

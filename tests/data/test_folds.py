@@ -17,10 +17,12 @@ from cxrdet.data.folds import (
     fold_summary,
     images_for_folds,
     make_folds,
+    rarest_finding,
     read_folds,
     stratum_keys,
     write_folds,
 )
+from cxrdet.data.labels import NIH_FINDINGS
 from cxrdet.errors import ConfigError, TableError
 
 
@@ -292,3 +294,45 @@ def test_real_nih_folds_keep_patients_together(real_nih_labels: Path) -> None:
     per_fold = summary.drop(index="all")
     assert per_fold["patients"].sum() == 30_805
     assert (per_fold["positive_rate"] - summary.loc["all", "positive_rate"]).abs().max() < 0.005
+
+
+# ---- multi-label (NIH) tables ----
+
+
+def test_rarest_finding_by_hand() -> None:
+    # Prevalence: a 3/4, b 2/4, c 1/4.
+    images = pd.DataFrame({"a": [1, 1, 1, 0], "b": [1, 0, 1, 0], "c": [0, 0, 1, 0]})
+    assert rarest_finding(images, ["a", "b", "c"]).tolist() == ["b", "a", "c", "none"]
+
+
+def test_synthetic_nih_folds_keep_patients_together(tmp_path: Path) -> None:
+    from cxrdet.data.synth_nih import generate_nih_dataset
+
+    root = tmp_path / "nih"
+    generate_nih_dataset(root, 300, 60, seed=3, labels_only=True, progress=False)
+    layout = paths.NihLayout(root)
+    images = images_for_folds(layout.labels_csv)
+    train_ids = {line.removesuffix(".png") for line in layout.train_val_list.read_text().split()}
+    assert set(images["image_id"]) == train_ids and len(images) == 300  # test_list.txt is held out
+    assert images["finding"].isin(["none", *NIH_FINDINGS]).all()
+    folds = make_folds(images, k=5, seed=42)
+    assert_grouped(folds)
+    assert images.groupby("patient_id").ngroups > 5
+    write_folds(folds, tmp_path / "nih_k5.csv")  # validates: no patient in two folds
+    merged = folds.merge(images, on="image_id")
+    # The 'No Finding' images spread over all folds (patients with many images make exact balance impossible).
+    assert (merged.groupby("fold")["finding"].apply(lambda f: (f == "none").sum()) > 0).all()
+
+
+def test_cli_folds_on_a_synthetic_nih_table(tmp_path: Path) -> None:
+    from cxrdet.data.synth_nih import generate_nih_dataset
+
+    root = tmp_path / "nih"
+    generate_nih_dataset(root, 80, 20, seed=4, labels_only=True, progress=False)
+    out = tmp_path / "folds.csv"
+    args = ["folds", "--labels", str(paths.NihLayout(root).labels_csv), "--k", "5", "--out", str(out)]
+    result = CliRunner().invoke(typer.main.get_group(app), args)
+    assert result.exit_code == 0, result.output
+    folds = read_folds(out)
+    assert len(folds) == 80 and set(folds["fold"]) == {0, 1, 2, 3, 4}
+    assert_grouped(folds)

@@ -18,6 +18,7 @@ from cxrdet.cli import app
 from cxrdet.data.prepare import (
     META_COLUMNS,
     CacheNotFoundError,
+    PngError,
     load_image,
     load_meta,
     prepare_cache,
@@ -209,3 +210,101 @@ def test_cli_prepare(data_root: Path, tmp_path: Path) -> None:
     strict = CliRunner().invoke(app, [*args, "--strict"])
     assert strict.exit_code == 1
     assert "bad_truncated.dcm" in strict.output and "Traceback" not in strict.output
+
+
+# ---- NIH layout: PNGs, lists and the label table ----
+
+NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")  # fmt: skip
+NIH_ROWS = (
+    "00000001_000.png,Cardiomegaly,0,1,57,M,PA,2500,2048,0.168,0.168",
+    "00000001_001.png,No Finding,1,1,58,M,AP,2992,2991,0.143,0.143",
+    "00000002_000.png,Effusion|Mass,0,2,30,F,PA,2048,2500,0.171,0.171",
+    "00000003_000.png,No Finding,0,3,40,F,PA,2500,2048,0.168,0.168",
+    "00000004_000.png,Nodule,0,4,50,M,PA,2500,2048,0.168,0.168",
+)
+RAMP = (1000 + 40 * np.arange(32))[None, :].repeat(32, axis=0).astype(np.uint16)  # 16-bit, 1000..2240 by column
+
+
+@pytest.fixture
+def nih_root(tmp_path: Path) -> Path:
+    """train: 1_000 (8-bit, 64 px, 2x2 blocks), 1_001 (16-bit ramp), 3_000 (truncated PNG), 5_000 (no table row);
+    test: 2_000 (RGBA, grey in RGB); 4_000 is in the table but in neither list."""
+    layout = paths.NihLayout(tmp_path / "nih")
+    layout.images_dir.mkdir(parents=True)
+    layout.labels_csv.write_text("\n".join((NIH_HEADER, *NIH_ROWS)) + "\n")
+    Image.fromarray(np.kron(SMALL_A, np.ones((2, 2), np.uint8))).save(layout.image_path("00000001_000"))
+    Image.fromarray(RAMP).save(layout.image_path("00000001_001"))
+    alpha = RNG.integers(0, 256, size=(32, 32), dtype=np.uint8)
+    Image.fromarray(np.dstack([SMALL_C, SMALL_C, SMALL_C, alpha]), mode="RGBA").save(layout.image_path("00000002_000"))
+    layout.image_path("00000003_000").write_bytes(layout.image_path("00000001_000").read_bytes()[:200])
+    for image_id in ("00000004_000", "00000005_000"):
+        Image.fromarray(SMALL_C).save(layout.image_path(image_id))
+    layout.train_val_list.write_text("00000001_000.png\n00000001_001.png\n00000003_000.png\n00000005_000.png\n")
+    layout.test_list.write_text("00000002_000.png\n")
+    return layout.root
+
+
+def test_prepare_nih_root(nih_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cache"
+    report = prepare_cache(nih_root, SIZE, out=out, workers=1, progress=False)
+    assert (report.n_written, report.n_skipped) == (3, 0)
+    assert np.array_equal(load_image(out, "train", "00000001_000"), SMALL_A)  # 2x2 blocks shrink to their value
+    ramp = np.round(np.arange(32) * 255 / 31)[None, :].repeat(32, axis=0)  # 16-bit: scaled from its own min..max
+    assert np.array_equal(load_image(out, "train", "00000001_001"), ramp)
+    assert np.array_equal(load_image(out, "test", "00000002_000"), SMALL_C)  # RGBA: grey from RGB, alpha dropped
+
+    meta = load_meta(out).set_index("image_id")
+    assert list(meta.index) == ["00000002_000", "00000001_000", "00000001_001"]  # split, then id
+    a, b, c = meta.loc["00000001_000"], meta.loc["00000001_001"], meta.loc["00000002_000"]
+    assert (a["split"], a["orig_width"], a["orig_height"], a["bits_stored"], a["photometric"]) == (
+        "train", 64, 64, 8, "MONOCHROME2")  # fmt: skip
+    assert (a["sex"], a["age"], a["view"], b["view"], b["age"], c["sex"]) == ("M", 57, "PA", "AP", 58, "F")
+    assert (b["bits_stored"], b["photometric"], c["bits_stored"], c["photometric"]) == (16, "MONOCHROME2", 8, "RGBA")
+    # The film's spacing times the film's size over the PNG's: 0.168 mm x 2048 rows / 64 rows, 0.168 x 2500 / 64.
+    assert (a["pixel_spacing_row"], a["pixel_spacing_col"]) == pytest.approx((5.376, 6.5625))
+    assert a["source"] == str((nih_root / "images" / "00000001_000.png").resolve())
+    assert a["cache"] == "images/train/00000001_000.png"
+
+    failed = {Path(p).stem: reason for p, reason in report.errors}
+    assert sorted(failed) == ["00000003_000", "00000004_000", "00000005_000"]
+    assert failed["00000003_000"].startswith("cannot decode the PNG")
+    assert failed["00000004_000"] == "listed in neither of train_val_list.txt, test_list.txt: expected in exactly one"
+    assert failed["00000005_000"] == "no row in Data_Entry_2017_v2020.csv (Image Index 00000005_000.png)"
+    assert pd.read_csv(paths.CacheLayout(out).errors)["path"].map(lambda p: Path(p).stem).tolist() == [
+        "00000003_000", "00000004_000", "00000005_000"]  # fmt: skip
+
+
+def test_prepare_nih_is_incremental_and_refreshes_table_fields(nih_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cache"
+    prepare_cache(nih_root, SIZE, out=out, workers=1, progress=False)
+    table = paths.NihLayout(nih_root).labels_csv
+    table.write_text(table.read_text().replace(",57,M,PA,", ",59,M,PA,"))  # the table is fixed, not the image
+    again = prepare_cache(nih_root, SIZE, out=out, workers=2, progress=False)
+    assert (again.n_written, again.n_skipped, len(again.errors)) == (0, 3, 3)
+    assert load_meta(out).set_index("image_id").loc["00000001_000", "age"] == 59
+
+
+def test_prepare_nih_strict_and_missing_list(nih_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(PngError, match="00000004_000.png: listed in neither"):
+        prepare_cache(nih_root, SIZE, out=tmp_path / "strict", workers=1, strict=True, progress=False)
+    paths.NihLayout(nih_root).train_val_list.unlink()
+    with pytest.raises(CxrdetError, match="train_val_list.txt: NIH training list not found"):
+        prepare_cache(nih_root, SIZE, out=tmp_path / "cache", workers=1, progress=False)
+
+
+def test_prepare_nih_finds_the_download_folders(nih_root: Path, tmp_path: Path) -> None:
+    layout = paths.NihLayout(nih_root)
+    nested = nih_root / "images_001" / "images"
+    nested.mkdir(parents=True)
+    layout.image_path("00000001_000").rename(nested / "00000001_000.png")
+    prepare_cache(nih_root, SIZE, out=tmp_path / "cache", workers=1, progress=False)
+    meta = load_meta(tmp_path / "cache").set_index("image_id")
+    assert meta.loc["00000001_000", "source"] == str((nested / "00000001_000.png").resolve())
+
+
+def test_cli_prepare_nih(nih_root: Path, tmp_path: Path) -> None:
+    args = ["prepare", "--data", str(nih_root), "--size", str(SIZE), "--out", str(tmp_path / "c"), "--workers", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "written 3, skipped 0 (up to date), failed 3" in result.output

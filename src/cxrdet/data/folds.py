@@ -4,8 +4,14 @@ A fold table has one row per image: `image_id, patient_id, fold` (fold in 0..K-1
 once per data set, committed under `folds/`, and read by every training, prediction and tuning run, so it must be
 byte-for-byte reproducible from the labels, the header table, K and the seed.
 
-The stratum of an image joins, in order of importance: positive or not, number of boxes (0/1/2/3+), view position,
-sex and age decade (the RSNA winners stratified on label, age decade, sex and view).
+The stratum of an image joins, in order of importance: positive or not, its rarest finding (multi-label tables such as
+NIH's), number of boxes (0/1/2/3+), view position, sex and age decade (the RSNA winners stratified on label, age
+decade, sex and view).
+
+Multi-label tables cannot be stratified on every label combination (NIH has hundreds, most seen once). Each image
+is keyed by the rarest of its findings instead (by the table's prevalence; 'none' without findings): a rare finding
+is what a fold most easily ends up without, and the common findings of the images keyed by it spread with them.
+Rare keys with fewer than K images are pooled like any rare stratum (`composite_strata`).
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ from cxrdet.errors import ConfigError, TableError
 from cxrdet.io import write_csv
 
 FOLD_COLUMNS: tuple[str, ...] = ("image_id", "patient_id", "fold")
-DEFAULT_STRATA: tuple[str, ...] = ("positive", "n_boxes", "view", "sex", "age")
+DEFAULT_STRATA: tuple[str, ...] = ("positive", "finding", "n_boxes", "view", "sex", "age")
 UNKNOWN = "?"
+NO_FINDING = "none"
 
 
 def stratum_keys(images: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -56,6 +63,24 @@ def stratum_keys(images: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
             key = values.astype("string").fillna(UNKNOWN)
         keys[col] = key.astype(str).to_numpy()
     return pd.DataFrame(keys, index=images.index)
+
+
+def rarest_finding(images: pd.DataFrame, classes: Sequence[str]) -> pd.Series:
+    """Per image, the name of the least prevalent of its findings (`NO_FINDING` when it has none).
+
+    Args:
+        images: One row per image with a 0/1 column per name of `classes` (a multi-label `Annotations.images`).
+        classes: The finding columns; prevalence ties go to the earlier one.
+
+    Returns:
+        Finding names indexed like `images`.
+    """
+    labels = images[list(classes)].to_numpy(dtype=bool)
+    prevalence = labels.mean(axis=0)
+    # Absent findings rank after every present one, so argmin picks the rarest present finding.
+    rank = np.where(labels, prevalence[None, :], np.inf)
+    names = np.asarray(classes, dtype=object)[rank.argmin(axis=1)]
+    return pd.Series(np.where(labels.any(axis=1), names, NO_FINDING), index=images.index, name="finding")
 
 
 def composite_strata(images: pd.DataFrame, columns: Sequence[str], k: int) -> pd.Series:
@@ -106,7 +131,7 @@ def make_folds(images: pd.DataFrame, k: int, seed: int, strata_columns: Sequence
         k: Number of folds (>= 2, at most the number of patients).
         seed: Seed of the shuffle; the same inputs and seed give the same folds whatever the row order.
         strata_columns: Columns to stratify on, most important first; None takes those of `DEFAULT_STRATA`
-            (positive, n_boxes, view, sex, age) that `images` has.
+            (positive, finding, n_boxes, view, sex, age) that `images` has.
 
     Returns:
         `image_id, patient_id, fold` sorted by image id; all images of a patient share a fold.
@@ -261,12 +286,28 @@ def read_folds(path: str | Path) -> pd.DataFrame:
 def images_for_folds(labels: str | Path, headers: str | Path | None = None, fmt: str = "auto") -> pd.DataFrame:
     """The images table to build folds from: the labels' images, with header metadata joined when given.
 
+    A multi-label table (one 0/1 column per class, as NIH's) also gets `finding`, each image's rarest finding
+    (`rarest_finding`), to stratify on. An NIH table beside its `train_val_list.txt` (the NIH layout) gives the listed
+    images only: `test_list.txt` is NIH's held-out test split, as RSNA's test images are.
+
     Args:
         labels: A label table of a registered format.
         headers: Optional DICOM header table or `meta.parquet` (`image_id, sex, age, view`).
         fmt: Label format name or `auto`.
     """
+    from cxrdet import paths
+    from cxrdet.data.labels import detect_format
+
+    labels = Path(labels)
+    fmt = detect_format(labels) if fmt == "auto" else fmt
     annotations: Annotations = read_labels(labels, fmt=fmt)
     if headers is not None:
         annotations = annotations.with_metadata(read_rsna_headers(headers), source=headers)
-    return annotations.images
+    images = annotations.images
+    train_list = paths.NihLayout(labels.parent).train_val_list
+    if fmt == "nih" and train_list.is_file():
+        listed = {Path(name).stem for name in train_list.read_text(encoding="utf-8").split()}
+        images = images[images["image_id"].isin(listed)].reset_index(drop=True)
+    if set(annotations.classes) <= set(images.columns):
+        images = images.assign(finding=rarest_finding(images, annotations.classes))
+    return images

@@ -11,6 +11,13 @@ Runs are incremental: a file is skipped when its PNG is newer than the DICOM, ha
 row names the same source. Images whose DICOM is gone or no longer readable leave the cache (row and PNG). Files are
 decoded in parallel processes; a bad file is recorded and never stops the others (unless `strict`). Every file is
 written atomically.
+
+An NIH ChestX-ray14 root (`cxrdet.paths.NihLayout`: `Data_Entry_2017*.csv`, `images/*.png`, `train_val_list.txt`,
+`test_list.txt`) gives the same cache from its PNGs: 8-bit greyscale as stored, 16-bit greyscale scaled from its own
+min..max, colour (RGB, RGBA, palette) converted to grey. The train split is `train_val_list.txt`, the test split
+`test_list.txt`; sex, age and view come from the table, and the pixel spacing is the table's original spacing scaled
+to the PNG (NIH shrank every film to 1024 x 1024). A PNG in neither list or without a table row is recorded as an
+error. The cache's image ids are the file names without `.png`, as the label reader's.
 """
 
 from __future__ import annotations
@@ -48,6 +55,15 @@ class CacheNotFoundError(CxrdetError, FileNotFoundError):
     """The prepare cache (or one of its files) is missing: run `cxrdet prepare` first."""
 
 
+class PngError(CxrdetError):
+    """A PNG file of an NIH-layout root cannot be used: unreadable, truncated, not an image."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
 @dataclass
 class PrepareReport:
     """What one prepare run did.
@@ -67,12 +83,13 @@ class PrepareReport:
 
 @dataclass(frozen=True)
 class _Task:
-    """One DICOM to cache (plain strings: it crosses the process boundary)."""
+    """One DICOM (or NIH PNG, `kind="png"`) to cache (plain strings: it crosses the process boundary)."""
 
     split: str
     source: str
     png: str
     cache: str
+    kind: str = "dicom"
 
 
 @dataclass(frozen=True)
@@ -91,14 +108,17 @@ def prepare_cache(
     splits: Sequence[str] = SPLITS,
     progress: bool = True,
 ) -> PrepareReport:
-    """Decode the DICOMs of a Kaggle-layout data root into the prepare cache (see the module docstring).
+    """Decode the DICOMs of a Kaggle-layout data root (or the PNGs of an NIH root) into the prepare cache (see the
+    module docstring).
 
     Args:
-        data_root: Folder holding `stage_2_train_images/` (required) and `stage_2_test_images/` (optional).
+        data_root: Folder holding `stage_2_train_images/` (required) and `stage_2_test_images/` (optional); or an
+            NIH root: `Data_Entry_2017*.csv`, `images/*.png`, `train_val_list.txt` (required), `test_list.txt`.
         size: Side of the square cached PNGs, in pixels.
         out: Cache folder; default `cxrdet.paths.cache_dir(data_root, size)`.
         workers: Decoding processes; default `os.cpu_count()`. 1 decodes in this process.
-        strict: Stop at the first unusable file and raise its `DicomError` (the files done so far are kept).
+        strict: Stop at the first unusable file and raise its `DicomError` (`PngError` for an NIH root; the files
+            done so far are kept).
         splits: Which splits to (re)build; rows of other splits already in the cache are kept.
         progress: Show a progress bar on stderr.
 
@@ -106,9 +126,10 @@ def prepare_cache(
         Counts of written and skipped images and the per-file errors (also written to `errors.csv`).
 
     Raises:
-        CxrdetError: The data root or its training image folder is missing.
+        CxrdetError: The data root or its training image folder (NIH: its `train_val_list.txt`) is missing.
         ConfigError: A split other than `train`/`test`, or a size below 1.
-        DicomError: With `strict`, the first unusable file.
+        DicomError: With `strict`, the first unusable file (`PngError` for an NIH root).
+        TableError: An NIH root's label table is invalid.
     """
     data_root = Path(data_root)
     if size < 1:
@@ -119,7 +140,17 @@ def prepare_cache(
     cache = paths.CacheLayout(Path(out) if out is not None else paths.cache_dir(data_root, size))
     report = PrepareReport(cache_root=cache.root)
 
-    sources = _list_sources(data_root, splits)
+    nih = paths.NihLayout(data_root) if data_root.is_dir() and any(data_root.glob(paths.NIH_LABELS_GLOB)) else None
+    table: dict[str, dict[str, Any]] = {}
+    if nih is None:
+        sources = _list_sources(data_root, splits)
+    else:
+        table = _nih_table(nih)
+        sources, unusable = _list_nih_sources(nih, splits, table)
+        report.errors += unusable
+        if strict and unusable:
+            raise PngError(*unusable[0])
+    kind = "dicom" if nih is None else "png"
     old_rows = _read_old_rows(cache)
     keep = {key: row for key, row in old_rows.items() if key[0] not in splits}  # splits not rebuilt this run
     tasks: list[_Task] = []
@@ -131,7 +162,7 @@ def prepare_cache(
             keep[(split, image_id)] = old
             report.n_skipped += 1
         else:
-            tasks.append(_Task(split, str(source.resolve()), str(png), png.relative_to(cache.root).as_posix()))
+            tasks.append(_Task(split, str(source.resolve()), str(png), png.relative_to(cache.root).as_posix(), kind))
     listed = {(split, source.stem) for split, source in sources}
     for (split, image_id), row in old_rows.items():
         if split in splits and (split, image_id) not in listed:
@@ -146,13 +177,16 @@ def prepare_cache(
                     report.errors.append((task.source, outcome.reason))
                     Path(task.png).unlink(missing_ok=True)  # a stale PNG of an earlier, good version of the file
                     if strict:
-                        raise DicomError(task.source, outcome.reason)
+                        raise (PngError if task.kind == "png" else DicomError)(task.source, outcome.reason)
                 else:
                     new_rows[(task.split, Path(task.source).stem)] = outcome
                     report.n_written += 1
     finally:
         # Whatever happened, record the work done: the next run then skips it.
-        _write_meta(cache, {**keep, **new_rows})
+        rows = {**keep, **new_rows}
+        if nih is not None:  # the table's fields, refreshed for skipped images too (the table may have been fixed)
+            rows = {key: _with_table_fields(row, table.get(key[1])) for key, row in rows.items()}
+        _write_meta(cache, rows)
         order = {t.source: i for i, t in enumerate(tasks)}
         report.errors.sort(key=lambda e: order.get(e[0], len(order)))
         io.write_csv(cache.errors, pd.DataFrame(report.errors, columns=["path", "reason"]))
@@ -218,6 +252,63 @@ def _list_sources(data_root: Path, splits: Sequence[str]) -> list[tuple[str, Pat
     return found
 
 
+def _nih_table(layout: paths.NihLayout) -> dict[str, dict[str, Any]]:
+    """Per image id of an NIH root's table: `sex, age, view` and the original film's size and pixel spacing."""
+    from cxrdet.data.labels import read_nih_labels
+
+    images = read_nih_labels(layout.labels_csv).images
+    fields = [c for c in ("sex", "age", "view", "width", "height", "spacing_x", "spacing_y") if c in images.columns]
+    return {row["image_id"]: row for row in images[["image_id", *fields]].to_dict("records")}
+
+
+def _list_nih_sources(layout: paths.NihLayout, splits: Sequence[str], table: dict[str, dict[str, Any]]
+                      ) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:  # fmt: skip
+    """`(split, png path)` of the usable PNGs of the requested splits (sorted by split order then path), and
+    `(path, reason)` of the PNGs that cannot be used: in neither list, in both, or without a table row."""
+    if not layout.train_val_list.is_file():
+        raise CxrdetError(f"{layout.train_val_list}: NIH training list not found (expected one PNG file name per line, "
+                          f"as in the NIH download; {layout.test_list.name} is optional)")  # fmt: skip
+    listed: dict[str, set[str]] = {}
+    for split, path in (("train", layout.train_val_list), ("test", layout.test_list)):
+        if path.is_file():
+            names = path.read_text(encoding="utf-8").split()
+            listed[split] = {Path(name).stem for name in names}
+    found: dict[str, list[Path]] = {split: [] for split in SPLITS}
+    unusable: list[tuple[str, str]] = []
+    lists = f"{layout.train_val_list.name}, {layout.test_list.name}"
+    for path in layout.image_files():
+        image_id = path.stem
+        in_splits = [split for split in SPLITS if image_id in listed.get(split, set())]
+        if len(in_splits) != 1:
+            where = "neither" if not in_splits else "both"
+            unusable.append((str(path.resolve()), f"listed in {where} of {lists}: expected in exactly one"))
+        elif image_id not in table:
+            unusable.append((str(path.resolve()), f"no row in {layout.labels_csv.name} (Image Index {path.name})"))
+        elif in_splits[0] in splits:
+            found[in_splits[0]].append(path)
+    return [(split, path) for split in splits for path in found[split]], unusable
+
+
+def _with_table_fields(row: dict[str, Any], fields: dict[str, Any] | None) -> dict[str, Any]:
+    """A meta row with an NIH image's sex, age, view and pixel spacing taken from its table row.
+
+    The table's spacing is the original film's; the PNG's pixels are larger by the ratio of the film's size to the
+    PNG's (NIH shrank each film to 1024 x 1024 without keeping its aspect).
+    """
+    if fields is None:
+        return row
+    out = {**row, "sex": fields.get("sex"), "age": fields.get("age"), "view": fields.get("view")}
+    for col, spacing, film, png in (("pixel_spacing_row", "spacing_y", "height", "orig_height"),
+                                    ("pixel_spacing_col", "spacing_x", "width", "orig_width")):  # fmt: skip
+        value = fields.get(spacing), fields.get(film)
+        known = all(v is not None and not pd.isna(v) for v in value)
+        out[col] = float(value[0]) * float(value[1]) / float(row[png]) if known else None
+    for col in ("sex", "view"):
+        if out[col] is not None and pd.isna(out[col]):
+            out[col] = None
+    return out
+
+
 def _read_old_rows(cache: paths.CacheLayout) -> dict[tuple[str, str], dict[str, Any]]:
     """Rows of an existing meta table keyed by (split, image_id); empty when there is none yet."""
     if not cache.meta.is_file():
@@ -270,6 +361,8 @@ def _run(
 
 def _cache_one(task: _Task, size: int) -> dict[str, Any] | _Failed:
     """Decode one DICOM, write its PNG atomically and return its meta row, or the reason it cannot be used."""
+    if task.kind == "png":
+        return _cache_png(task, size)
     try:
         image = read_dicom(task.source)
     except DicomError as err:
@@ -294,3 +387,54 @@ def _write_meta(cache: paths.CacheLayout, rows: dict[tuple[str, str], dict[str, 
     meta = pd.DataFrame([rows[key] for key in sorted(rows)], columns=list(META_COLUMNS))
     meta = meta.astype(_META_DTYPES)
     io.write_parquet(cache.meta, meta)
+
+
+# PIL modes of greyscale PNGs deeper than 8 bits.
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def read_png(path: str | Path) -> tuple[np.ndarray, int, str]:
+    """Read one PNG as display pixels.
+
+    Returns:
+        float32 pixels in [0, 1] (bright = dense), the bits per sample (8 or 16) and the PIL mode it was stored in.
+        8-bit grey keeps its values (`to_uint8` gives the stored bytes back); 16-bit grey is scaled from the image's
+        own min..max; colour and palette images (some NIH PNGs are RGBA) are converted to grey.
+
+    Raises:
+        PngError: The file is missing, not an image, or truncated.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            if mode in _DEEP_MODES:
+                values = np.asarray(image, dtype=np.float32)
+                lo, hi = float(values.min()), float(values.max())
+                pixels = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+                return pixels.astype(np.float32), 16, mode
+            grey = image if mode == "L" else image.convert("L")
+            return np.asarray(grey, dtype=np.float32) / np.float32(255.0), 8, mode
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise PngError(path, f"cannot decode the PNG: {err}") from err
+
+
+def _cache_png(task: _Task, size: int) -> dict[str, Any] | _Failed:
+    """Decode one NIH PNG, write its cached PNG and return its meta row (header fields come from the table later)."""
+    try:
+        pixels, bits, mode = read_png(task.source)
+    except PngError as err:
+        return _Failed(err.reason)
+    resized = resize_square(pixels, size)
+    try:
+        with io.atomic_path(task.png) as tmp:
+            Image.fromarray(resized).save(tmp, format="PNG")
+    except OSError as err:
+        return _Failed(f"cannot write the cached PNG {task.png}: {err}")
+    height, width = pixels.shape
+    return {
+        "image_id": Path(task.source).stem, "split": task.split, "orig_width": width, "orig_height": height,
+        "bits_stored": bits, "photometric": "MONOCHROME2" if mode == "L" or mode in _DEEP_MODES else mode,
+        "pixel_spacing_row": None, "pixel_spacing_col": None, "sex": None, "age": None, "view": None,
+        "source": task.source, "cache": task.cache,
+    }

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -228,7 +228,7 @@ def _image_rng(seed: int, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index, stream]))
 
 
-def _cholesky_psd(corr: Sequence[Sequence[float]]) -> npt.NDArray[np.float64]:
+def cholesky_psd(corr: Sequence[Sequence[float]]) -> npt.NDArray[np.float64]:
     """Cholesky factor of a correlation matrix, after clipping eigenvalues (rounded tables may be barely non-PSD)."""
     c = np.asarray(corr, dtype=np.float64)
     vals, vecs = np.linalg.eigh(c)
@@ -237,8 +237,8 @@ def _cholesky_psd(corr: Sequence[Sequence[float]]) -> npt.NDArray[np.float64]:
     return np.linalg.cholesky(c / np.outer(d, d))
 
 
-_CHOL_BOX: Final = _cholesky_psd(CALIBRATION["box_corr"])
-_CHOL_PAIR: Final = _cholesky_psd(CALIBRATION["pair_corr"])
+_CHOL_BOX: Final = cholesky_psd(CALIBRATION["box_corr"])
+_CHOL_PAIR: Final = cholesky_psd(CALIBRATION["pair_corr"])
 
 
 def _box_values(z: npt.NDArray[np.float64], group: str) -> npt.NDArray[np.float64]:
@@ -354,13 +354,16 @@ def _check_seed(seed: int) -> None:
 # Anatomy is built as a density map D in arbitrary units (0 = air outside the body, about 0.5 = soft tissue, more for
 # bone and heart) on a coarse grid, upsampled to 1024 and mapped to 8 bits: MONOCHROME2, bright = dense.
 # Geometry is stated in pixels of the 1024 x 1024 output image; the grid has `grid` pixels per side.
+# `Lung`, `Anatomy`, `Canvas`, `LungField`, `Layers`, `Signs`, `smoothstep`, `smooth_noise`, `child_rng` and
+# `cholesky_psd` are public so that other generators (`cxrdet.data.synth_nih`) can draw their own findings into the same
+# chest through `render_image`.
 
 _AIR: Final = 0.8  # fraction of the trunk's tissue path that full-depth lung air replaces
 _SOFT: Final = 0.5  # soft-tissue density of the trunk
 
 
 @dataclass(frozen=True)
-class _Lung:
+class Lung:
     """One lung field; `sign` -1 is the image-left lung (patient's right), +1 the image-right lung."""
 
     sign: int
@@ -376,11 +379,11 @@ class _Lung:
 
 
 @dataclass(frozen=True)
-class _Anatomy:
+class Anatomy:
     """One patient's geometry, pixels of the 1024 output image."""
 
     mid: float  # x of the body midline
-    lungs: tuple[_Lung, _Lung]
+    lungs: tuple[Lung, Lung]
     heart_width: float
     heart_top: float
     body_half: float  # half-width of the chest wall
@@ -389,7 +392,7 @@ class _Anatomy:
     clavicle_drop: float  # how far the sternal end of the clavicle sits below the apex, in lung heights
 
 
-def _smoothstep(x: npt.NDArray[np.floating[Any]] | float) -> Any:
+def smoothstep(x: npt.NDArray[np.floating[Any]] | float) -> Any:
     """0 below 0, 1 above 1, a smooth cubic in between."""
     t = np.clip(x, 0.0, 1.0)
     if isinstance(t, np.ndarray):
@@ -410,7 +413,7 @@ def _visible_xyxy(boxes_xyxy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64
     return shrink_xyxy(boxes_xyxy, 1.0 / BOX_TO_VISIBLE)
 
 
-def _sample_anatomy(rng: np.random.Generator, view: str, sex: str, boxes_xyxy: npt.NDArray[np.float64]) -> _Anatomy:
+def _sample_anatomy(rng: np.random.Generator, view: str, sex: str, boxes_xyxy: npt.NDArray[np.float64]) -> Anatomy:
     """Draw the patient's geometry, then grow the lungs where needed so every box lies in a lung field.
 
     AP (portable, supine, bedside) films magnify the heart, project the clavicles higher, show a shallower inspiration
@@ -426,14 +429,14 @@ def _sample_anatomy(rng: np.random.Generator, view: str, sex: str, boxes_xyxy: n
     for sign in (-1, 1):
         # The right hemidiaphragm (image-left) sits higher: the liver lies under it.
         lung_cp = cp - (rng.normal(22, 8) if sign == -1 else 0.0)
-        lung = _Lung(sign, rng.normal(72, 8), lat * rng.normal(1.0, 0.025), apex + rng.normal(0, 8), lung_cp,
+        lung = Lung(sign, rng.normal(72, 8), lat * rng.normal(1.0, 0.025), apex + rng.normal(0, 8), lung_cp,
                      rng.normal(115, 18))  # fmt: skip
         vis = _visible_xyxy(boxes_xyxy)
         vis = vis[(vis[:, 0] + vis[:, 2] < 2 * mid) == (sign == -1)]
         if len(vis):
             dist = np.abs(vis[:, [0, 2]] - mid)
             inner = np.where((vis[:, 0] < mid) & (vis[:, 2] > mid), 0.0, dist.min(axis=1)).min()
-            lung = _Lung(sign, min(lung.med, max(20.0, inner - 10)), max(lung.lat, dist.max() / 0.96 + 10),
+            lung = Lung(sign, min(lung.med, max(20.0, inner - 10)), max(lung.lat, dist.max() / 0.96 + 10),
                          min(lung.apex, float(vis[:, 1].min()) - 10),
                          min(1000.0, max(lung.cp, float(vis[:, 3].max()) + 0.5 * lung.dome)), lung.dome)  # fmt: skip
         lungs.append(lung)
@@ -444,11 +447,11 @@ def _sample_anatomy(rng: np.random.Generator, view: str, sex: str, boxes_xyxy: n
     clavicle_drop = rng.normal(0.02 if ap else 0.13, 0.03)
     # The shoulders' top sits just above the clavicles' lateral ends.
     shoulder_y = apex + (clavicle_drop - 0.12) * (cp - apex) - rng.normal(50, 10)
-    return _Anatomy(mid, (lungs[0], lungs[1]), heart_width, heart_top, body_half, rng.normal(100, 10), shoulder_y,
+    return Anatomy(mid, (lungs[0], lungs[1]), heart_width, heart_top, body_half, rng.normal(100, 10), shoulder_y,
                     clavicle_drop)  # fmt: skip
 
 
-class _Canvas:
+class Canvas:
     """Coordinate grids of the coarse render grid, in pixels of the 1024 output image."""
 
     def __init__(self, grid: int) -> None:
@@ -470,8 +473,10 @@ class _Canvas:
         return slice(r0, r1), slice(c0, c1)
 
 
+_Canvas = Canvas  # its name before it became public
+
 @dataclass(frozen=True)
-class _LungField:
+class LungField:
     """A lung's binary mask on the full grid, and on the window around it: its lateral coordinate `u` (0 at the
     medial edge, 1 at the lateral edge) and the y of its lower edge (pixels of 1024) per pixel."""
 
@@ -482,14 +487,14 @@ class _LungField:
     bottom: Any
 
 
-def _lung_field(c: _Canvas, a: _Anatomy, lung: _Lung) -> _LungField:
+def _lung_field(c: Canvas, a: Anatomy, lung: Lung) -> LungField:
     """Rasterise one lung (computed on its bounding window only: the field is a third of the grid)."""
     near, far = a.mid + lung.sign * (lung.med - 40), a.mid + lung.sign * (lung.lat + 40)
     rows, cols = c.window(min(near, far), lung.apex - 40, max(near, far), lung.cp + 40)
     x, y = c.x[:, cols], c.y[rows, :]
     t = np.clip((y - lung.apex) / lung.height, 0.0, 1.0)
     # The lateral wall slopes outwards down to the lower third, where the lung is widest.
-    lat_row = lung.med + (lung.lat - lung.med) * (0.86 + 0.14 * _smoothstep(t / 0.75))
+    lat_row = lung.med + (lung.lat - lung.med) * (0.86 + 0.14 * smoothstep(t / 0.75))
     u = (lung.sign * (x - a.mid) - lung.med) / (lat_row - lung.med)
     # The apex is a rounded cap peaking a third of the way out; the lateral wall meets it lower than the medial one.
     off = np.abs(u - 0.35)
@@ -499,10 +504,10 @@ def _lung_field(c: _Canvas, a: _Anatomy, lung: _Lung) -> _LungField:
     bottom = lung.cp - lung.dome * rise
     mask = np.zeros((c.grid, c.grid), bool)
     mask[rows, cols] = (u >= 0) & (u <= 1) & (y >= top) & (y <= bottom)
-    return _LungField(mask, rows, cols, u, bottom)
+    return LungField(mask, rows, cols, u, bottom)
 
 
-def _add_band(d: npt.NDArray[np.float32], c: _Canvas, xs: npt.NDArray[np.float64], ys: npt.NDArray[np.float64],
+def _add_band(d: npt.NDArray[np.float32], c: Canvas, xs: npt.NDArray[np.float64], ys: npt.NDArray[np.float64],
               half_width: float, amp: float, cortex: float = 0.35) -> None:
     """Add a bone-like band along the curve y = ys(xs) (pixels of 1024, xs increasing) into `d`, in place.
 
@@ -523,11 +528,11 @@ def _add_band(d: npt.NDArray[np.float32], c: _Canvas, xs: npt.NDArray[np.float64
     v2 = ((rows - yc[None, :].astype(np.float32)) / hw[None, :].astype(np.float32)) ** 2
     profile = np.exp(-(v2 * v2 * v2)) * (1.0 - cortex + cortex * v2)
     along = (xc - xs[0]) / (xs[-1] - xs[0])
-    fade = (amp * _smoothstep(along / 0.08) * _smoothstep((1.0 - along) / 0.08)).astype(np.float32)
+    fade = (amp * smoothstep(along / 0.08) * smoothstep((1.0 - along) / 0.08)).astype(np.float32)
     d[r0:r1, cols] += profile * fade[None, :]
 
 
-def _splat(acc: npt.NDArray[np.float32], c: _Canvas, xs: npt.NDArray[np.float64], ys: npt.NDArray[np.float64],
+def _splat(acc: npt.NDArray[np.float32], c: Canvas, xs: npt.NDArray[np.float64], ys: npt.NDArray[np.float64],
            weights: npt.NDArray[np.float64] | float) -> None:
     """Accumulate points (pixels of 1024) into a grid, to be blurred into lines afterwards."""
     gx = np.floor(xs / c.step).astype(np.int64)
@@ -551,7 +556,7 @@ def _path(rng: np.random.Generator, points: npt.ArrayLike, jitter: float, n: int
     return np.stack([np.interp(t, s, p[:, 0]), np.interp(t, s, p[:, 1])], axis=1)
 
 
-def _line_weight(curve: npt.NDArray[np.float64], c: _Canvas, sigma: float, peak: float) -> float:
+def _line_weight(curve: npt.NDArray[np.float64], c: Canvas, sigma: float, peak: float) -> float:
     """Splat weight per curve point that gives a line of about `peak` after a gaussian blur of `sigma` grid px."""
     spacing = np.linalg.norm(np.diff(curve, axis=0), axis=1).mean() / c.step
     return peak * spacing * np.sqrt(2 * np.pi) * sigma
@@ -565,20 +570,20 @@ def _resize(field: npt.NDArray[np.float32], shape: tuple[int, int]) -> npt.NDArr
     return np.array(img.resize((shape[1], shape[0]), Image.Resampling.BICUBIC), dtype=np.float32)
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> npt.NDArray[np.float32]:
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> npt.NDArray[np.float32]:
     """A smooth random field of `shape`, roughly in [0, 1], with about `cells` random values across its longer side."""
     ny = max(2, round(cells * shape[0] / max(shape)))
     nx = max(2, round(cells * shape[1] / max(shape)))
     return np.clip(_resize(rng.random((ny, nx)).astype(np.float32), shape), 0.0, 1.0)
 
 
-def _child_rng(ss: np.random.SeedSequence, k: int) -> np.random.Generator:
+def child_rng(ss: np.random.SeedSequence, k: int) -> np.random.Generator:
     """Independent stream `k` of an image's pixel seed (anatomy, opacities, distractors, noise stay decoupled, so
     adding a box or a distractor does not change the rest of the image)."""
     return np.random.default_rng(np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, k)))
 
 
-def _body(c: _Canvas, a: _Anatomy, rng: np.random.Generator) -> npt.NDArray[np.float32]:
+def _body(c: Canvas, a: Anatomy, rng: np.random.Generator) -> npt.NDArray[np.float32]:
     """Soft-tissue density of neck, shoulders, chest wall and abdomen (thickness falls off towards the skin)."""
     h = a.lungs[0].height
     from scipy.ndimage import gaussian_filter1d
@@ -591,11 +596,11 @@ def _body(c: _Canvas, a: _Anatomy, rng: np.random.Generator) -> npt.NDArray[np.f
     half = gaussian_filter1d(np.interp(c.y[:, 0], knots_y, knots_w), 40.0 / c.step, mode="nearest")[:, None]
     profile = np.clip(1.0 - ((c.x - a.mid) / half) ** 2, 0.0, 1.0) ** 0.5
     # The abdomen is thicker than the chest: denser below the diaphragm.
-    belly = 0.08 * _smoothstep((c.y - (a.lungs[1].cp - 120)) / 220)
+    belly = 0.08 * smoothstep((c.y - (a.lungs[1].cp - 120)) / 220)
     return ((_SOFT + belly) * profile).astype(np.float32)
 
 
-def _ribs_and_bones(d: npt.NDArray[np.float32], c: _Canvas, a: _Anatomy, view: str, rng: np.random.Generator) -> None:
+def _ribs_and_bones(d: npt.NDArray[np.float32], c: Canvas, a: Anatomy, view: str, rng: np.random.Generator) -> None:
     """Add posterior and anterior ribs, clavicles, spine, scapulae and humeral heads to `d`, in place."""
     for lung in a.lungs:
         h, sgn = lung.height, lung.sign
@@ -605,7 +610,7 @@ def _ribs_and_bones(d: npt.NDArray[np.float32], c: _Canvas, a: _Anatomy, view: s
             if y0 > lung.cp - 0.02 * h:
                 break
             # Upper ribs are short tight arcs (the thorax is narrow at the apex), lower ones long and flatter.
-            reach = lung.lat * (0.55 + 0.45 * _smoothstep(i / 4.0)) + 35
+            reach = lung.lat * (0.55 + 0.45 * smoothstep(i / 4.0)) + 35
             curv = 0.36 - 0.012 * i
             ys = y0 + h * (-0.12 * s + curv * s**2.5)
             xs = a.mid + sgn * (18 + s * (reach - 18))
@@ -637,8 +642,8 @@ def _ribs_and_bones(d: npt.NDArray[np.float32], c: _Canvas, a: _Anatomy, view: s
             medial = np.interp(c.y[:, 0], [top, tip], [lung.lat * 0.7, lung.lat * 0.92])[:, None]
             lateral = np.interp(c.y[:, 0], [top, tip], [lung.lat * 1.25, lung.lat * 0.92])[:, None]
             dist = sgn * (c.x - a.mid)
-            inside = _smoothstep((dist - medial) / 10.0) * _smoothstep((lateral - dist) / 25.0) * (c.y <= tip)
-            d += (0.055 * inside * _smoothstep((c.y - (top - 60)) / 40.0)).astype(np.float32)
+            inside = smoothstep((dist - medial) / 10.0) * smoothstep((lateral - dist) / 25.0) * (c.y <= tip)
+            d += (0.055 * inside * smoothstep((c.y - (top - 60)) / 40.0)).astype(np.float32)
     # Spine: vertebral bodies with darker disc spaces, seen faintly through the mediastinum.
     period = a.lungs[0].height * 0.085
     phase = ((c.y - a.lungs[0].apex) / period) % 1.0
@@ -647,7 +652,7 @@ def _ribs_and_bones(d: npt.NDArray[np.float32], c: _Canvas, a: _Anatomy, view: s
     d += (0.06 * col * discs).astype(np.float32)
 
 
-def _heart_and_mediastinum(c: _Canvas, a: _Anatomy) -> tuple[Any, Any]:
+def _heart_and_mediastinum(c: Canvas, a: Anatomy) -> tuple[Any, Any]:
     """Density of heart, great vessels and mediastinum, and the fraction of lung air they hide (0..1).
 
     The cardiac silhouette is bounded row by row: the right heart border (image-left) bulges gently, the left
@@ -661,24 +666,24 @@ def _heart_and_mediastinum(c: _Canvas, a: _Anatomy) -> tuple[Any, Any]:
     right = med_half + (0.64 * w - med_half) * np.sin(0.5 * np.pi * np.clip(tau / 0.9, 0.0, 1.0)) ** 0.8
     left = med_half + (0.36 * w - med_half) * np.sin(np.pi * (0.08 + 0.84 * tau)) ** 0.7
     dx = c.x - a.mid
-    inside = _smoothstep((right - dx) / 10.0) * _smoothstep((left + dx) / 10.0) * _smoothstep((c.y - a.heart_top) / 40)
+    inside = smoothstep((right - dx) / 10.0) * smoothstep((left + dx) / 10.0) * smoothstep((c.y - a.heart_top) / 40)
     core = np.clip(np.minimum(right - dx, left + dx) / (0.25 * w), 0.0, 1.0) * inside
-    band = _smoothstep((med_half + 4 - np.abs(dx)) / 10.0)
+    band = smoothstep((med_half + 4 - np.abs(dx)) / 10.0)
     h = a.lungs[1].height
     knob_x, knob_y = a.mid + med_half - 4, a.lungs[1].apex + 0.24 * h
-    knob = _smoothstep((1.0 - ((c.x - knob_x) / 34) ** 2 - ((c.y - knob_y) / 30) ** 2) / 0.6)
+    knob = smoothstep((1.0 - ((c.x - knob_x) / 34) ** 2 - ((c.y - knob_y) / 30) ** 2) / 0.6)
     density = 0.03 * np.sqrt(core) + 0.07 * band + 0.02 * knob
     hides = np.clip(0.82 * inside + 0.75 * knob, 0.0, 1.0)
     return density, hides
 
 
-def _airways(c: _Canvas, a: _Anatomy, rng: np.random.Generator) -> npt.NDArray[np.float32]:
+def _airways(c: Canvas, a: Anatomy, rng: np.random.Generator) -> npt.NDArray[np.float32]:
     """Negative density of the trachea and main bronchi (air columns)."""
     h = a.lungs[0].height
     carina = (a.mid + rng.normal(4, 4), a.lungs[0].apex + 0.3 * h)
     trachea = _path(rng, [(a.mid + rng.normal(0, 4), 0.0), (a.mid, carina[1] * 0.5), carina], 3.0, n=60)
     centre = np.interp(c.y[:, 0], trachea[:, 1], trachea[:, 0])[:, None]
-    column = np.exp(-(((c.x - centre) / 17.0) ** 2)) * _smoothstep((carina[1] - c.y) / 25.0)
+    column = np.exp(-(((c.x - centre) / 17.0) ** 2)) * smoothstep((carina[1] - c.y) / 25.0)
     air = (-0.12 * column).astype(np.float32)
     for sgn in (-1, 1):
         xs = np.linspace(carina[0], carina[0] + sgn * 0.07 * h, 20)
@@ -688,7 +693,7 @@ def _airways(c: _Canvas, a: _Anatomy, rng: np.random.Generator) -> npt.NDArray[n
     return air
 
 
-def _vessels(c: _Canvas, a: _Anatomy, lung_mask: npt.NDArray[np.bool_], rng: np.random.Generator) -> Any:
+def _vessels(c: Canvas, a: Anatomy, lung_mask: npt.NDArray[np.bool_], rng: np.random.Generator) -> Any:
     """Density of pulmonary vessels: tapering branches fanning out from each hilum, plus the hilar shadows."""
     from scipy.ndimage import gaussian_filter
 
@@ -727,7 +732,7 @@ def _vessels(c: _Canvas, a: _Anatomy, lung_mask: npt.NDArray[np.bool_], rng: np.
     return field * lung_mask + 0.05 * hila
 
 
-def _opacities(c: _Canvas, boxes_xyxy: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray[np.float32]:
+def _opacities(c: Canvas, boxes_xyxy: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray[np.float32]:
     """Fraction of lung air replaced by pneumonia (0..1) for each box: a textured cluster of soft blobs.
 
     The cluster fades to nothing at `1 / BOX_TO_VISIBLE` times the box size around the box centre, so the box
@@ -746,20 +751,20 @@ def _opacities(c: _Canvas, boxes_xyxy: npt.NDArray[np.float64], rng: np.random.G
         p = rng.uniform(2.2, 4.0)
         r = (np.abs(dx) ** p + np.abs(dy) ** p) ** (1 / p)
         # Substantial out to the box edge (r = 0.875), fading to nothing at the visible extent (r = 1).
-        envelope = _smoothstep((1.0 - r) / 0.18)
+        envelope = smoothstep((1.0 - r) / 0.18)
         blobs = np.zeros(shape, np.float32)
         for _ in range(int(rng.integers(3, 9))):
             bx, by = rng.uniform(-0.7, 0.7, 2)
             sx, sy = rng.uniform(0.3, 0.5, 2)
             blobs += np.exp(-0.5 * (((dx - bx) / sx) ** 2 + ((dy - by) / sy) ** 2)).astype(np.float32)
         cluster = 1.0 - np.exp(-2.0 * blobs)
-        texture = 0.6 + 0.25 * _smooth_noise(rng, shape, 6) + 0.15 * _smooth_noise(rng, shape, 18)
+        texture = 0.6 + 0.25 * smooth_noise(rng, shape, 6) + 0.15 * smooth_noise(rng, shape, 18)
         amount = rng.uniform(0.5, 0.95)
         field[rows, cols] = np.maximum(field[rows, cols], amount * envelope * cluster * texture)
     return field
 
 
-def _random_lung_point(rng: np.random.Generator, c: _Canvas, lung_mask: npt.NDArray[np.bool_],
+def _random_lung_point(rng: np.random.Generator, c: Canvas, lung_mask: npt.NDArray[np.bool_],
                        avoid_xyxy: npt.NDArray[np.float64]) -> tuple[float, float] | None:
     """A random point (pixels of 1024) inside the lungs and outside every rectangle in `avoid_xyxy`."""
     rows, cols = np.nonzero(lung_mask)
@@ -774,7 +779,7 @@ def _random_lung_point(rng: np.random.Generator, c: _Canvas, lung_mask: npt.NDAr
     return None
 
 
-def _distractors(c: _Canvas, a: _Anatomy, names: Sequence[str], fields: Sequence[_LungField],
+def _distractors(c: Canvas, a: Anatomy, names: Sequence[str], fields: Sequence[LungField],
                  boxes_xyxy: npt.NDArray[np.float64], ss: np.random.SeedSequence) -> tuple[Any, Any]:
     """Unlabelled look-alikes: returns (added density, fraction of lung air replaced).
 
@@ -790,16 +795,16 @@ def _distractors(c: _Canvas, a: _Anatomy, names: Sequence[str], fields: Sequence
     apex = min(lung.apex for lung in a.lungs)
     visible = _visible_xyxy(boxes_xyxy)
     if "nodule" in names:
-        rng = _child_rng(ss, 10)
+        rng = child_rng(ss, 10)
         for _ in range(int(rng.integers(1, 4))):
             point = _random_lung_point(rng, c, lung_mask, visible)
             if point is None:
                 continue
             radius = rng.uniform(8, 24)
             r = np.sqrt((c.x - point[0]) ** 2 + (c.y - point[1]) ** 2) / radius
-            density += (rng.uniform(0.1, 0.22) * _smoothstep((1.0 - r) / 0.35)).astype(np.float32)
+            density += (rng.uniform(0.1, 0.22) * smoothstep((1.0 - r) / 0.35)).astype(np.float32)
     if "tube" in names:
-        rng = _child_rng(ss, 11)
+        rng = child_rng(ss, 11)
         lines = np.zeros_like(density)
         lumen = np.zeros_like(density)
         carina_y = apex + 0.3 * h
@@ -822,7 +827,7 @@ def _distractors(c: _Canvas, a: _Anatomy, names: Sequence[str], fields: Sequence
             _splat(lines, c, path[:, 0], path[:, 1], _line_weight(path, c, 0.8, 1.0))
         density += 0.3 * gaussian_filter(lines, 0.8) + 0.07 * gaussian_filter(lumen, 3.0)
     if "wire" in names:
-        rng = _child_rng(ss, 12)
+        rng = child_rng(ss, 12)
         wires = np.zeros_like(density)
         for _ in range(int(rng.integers(2, 5))):
             sgn = rng.choice([-1, 1])
@@ -837,7 +842,7 @@ def _distractors(c: _Canvas, a: _Anatomy, names: Sequence[str], fields: Sequence
                 np.float32)
         density += 0.22 * gaussian_filter(wires, 0.7)
     if "haze" in names:
-        rng = _child_rng(ss, 13)
+        rng = child_rng(ss, 13)
         for _ in range(int(rng.integers(1, 3))):
             point = _random_lung_point(rng, c, lung_mask, np.zeros((0, 4)))
             if point is None:
@@ -846,7 +851,7 @@ def _distractors(c: _Canvas, a: _Anatomy, names: Sequence[str], fields: Sequence
             blob = np.exp(-0.5 * (((c.x - point[0]) / sx) ** 2 + ((c.y - point[1]) / sy) ** 2))
             fill += (rng.uniform(0.25, 0.45) * blob).astype(np.float32)
     if "effusion" in names:
-        rng = _child_rng(ss, 14)
+        rng = child_rng(ss, 14)
         sides = [k for k in (0, 1) if rng.random() < 0.6] or [int(rng.integers(2))]
         for k in sides:
             f = fields[k]
@@ -854,15 +859,48 @@ def _distractors(c: _Canvas, a: _Anatomy, names: Sequence[str], fields: Sequence
             # Meniscus: the fluid climbs higher along the lateral chest wall.
             top = f.bottom - level * (0.2 + 0.8 * np.clip(f.u, 0.0, 1.0) ** 1.5)
             y = c.y[f.rows, :]
-            fluid = _smoothstep((y - top) / 25.0) * f.mask[f.rows, f.cols]
+            fluid = smoothstep((y - top) / 25.0) * f.mask[f.rows, f.cols]
             fill[f.rows, f.cols] += (0.95 * fluid).astype(np.float32)
             density[f.rows, f.cols] += (0.04 * fluid).astype(np.float32)
     return density, fill
 
 
+@dataclass(frozen=True)
+class Layers:
+    """Changes that a caller's findings make to the density model of one chest, as arrays on the render grid
+    (`(grid, grid)` float32; None leaves that part unchanged). See `Signs`.
+
+    Attributes:
+        density: Added density (bright), e.g. a nodule or a pleural line.
+        fill: Added fraction of lung air replaced by fluid or tissue (0..1), e.g. an effusion or consolidation.
+        air_gain: Multiplies the lung air (above 1: hyperlucent lung, below 1: collapsed lung).
+        air_floor: Lower bound of the air fraction (pneumothorax: free pleural air at full depth).
+        vessel_keep: Multiplies the pulmonary vessels (0 where no lung markings reach).
+    """
+
+    density: npt.NDArray[np.float32] | None = None
+    fill: npt.NDArray[np.float32] | None = None
+    air_gain: npt.NDArray[np.float32] | None = None
+    air_floor: npt.NDArray[np.float32] | None = None
+    vessel_keep: npt.NDArray[np.float32] | None = None
+
+
+class Signs(Protocol):
+    """Findings drawn into a chest by `render_image`: first the anatomy they change, then the layers they add."""
+
+    def anatomy(self, a: Anatomy) -> Anatomy:
+        """The patient's geometry with the findings' changes (a wider heart, larger lungs, a raised diaphragm)."""
+        ...
+
+    def layers(self, c: Canvas, a: Anatomy, fields: Sequence[LungField]) -> Layers:
+        """The findings' layers on the render grid of `c`, for the final anatomy and its two lung fields."""
+        ...
+
+
 def render_image(boxes: npt.ArrayLike, view: str, sex: str, age: int = 50, distractors: Sequence[str] = (),
-                 seed: int | np.random.SeedSequence = 0, *, grid: int = 512,
-                 opacity_strength: float = 1.0) -> npt.NDArray[np.uint8]:
+                 seed: int | np.random.SeedSequence = 0, *, grid: int = 512, opacity_strength: float = 1.0,
+                 signs: Signs | None = None, anatomy_seed: np.random.SeedSequence | None = None,
+                 size: int = IMAGE_SIZE) -> npt.NDArray[np.uint8]:
     """Render one synthetic chest radiograph.
 
     Args:
@@ -874,9 +912,13 @@ def render_image(boxes: npt.ArrayLike, view: str, sex: str, age: int = 50, distr
         seed: Integer or `SeedSequence`; the same seed and arguments give the same pixels.
         grid: Internal render resolution (upsampled to 1024); lower is faster and blurrier.
         opacity_strength: Scales the opacities (0 draws the same image without them, for checks and figures).
+        signs: Findings to draw besides the boxes and distractors (see `Signs`); None draws none.
+        anatomy_seed: Seed of the patient's anatomy (body, lungs, heart, bones, vessels) in place of the one derived
+            from `seed`, so that follow-up images of one patient show the same person.
+        size: Side of the returned image; geometry stays in pixels of 1024 x 1024 (1024 is the RSNA size).
 
     Returns:
-        `(1024, 1024)` uint8 pixels, MONOCHROME2 (bright = dense).
+        `(size, size)` uint8 pixels, MONOCHROME2 (bright = dense).
     """
     from PIL import Image
     from scipy.ndimage import distance_transform_edt, uniform_filter
@@ -891,27 +933,37 @@ def render_image(boxes: npt.ArrayLike, view: str, sex: str, age: int = 50, distr
     if unknown:
         raise ConfigError(f"unknown distractors {unknown}; expected some of {list(DISTRACTORS)}")
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    rng_anatomy, rng_opacity, rng_noise = (_child_rng(ss, k) for k in range(3))
+    rng_anatomy, rng_opacity, rng_noise = (child_rng(ss, k) for k in range(3))
+    if anatomy_seed is not None:
+        rng_anatomy = np.random.default_rng(anatomy_seed)
     xyxy = xywh_to_xyxy(boxes)
     a = _sample_anatomy(rng_anatomy, view, sex, xyxy)
-    c = _Canvas(grid)
+    if signs is not None:
+        a = signs.anatomy(a)
+    c = Canvas(grid)
 
     d = _body(c, a, rng_anatomy)
     fields = [_lung_field(c, a, lung) for lung in a.lungs]
     lung_mask = fields[0].mask | fields[1].mask
+    extra = signs.layers(c, a, fields) if signs is not None else Layers()
     # Air thickness grows from the lung edge inwards and is smaller at the apices (more tissue in front).
     # Distance to the lung edge on a half-size grid: four times cheaper, and it only feeds a smooth depth map.
     edge = _resize((distance_transform_edt(lung_mask[::2, ::2]) * 2 * c.step).astype(np.float32), lung_mask.shape)
-    upper = _smoothstep((c.y - min(lu.apex for lu in a.lungs)) / (0.35 * a.lungs[0].height))
+    upper = smoothstep((c.y - min(lu.apex for lu in a.lungs)) / (0.35 * a.lungs[0].height))
     depth = (1.0 - np.exp(-edge / 45.0)) * (0.7 + 0.3 * upper)
     heart, hides = _heart_and_mediastinum(c, a)
-    air = _AIR * depth * (1.0 - hides) * (0.9 + 0.2 * _smooth_noise(rng_anatomy, (grid, grid), 8))
+    air = _AIR * depth * (1.0 - hides) * (0.9 + 0.2 * smooth_noise(rng_anatomy, (grid, grid), 8))
+    if extra.air_gain is not None:
+        air = np.clip(air * extra.air_gain, 0.0, 0.97)
+    if extra.air_floor is not None:
+        air = np.maximum(air, extra.air_floor)
     body = d
     bones = np.zeros_like(body)
     _ribs_and_bones(bones, c, a, view, rng_anatomy)
-    d = heart.astype(np.float32) + bones * _smoothstep(body / 0.1)
+    d = heart.astype(np.float32) + bones * smoothstep(body / 0.1)
     d += _airways(c, a, rng_anatomy)
-    d += _vessels(c, a, lung_mask, rng_anatomy)
+    vessels = _vessels(c, a, lung_mask, rng_anatomy)
+    d += vessels if extra.vessel_keep is None else vessels * extra.vessel_keep
     if sex == "F" and age >= 15:
         for lung in a.lungs:
             # Breast shadow over the lower lung: faint above, ending in a sharp inferior fold.
@@ -919,11 +971,15 @@ def render_image(boxes: npt.ArrayLike, view: str, sex: str, age: int = 50, distr
             rx, ry = 0.42 * lung.lat, 0.18 * lung.height
             ry_eff = np.where(c.y < by, 2.5 * ry, ry)
             r2 = ((c.x - bx) / rx) ** 2 + ((c.y - by) / ry_eff) ** 2
-            d += (rng_anatomy.uniform(0.02, 0.05) * _smoothstep((1.0 - r2) / 0.5)).astype(np.float32)
-    d += (0.05 * (_smooth_noise(rng_anatomy, (grid, grid), 90) - 0.5) * lung_mask).astype(np.float32)
+            d += (rng_anatomy.uniform(0.02, 0.05) * smoothstep((1.0 - r2) / 0.5)).astype(np.float32)
+    d += (0.05 * (smooth_noise(rng_anatomy, (grid, grid), 90) - 0.5) * lung_mask).astype(np.float32)
 
     opacity = opacity_strength * _opacities(c, xyxy, rng_opacity)
     extra_density, extra_fill = _distractors(c, a, distractors, fields, xyxy, ss)
+    if extra.fill is not None:
+        extra_fill = extra_fill + extra.fill
+    if extra.density is not None:
+        extra_density = extra_density + extra.density
     filled = np.clip(opacity + extra_fill, 0.0, 1.0)
     # Consolidation also adds a little density of its own, so it shows faintly behind the heart too.
     d = d + body * (1.0 - air * (1.0 - filled)) + extra_density + 0.05 * opacity * lung_mask
@@ -937,7 +993,7 @@ def render_image(boxes: npt.ArrayLike, view: str, sex: str, age: int = 50, distr
     heel = np.linspace(rng_noise.uniform(0.95, 1.0), rng_noise.uniform(1.0, 1.05), grid, dtype=np.float32)[:, None]
     display = 4.0 + gain * (1.0 - np.exp(-k * np.clip(d * heel, 0.0, None))) / (1.0 - np.exp(-k * 0.8))
     small = Image.fromarray(np.clip(np.rint(display), 0, 255).astype(np.uint8))
-    pixels = np.asarray(small.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC), dtype=np.int16)
+    pixels = np.asarray(small.resize((size, size), Image.Resampling.BICUBIC), dtype=np.int16)
     # Film grain at full resolution: uniform on -3..3 (sd 2), far cheaper to draw than gaussian noise.
     grain = rng_noise.integers(-3, 4, pixels.shape, dtype=np.int8)
     return np.clip(pixels + grain, 0, 255).astype(np.uint8)
