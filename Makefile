@@ -22,7 +22,7 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 mmdet: setup
 	@bash scripts/install_mmdet.sh
 
-demo: setup
+demo: setup mmdet
 	@bash scripts/demo.sh
 
 # The two-worker tuning test starts a throw-away PostgreSQL server on loopback; install its binaries when missing
@@ -36,13 +36,13 @@ services:
 		else echo "note: PostgreSQL server not installed and not root; its test will skip"; fi; \
 	fi
 
-test: setup services
+test: setup mmdet services
 	@$(VENV)/bin/python -m pytest
 
 test-fast: setup
 	@$(VENV)/bin/python -m pytest -m "not slow"
 
-bench: setup
+bench: setup mmdet
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
 
 clean:

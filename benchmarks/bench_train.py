@@ -4,7 +4,9 @@ bare PyTorch loop.
 Prints, on this machine's CPU (or GPU when present):
 
 1. images per second of training steps (forward, backward, clipping, optimiser, EMA) for the tiny demo config at
-   its size and for RetinaNet ResNet-50 FPN at 512 px (a few steps, batch 2);
+   its size and for RetinaNet ResNet-50 FPN at 512 px (a few steps, batch 2), built by torchvision and, when the
+   mmdetection backend is installed (`make mmdet`), by mmdet from its own config file: both figures and their ratio,
+   on the same batches in the same run;
 2. images per second of the tiny config's training data loader, and its ratio to what the model consumes
    (> 1: the loader keeps up);
 3. Lightning's overhead: the same pre-loaded batches through `Trainer.fit` (no validation, logging or checkpoints)
@@ -14,11 +16,14 @@ Data: the prepare cache of the demo data set (`make demo`, or `cxrdet synth` + `
 found through the tiny config's `data` section (override with --cfg-options data.root=... data.folds=...).
 
 Run: .venv/bin/python benchmarks/bench_train.py [--steps 20] [--threads 2] [-o data.folds=...]
+     .venv/bin/python benchmarks/bench_train.py --r50-only   (the RetinaNet R-50 figures alone; no data needed)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
 import os
 import sys
 import time
@@ -34,6 +39,7 @@ from cxrdet.models.lit_detector import LitDetector
 
 TINY = paths.CONFIGS_DIR / "experiments" / "retinanet_mnv3s_128_tiny12e.py"
 R50 = paths.CONFIGS_DIR / "experiments" / "retinanet_r50fpn_512_sgd12e.py"
+MMDET_R50 = paths.CONFIGS_DIR / "experiments" / "mmdet-retinanet_r50fpn_512_sgd12e.py"
 
 
 def bare_steps(module: LitDetector, batches: Sequence[Any], grad_clip: float | None) -> float:
@@ -88,14 +94,57 @@ def fake_batches(size: int, batch: int, n: int) -> list[Any]:
     return out
 
 
+def interleaved_throughput(cfgs: Sequence[dict[str, Any]], batches: Sequence[Any], rounds: int) -> list[float]:
+    """Images per second of bare training steps of several configs, measured in turns (A, B, A, B, ...) after one
+    warm-up step each; each config's fastest round counts, so load from other processes biases none of them."""
+    modules = [LitDetector(cfg) for cfg in cfgs]
+    clips = [cfg["train"].get("grad_clip") for cfg in cfgs]
+    for module, clip in zip(modules, clips, strict=True):
+        bare_steps(module, batches[:1], clip)
+    best = [math.inf] * len(cfgs)
+    for _ in range(rounds):
+        for i, (module, clip) in enumerate(zip(modules, clips, strict=True)):
+            best[i] = min(best[i], bare_steps(module, batches, clip))
+    n = sum(len(b[0]) for b in batches)
+    return [n / seconds for seconds in best]
+
+
+def retinanet_r50_figures(steps: int, rounds: int = 2) -> None:
+    """Print training images/s of RetinaNet ResNet-50 FPN built by torchvision and by mmdet (same input size, batch
+    and batches, from scratch, EMA on as the configs have it), and their ratio."""
+    options = ["data.batch_size=2", "lr_schedule={'type':'constant'}"]
+    r50 = to_dict(load_config(R50, options))
+    size = r50["data"]["size"]
+    batches = fake_batches(size, 2, steps)
+    what = f"{size} px, batch 2, best of {rounds} rounds of {steps} steps"
+    if importlib.util.find_spec("mmdet") is None:
+        (r50_rate,) = interleaved_throughput([r50], batches, rounds)
+        print(f"RetinaNet ResNet-50 FPN, torchvision ({R50.stem}, {what}): {r50_rate:.2f} train images/s")
+        print("RetinaNet ResNet-50 FPN, mmdet: not measured (mmdet is not installed: `make mmdet`)")
+        return
+    mmdet_cfg = to_dict(load_config(MMDET_R50, [*options, f"data.size={size}"]))
+    r50_rate, mmdet_rate = interleaved_throughput([r50, mmdet_cfg], batches, rounds)
+    print(f"RetinaNet ResNet-50 FPN, torchvision ({R50.stem}, {what}): {r50_rate:.2f} train images/s")
+    print(f"RetinaNet ResNet-50 FPN, mmdet ({MMDET_R50.stem}, {what}): {mmdet_rate:.2f} train images/s = "
+          f"{mmdet_rate / r50_rate:.2f} x torchvision")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="training steps per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("-o", "--cfg-options", action="append", default=[], help="override of the tiny config")
+    parser.add_argument("--r50-only", action="store_true",
+                        help="only RetinaNet ResNet-50 FPN, torchvision against mmdet (fake batches, no data needed)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    r50_steps = max(2, args.steps // 5)
+    if args.r50_only:
+        print(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}, torch threads: {torch.get_num_threads()}, "
+              f"cores: {os.cpu_count()}")
+        retinanet_r50_figures(r50_steps)
+        return 0
     from cxrdet.data.datamodule import DetectionDataModule
 
     # A constant learning rate: the bare loop has no Trainer to size a cosine schedule with.
@@ -129,11 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tiny_rate = model_throughput(cfg, batches)
     size, batch = cfg["data"]["size"], cfg["data"]["batch_size"]
     print(f"tiny ({TINY.stem}, {size} px, batch {batch}): {tiny_rate:.1f} train images/s")
-    r50 = to_dict(load_config(R50, ["data.batch_size=2", "lr_schedule={'type':'constant'}"]))
-    r50_steps = max(2, args.steps // 5)
-    r50_rate = model_throughput(r50, fake_batches(r50["data"]["size"], 2, r50_steps))
-    print(f"RetinaNet ResNet-50 FPN ({R50.stem}, {r50['data']['size']} px, batch 2, {r50_steps} steps): "
-          f"{r50_rate:.2f} train images/s")
+    retinanet_r50_figures(r50_steps)
     print(f"data loader ({cfg['data']['num_workers']} workers, augmentation on): {load_rate:.1f} images/s = "
           f"{load_rate / tiny_rate:.1f} x what the tiny model consumes")
 

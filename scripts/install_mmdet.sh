@@ -18,8 +18,9 @@ MMCV_VERSION=2.1.0
 # sha256 of mmcv-2.1.0.tar.gz as PyPI serves it, observed 2026-11-23 (pip also checks the index's own hash).
 MMCV_SHA256=d387bcab66b467479b6660310e23746cfc79c6e57acf04094680adb499a5cd3f
 # Build-only tools, installed in a throwaway venv rather than .venv: mmcv's setup.py imports pkg_resources (gone from
-# setuptools 82, deprecated in 81) while .venv keeps its newer setuptools; ninja makes MAX_JOBS compile in parallel
-# (without it torch compiles one file at a time).
+# setuptools 82, deprecated in 81), and the build runs before requirements-mmdet.txt pins that same setuptools into
+# .venv (for mmengine's `mmdet::` config paths); ninja makes MAX_JOBS compile in parallel (without it torch compiles
+# one file at a time).
 BUILD_PINS=(setuptools==80.10.2 ninja==1.13.2)
 CACHE=${CXRDET_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cxrdet/wheels}
 

@@ -9,6 +9,7 @@ experiment name, which names the run folders, is the config file's stem; `load_c
 from __future__ import annotations
 
 import ast
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,17 @@ REQUIRED_KEYS: tuple[str, ...] = (
 )
 # Top-level keys that would tie a config to one fold; the fold is given on the command line instead.
 FORBIDDEN_KEYS: tuple[str, ...] = ("fold", "folds_to_run")
+# What mmdetection's own config files carry besides `model`, for mmengine's Runner (data loaders, pipelines, optimiser
+# wrapper, schedulers, hooks, ...). A config inheriting them (`_base_ = 'mmdet::...'`) keeps only their model: Lightning
+# trains with cxrdet's `data`, `optim`, `lr_schedule` and `train`, so these would look in effect and not be.
+MMENGINE_RUNNER_KEYS: tuple[str, ...] = (
+    "train_dataloader", "val_dataloader", "test_dataloader", "train_cfg", "val_cfg", "test_cfg", "val_evaluator",
+    "test_evaluator", "optim_wrapper", "param_scheduler", "auto_scale_lr", "default_scope", "default_hooks",
+    "custom_hooks", "env_cfg", "vis_backends", "visualizer", "log_processor", "log_level", "load_from", "resume",
+    "launcher", "randomness", "work_dir", "cudnn_benchmark", "tta_model", "tta_pipeline", "img_scales",
+    "dataset_type", "data_root", "backend_args", "metainfo", "train_pipeline", "test_pipeline", "input_size",
+    "data_preprocessor",
+)  # fmt: skip
 
 
 def parse_options(options: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -110,9 +122,14 @@ def load_config(path: str | Path, options: Sequence[str] | Mapping[str, Any] | N
         raise ConfigError(f"{path}: config file not found; expected a Python config such as "
                           "configs/experiments/<detector>_<backbone>_<size>_<schedule>.py")
     try:
-        cfg = Config.fromfile(str(path))
+        with warnings.catch_warnings():
+            # mmengine finds `mmdet::` base files through pkg_resources, which warns that it is deprecated.
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            cfg = Config.fromfile(str(path))
     except Exception as err:  # mmengine raises several types (SyntaxError, FileNotFoundError for a bad _base_, ...)
         raise ConfigError(f"{path}: cannot be read as an mmengine config: {err}") from err
+    for key in MMENGINE_RUNNER_KEYS:
+        cfg.pop(key, None)
     overrides = parse_options(options)
     if overrides:
         cfg.merge_from_dict(overrides)

@@ -55,7 +55,9 @@ def create_backbone(cfg: Mapping[str, Any], strides: Sequence[int], extra: str |
     """Build the backbone a config's `model.backbone` section describes.
 
     Args:
-        cfg: `model.backbone`: `type` (a registered builder) plus that builder's keyword arguments.
+        cfg: `model.backbone`: `type` (a registered builder) plus that builder's keyword arguments, and optionally
+            `init_from=dict(checkpoint=...)`: a trained classifier whose weights start the body
+            (`cxrdet.models.transfer`).
         strides: Feature strides the detector head needs from the body, finest first (e.g. `(8, 16, 32)`).
         extra: Extra FPN levels above the coarsest: `'p6p7'` (RetinaNet, FCOS), `'pool'` (Faster R-CNN) or None.
 
@@ -67,13 +69,19 @@ def create_backbone(cfg: Mapping[str, Any], strides: Sequence[int], extra: str |
     """
     kwargs = dict(cfg)
     name = kwargs.pop("type", None)
+    init_from = kwargs.pop("init_from", None)
     if name not in _BACKBONES:
         raise ConfigError(f"model.backbone.type={name!r} is not a registered backbone; expected one of "
                           f"{list_backbones()}")
     try:
-        return _BACKBONES[name](strides=tuple(strides), extra=extra, **kwargs)
+        backbone = _BACKBONES[name](strides=tuple(strides), extra=extra, **kwargs)
     except TypeError as err:
         raise ConfigError(f"model.backbone ({name}): {err}") from err
+    if init_from:
+        from cxrdet.models.transfer import init_from_classifier  # late: it reads Lightning checkpoints
+
+        init_from_classifier(backbone, init_from)
+    return backbone
 
 
 def _extra_block(extra: str | None, channels: int) -> ExtraFPNBlock | None:
@@ -88,19 +96,33 @@ def _extra_block(extra: str | None, channels: int) -> ExtraFPNBlock | None:
     return blocks[extra]()
 
 
-def load_checkpoint(module: nn.Module, path: str | Path) -> None:
+def load_checkpoint(module: nn.Module, path: str | Path, what: str = "model.backbone.checkpoint") -> None:
     """Load a local weights file into `module`, ignoring keys that do not fit (a classifier head, say).
 
     The file may hold a bare state dict or one under `state_dict` / `model`; a `module.` or `model.` prefix is
-    dropped.
+    dropped. It is read with `weights_only=True`: tensors and plain containers, never arbitrary objects.
+
+    Args:
+        module: The module to fill.
+        path: The weights file.
+        what: The config key naming the file, for error messages.
 
     Raises:
         ConfigError: The file is missing or none of its tensors fit the module.
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"model.backbone.checkpoint={str(path)!r}: file not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise ConfigError(f"{what}={str(path)!r}: file not found")
+    load_fitting_state(module, torch.load(path, map_location="cpu", weights_only=True), f"{what}={str(path)!r}")
+
+
+def load_fitting_state(module: nn.Module, state: Mapping[str, Any], source: str) -> None:
+    """Copy the tensors of `state` whose name (after dropping a `module.` / `model.` prefix, or from under a
+    `state_dict` / `model` key) and shape match `module`'s; the others are ignored.
+
+    Raises:
+        ConfigError: None of the tensors fit (`source` names where they came from).
+    """
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -113,9 +135,44 @@ def load_checkpoint(module: nn.Module, path: str | Path) -> None:
                 fitting[name] = value
                 break
     if not fitting:
-        raise ConfigError(f"model.backbone.checkpoint={str(path)!r}: no tensor matches the backbone's parameters "
-                          f"(e.g. {next(iter(own), '')!r}); is it a checkpoint of the same architecture?")
+        raise ConfigError(f"{source}: no tensor matches the module's parameters (e.g. {next(iter(own), '')!r}); is "
+                          "it a checkpoint of the same architecture?")
     module.load_state_dict(fitting, strict=False)
+
+
+def create_timm_body(name: str, strides: Sequence[int], pretrained: bool = False, checkpoint: str | None = None,
+                     freeze_bn: bool = False, timm_kwargs: Mapping[str, Any] | None = None
+                     ) -> tuple[nn.Module, list[int]]:
+    """A timm feature extractor (`features_only=True`) and the indices of its outputs at `strides`.
+
+    Args:
+        name: timm model name, e.g. `'resnet50'`, `'efficientnet_b3'`, `'mobilenetv3_small_100'`.
+        strides: Feature strides wanted, finest first; each must be one of the body's reductions.
+        pretrained: Load timm's pretrained weights (needs internet, or a cache).
+        checkpoint: A local weights file for the body (implies pretrained, no download).
+        freeze_bn: Replace BatchNorm by frozen BatchNorm (for batches too small for statistics).
+        timm_kwargs: Passed to `timm.create_model` (e.g. `drop_path_rate`).
+
+    Raises:
+        ConfigError: Unknown model, missing checkpoint file, or a stride the body does not have.
+    """
+    kwargs = dict(timm_kwargs or {})
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise ConfigError(f"model.backbone.checkpoint={checkpoint!r}: file not found")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(checkpoint))
+    try:
+        body = timm.create_model(name, features_only=True, pretrained=pretrained or checkpoint is not None, **kwargs)
+    except RuntimeError as err:  # timm's "Unknown model" and "features_only not implemented" are RuntimeErrors
+        raise ConfigError(f"model.backbone.name={name!r}: {err}") from err
+    if freeze_bn:
+        body = timm.layers.freeze_batch_norm_2d(body)
+    reductions = body.feature_info.reduction()
+    missing = [s for s in strides if s not in reductions]
+    if missing:
+        raise ConfigError(f"model.backbone.name={name!r} has feature strides {reductions}; the detector needs "
+                          f"{list(strides)} (missing {missing})")
+    return body, [reductions.index(s) for s in strides]
 
 
 class TimmFpnBackbone(nn.Module):
@@ -144,29 +201,11 @@ class TimmFpnBackbone(nn.Module):
         timm_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        kwargs = dict(timm_kwargs or {})
-        if checkpoint is not None:
-            if not Path(checkpoint).is_file():
-                raise ConfigError(f"model.backbone.checkpoint={checkpoint!r}: file not found")
-            kwargs["pretrained_cfg_overlay"] = dict(file=str(checkpoint))
-        try:
-            body = timm.create_model(name, features_only=True, pretrained=pretrained or checkpoint is not None,
-                                     **kwargs)
-        except RuntimeError as err:  # timm's "Unknown model" and "features_only not implemented" are RuntimeErrors
-            raise ConfigError(f"model.backbone.name={name!r}: {err}") from err
-        if freeze_bn:
-            body = timm.layers.freeze_batch_norm_2d(body)
-        reductions = body.feature_info.reduction()
-        missing = [s for s in strides if s not in reductions]
-        if missing:
-            raise ConfigError(f"model.backbone.name={name!r} has feature strides {reductions}; the detector needs "
-                              f"{list(strides)} (missing {missing})")
-        self.body = body
-        self.levels = [reductions.index(s) for s in strides]
-        channels = [body.feature_info.channels()[i] for i in self.levels]
+        self.body, self.levels = create_timm_body(name, strides, pretrained, checkpoint, freeze_bn, timm_kwargs)
+        channels = [self.body.feature_info.channels()[i] for i in self.levels]
         self.fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=_extra_block(extra, fpn_channels))
         self.out_channels = fpn_channels
-        cfg = body.pretrained_cfg or {}
+        cfg = self.body.pretrained_cfg or {}
         self.image_mean = list(cfg.get("mean", IMAGENET_MEAN))
         self.image_std = list(cfg.get("std", IMAGENET_STD))
 

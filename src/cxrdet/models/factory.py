@@ -16,6 +16,12 @@ Adding a detector is one decorated function:
     @register_detector
     def my_detector(model_cfg, num_classes, size): ...
         return Detector(net, label_offset=0)
+
+mmdetection backend: a `model.type` that is not a registered builder but an mmdet detector class (`RetinaNet`,
+`FasterRCNN`, `CascadeRCNN`, `ATSS`, `YOLOV3`, `SingleStageDetector`, `MaskRCNN`, ...) makes the whole `model` section
+mmdet's model dict (inherited from mmdet's own config files, `_base_ = 'mmdet::...'`), built by
+`cxrdet.models.mmdet_models.create_mmdet_detector` behind the same contract. mmdet is imported only then, so cxrdet
+works without it (`make mmdet` installs it).
 """
 
 from __future__ import annotations
@@ -116,17 +122,34 @@ def create_detector(cfg: Mapping[str, Any]) -> Detector:
     """
     model_cfg = cfg["model"]
     name = model_cfg.get("type")
-    if name not in _DETECTORS:
-        raise ConfigError(f"model.type={name!r} is not a registered detector; expected one of {list_detectors()}")
+    builder = _DETECTORS.get(name) or _mmdet_builder(name)
     size = int(cfg["data"]["size"])
     num_classes = len(cfg["data"]["classes"])
     try:
-        detector = _DETECTORS[name](model_cfg, num_classes, size)
+        detector = builder(model_cfg, num_classes, size)
     except TypeError as err:
         raise ConfigError(f"model ({name}): {err}") from err
     pred = cfg["predict"]
     detector.set_postprocess(float(pred["score_floor"]), float(pred.get("nms_iou", 0.5)), int(pred["max_per_image"]))
     return detector
+
+
+def _mmdet_builder(name: Any) -> DetectorBuilder:
+    """The mmdet builder for an mmdet detector class name (see the module docstring).
+
+    Raises:
+        ConfigError: mmdet is not installed, or `name` is neither a registered builder nor an mmdet detector.
+    """
+    unknown = (f"model.type={name!r} is not a registered detector; expected one of {list_detectors()} or an mmdet "
+               "detector type (e.g. 'RetinaNet', 'FasterRCNN', 'CascadeRCNN')")
+    try:
+        from cxrdet.models import mmdet_models
+    except ImportError as err:
+        raise ConfigError(f"{unknown}; mmdet types need the mmdetection backend, which is not installed ({err}): "
+                          "run `make mmdet`") from err
+    if not mmdet_models.is_mmdet_detector(name):
+        raise ConfigError(unknown)
+    return mmdet_models.create_mmdet_detector
 
 
 def _anchor_sizes(model_cfg: Mapping[str, Any], n_levels: int, base: Sequence[int], per_octave: int
