@@ -7,6 +7,9 @@ many boxes pass the score floor, so NMS and the per-image cap do their full work
 case), with the same number of threads. Prints images per second of each and onnxruntime / PyTorch. DICOM reading
 (once) and resizing to the model's input (`prep`, per model), shared by both runtimes, are printed apart.
 
+The classifiers (the tiny MobileNet-V3-S at 128 px and CheXNet's DenseNet-121 at 512 px, random weights) run the
+same way: their logits and sigmoid probabilities, one image per call.
+
 Images: the DICOMs of the demo data set (`make demo`, or `cxrdet synth`), read with `cxrdet.data.dicom.read_dicom`.
 
 Run: .venv/bin/python benchmarks/bench_infer.py [--images 30] [--threads 1] [--data DIR]
@@ -15,6 +18,7 @@ Run: .venv/bin/python benchmarks/bench_infer.py [--images 30] [--threads 1] [--d
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -26,14 +30,17 @@ import torch
 
 from cxrdet import paths
 from cxrdet.config import load_config, to_dict
-from cxrdet.export import OnnxDetector, export_onnx
+from cxrdet.export import OnnxClassifier, OnnxDetector, export_classifier_onnx, export_onnx
 from cxrdet.infer import preprocess
+from cxrdet.models.classifier import create_classifier
 from cxrdet.models.factory import create_detector
 
 CONFIGS = {
     "retinanet_mnv3s_128_tiny12e": 1.0,
     "fcos_mnv3s_128_tiny12e": 1.0,
     "retinanet_r50fpn_512_sgd12e": 0.34,  # fraction of --images: ~16x the pixels and a ResNet-50
+    "cls_regnetx002_128_tiny12e": 1.0,
+    "cls_densenet121_512_adamw12e": 0.34,
 }
 
 
@@ -59,22 +66,28 @@ def images_per_second(run: object, images: Sequence[np.ndarray], warmup: int = 3
 
 
 def bench(name: str, pixels: Sequence[np.ndarray], threads: int, folder: Path) -> dict[str, float]:
-    """PyTorch and onnxruntime images per second of one config's detector."""
-    cfg = load_config(paths.CONFIGS_DIR / "experiments" / f"{name}.py", ["model.backbone.pretrained=False"])
+    """PyTorch and onnxruntime images per second of one config's detector or classifier."""
+    classify = name.startswith("cls_")
+    off = "model.pretrained=False" if classify else "model.backbone.pretrained=False"
+    cfg = load_config(paths.CONFIGS_DIR / "experiments" / f"{name}.py", [off])
     size = int(cfg["data"]["size"])
     torch.manual_seed(0)
-    detector = create_detector(to_dict(cfg)).eval()
-    model_file = export_onnx(detector, size, folder / f"{name}.onnx")
-    # The sidecar only needs what OnnxDetector reads; `cxrdet export` writes the full one from a checkpoint.
-    model_file.with_suffix(".json").write_text(f'{{"input": {{"shape": [1, 3, {size}, {size}]}}}}')
+    model = (create_classifier if classify else create_detector)(to_dict(cfg)).eval()
+    export_graph = export_classifier_onnx if classify else export_onnx
+    model_file = export_graph(model, size, folder / f"{name}.onnx")
+    # The sidecar only needs what the runners read; `cxrdet export` writes the full one from a checkpoint.
+    sidecar = {"input": {"shape": [1, 3, size, size]}}
+    if classify:
+        sidecar.update(task="classify", classes=list(cfg["data"]["classes"]))
+    model_file.with_suffix(".json").write_text(json.dumps(sidecar))
     start = time.perf_counter()
     inputs = [preprocess(p, size) for p in pixels]
     prep = len(pixels) / (time.perf_counter() - start)
-    runner = OnnxDetector(model_file, threads=threads)
+    runner = (OnnxClassifier if classify else OnnxDetector)(model_file, threads=threads)
 
     def torch_run(image: np.ndarray) -> object:
         with torch.inference_mode():
-            return detector(torch.from_numpy(image))
+            return model(torch.from_numpy(image))
 
     return {"size": size, "prep": prep, "torch": images_per_second(torch_run, inputs),
             "onnx": images_per_second(runner, inputs)}

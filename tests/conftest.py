@@ -69,3 +69,46 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         train(cfg, fold=0)
         predict(cfg, 0, split="oof")
     return {"outputs": folder / "outputs", "options": options, "config": config, "experiment": cfg["experiment"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny binary classifier (cls_regnetx002_128_tiny12e with ResNet-10t at 64 px) trained 3 epochs on folds 0
+    and 1 of test_train's squares data, with both folds' OOF probabilities (for the classifier report, Grad-CAM and
+    export tests).
+
+    The squares fold file puts every third image in one fold, which makes whole folds positive or negative; this
+    fixture writes its own fold file that mixes both in every fold (an AUROC needs both).
+
+    Returns:
+        `outputs` (the CXRDET_OUTPUTS folder holding the runs), `options` (their `--cfg-options`), `config` (the
+        experiment config), `experiment`, and `data` (the squares data options).
+    """
+    import pandas as pd
+    import torch
+
+    from cxrdet.config import load_config
+    from cxrdet.predict import predict
+    from cxrdet.train import train
+
+    spec = importlib.util.spec_from_file_location("_squares", Path(__file__).parent / "test_train.py")
+    squares = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(squares)
+    folder = tmp_path_factory.mktemp("tiny_classifier_run")
+    data = squares.write_squares_dataset(folder / "data")
+    folds = pd.read_csv(data["data.folds"])
+    folds["fold"] = [(i // 3) % 3 for i in range(len(folds))]  # image i is positive unless i % 3 == 2
+    folds.to_csv(data["data.folds"], index=False)
+    # ResNet-10t rather than the config's MobileNet-V3-Small: from scratch on batches of 4 the latter's loss climbs
+    # (0.5 -> 9 in 3 epochs) and its probabilities collapse to ~1e-19, which leaves Grad-CAM nothing to show.
+    options = squares.tiny_options(data, **{"train.epochs": 3, "model.name": "resnet10t"})
+    config = paths.CONFIGS_DIR / "experiments" / "cls_regnetx002_128_tiny12e.py"
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CXRDET_OUTPUTS", str(folder / "outputs"))
+        cfg = load_config(config, options)
+        for fold in (0, 1):
+            train(cfg, fold=fold)
+            predict(cfg, fold, split="oof")
+    return {"outputs": folder / "outputs", "options": options, "config": config, "experiment": cfg["experiment"],
+            "data": data}

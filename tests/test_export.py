@@ -82,7 +82,7 @@ def test_coreml_is_refused_with_the_reason() -> None:
     result = CliRunner().invoke(app, ["export", str(TINY), "--fold", "0", "--format", "coreml"])
     assert result.exit_code == 1
     text = " ".join(result.output.split())
-    assert "Core ML export is not available on this platform" in text and "--format onnx" in text
+    assert "Core ML export is not available for detectors" in text and "--format onnx" in text
 
 
 def test_unknown_format_and_missing_checkpoint() -> None:
@@ -132,3 +132,127 @@ def test_graph_of_each_tiny_detector_matches_pytorch(experiment: str, tmp_path: 
     np.testing.assert_allclose(boxes, ref["boxes"].numpy(), rtol=0, atol=BOX_ATOL_PX)
     np.testing.assert_allclose(scores, ref["scores"].numpy(), rtol=0, atol=SCORE_ATOL)
     np.testing.assert_array_equal(labels, ref["labels"].numpy())
+
+
+# ---- classifiers ----
+
+# Classifier parity tolerances. The logits come out of the same float32 network with different convolution kernels
+# (onnxruntime's MLAS against PyTorch's oneDNN/ATen), which sum in different orders: differences of a few float32
+# ulps per layer, measured at <= 1.3e-6 absolute and <= 2.5e-5 relative (on logits of ~1e-4) over ResNet-10t,
+# MobileNet-V3-S, DenseNet-121, EfficientNet-B0 and ConvNeXt-T at random weights. 1e-4 absolute plus 1e-4 relative
+# leaves ~100x room for trained weights' larger activations. A probability moves at most a quarter as much as its
+# logit (sigmoid's slope <= 1/4); 1e-5 is far below any cut a reader would set (thresholds are read to 0.01).
+LOGIT_ATOL = LOGIT_RTOL = 1e-4
+PROB_ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def classifier_export(tiny_classifier_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+                      ) -> dict[str, Any]:
+    """The tiny classifier run's fold 0 exported to ONNX through the CLI."""
+    out = tmp_path_factory.mktemp("classifier_export")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CXRDET_OUTPUTS", str(tiny_classifier_run["outputs"]))
+        options = [a for o in tiny_classifier_run["options"] for a in ("-o", o)]
+        result = CliRunner().invoke(app, ["export", str(tiny_classifier_run["config"]), "--fold", "0", "--out",
+                                          str(out), *options])
+        assert result.exit_code == 0, result.output
+        cfg = load_config(tiny_classifier_run["config"], tiny_classifier_run["options"])
+        ckpt = final_checkpoint(cfg, 0)
+    return {"model": out / "model.onnx", "cfg": cfg, "checkpoint": ckpt, "printed": result.output.strip()}
+
+
+@pytest.mark.slow
+def test_classifier_sidecar_documents_input_normalisation_and_outputs(classifier_export: dict[str, Any]) -> None:
+    assert classifier_export["printed"] == str(classifier_export["model"])
+    meta = json.loads(classifier_export["model"].with_suffix(".json").read_text())
+    assert meta["task"] == "classify" and meta["format"] == "onnx" and meta["classes"] == ["opacity"]
+    assert meta["input"] == {"name": "image", "shape": ["n", 3, 64, 64], "dtype": "float32", "range": [0.0, 1.0],
+                             "channels": "greyscale repeated on 3 channels"}
+    norm = meta["normalisation_inside_graph"]
+    # in_chans=1: the network reads channel 0, normalised with the mean of timm's ImageNet RGB statistics.
+    assert norm["in_chans"] == 1 and norm["channels_read"] == "channel 0 only"
+    assert norm["mean"] == pytest.approx([(0.485 + 0.456 + 0.406) / 3]) and len(norm["std"]) == 1
+    assert set(meta["outputs"]) == {"logits", "probabilities"} and "sigmoid" in meta["outputs"]["probabilities"]
+    record = checkpoint_record(classifier_export["checkpoint"])
+    assert meta["threshold"] == pytest.approx(record["val_threshold"]) and meta["val_auroc"] == record["val_score"]
+    assert len(meta["model_sha256"]) == 64 and any("resize to 64 x 64" in step for step in meta["preprocessing"])
+
+
+@pytest.mark.slow
+def test_onnxruntime_classifier_matches_pytorch_on_cached_images(classifier_export: dict[str, Any]) -> None:
+    from cxrdet.export import OnnxClassifier, load_classifier
+
+    cfg = classifier_export["cfg"]
+    classifier = load_classifier(cfg, classifier_export["checkpoint"])
+    runner = OnnxClassifier(classifier_export["model"], threads=1)
+    pixels = [load_image(cfg["data"]["cache"], "train", f"img{i:03d}") for i in range(6)]
+    pixels.append(np.zeros((64, 64), dtype=np.uint8))
+    images = np.stack([np.broadcast_to(p.astype(np.float32) / 255.0, (3, 64, 64)) for p in pixels])
+    with torch.inference_mode():
+        ref = classifier(torch.from_numpy(images))
+    logits, probs = runner(images)  # 7 images in one call: the exported batch axis is free
+    assert logits.shape == probs.shape == (7, 1) and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, ref.numpy(), rtol=LOGIT_RTOL, atol=LOGIT_ATOL)
+    np.testing.assert_allclose(probs, torch.sigmoid(ref).numpy(), rtol=0, atol=PROB_ATOL)
+    assert np.ptp(probs) > 0  # the images were told apart, not all mapped to one value
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small_100", "densenet121"])
+def test_graph_of_a_classifier_matches_pytorch_at_any_batch(name: str, tmp_path: Path) -> None:
+    from cxrdet.export import OnnxClassifier, export_classifier_onnx
+    from cxrdet.models.classifier import create_classifier
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    classes = ["Effusion", "Mass", "Nodule"]
+    classifier = create_classifier({"model": {"type": "timm_classifier", "name": name, "in_chans": 1},
+                                    "data": {"classes": classes}}).eval()
+    model = export_classifier_onnx(classifier, 64, tmp_path / "model.onnx")
+    (tmp_path / "model.json").write_text(json.dumps({"task": "classify", "classes": classes,
+                                                     "input": {"shape": ["n", 3, 64, 64]}}))
+    runner = OnnxClassifier(model, threads=1)
+    for n in (1, 3):
+        images = torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(n))
+        with torch.inference_mode():
+            ref = classifier(images)
+        logits, probs = runner(images.numpy())
+        assert logits.shape == (n, 3)
+        np.testing.assert_allclose(logits, ref.numpy(), rtol=LOGIT_RTOL, atol=LOGIT_ATOL)
+        np.testing.assert_allclose(probs, torch.sigmoid(ref).numpy(), rtol=0, atol=PROB_ATOL)
+
+
+def test_onnx_classifier_refuses_a_detector_sidecar(tmp_path: Path) -> None:
+    from cxrdet.export import OnnxClassifier
+
+    (tmp_path / "model.json").write_text('{"input": {"shape": [1, 3, 64, 64]}}')
+    with pytest.raises(CxrdetError, match="describes a detector, not a classifier"):
+        OnnxClassifier(tmp_path / "model.onnx")
+
+
+@pytest.mark.slow
+def test_classifier_converts_to_a_core_ml_package(tiny_classifier_run: dict[str, Any], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    import coremltools as ct
+
+    monkeypatch.setenv("CXRDET_OUTPUTS", str(tiny_classifier_run["outputs"]))
+    cfg = load_config(tiny_classifier_run["config"], tiny_classifier_run["options"])
+    package = export(cfg, 0, fmt="coreml", out_dir=tmp_path)
+    assert package == tmp_path / "model.mlpackage" and package.is_dir()
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["format"] == "coreml" and meta["input"]["shape"] == [1, 3, 64, 64] and meta["model_file"] == package.name
+    spec = ct.models.MLModel(str(package), skip_model_load=True).get_spec()
+    assert [i.name for i in spec.description.input] == ["image"]
+    assert list(spec.description.input[0].type.multiArrayType.shape) == [1, 3, 64, 64]
+    assert [o.name for o in spec.description.output] == ["logits", "probabilities"]
+    if platform.system() != "Darwin":
+        return  # Core ML runs models on macOS only; the conversion itself is what this platform can check
+    from cxrdet.export import load_classifier
+
+    image = np.broadcast_to(load_image(cfg["data"]["cache"], "train", "img000") / 255.0, (1, 3, 64, 64))
+    out = ct.models.MLModel(str(package)).predict({"image": image.astype(np.float32)})
+    with torch.inference_mode():
+        ref = torch.sigmoid(load_classifier(cfg, final_checkpoint(cfg, 0))(torch.from_numpy(image.astype(np.float32))))
+    np.testing.assert_allclose(out["probabilities"], ref.numpy(), atol=1e-2)  # float16 compute on the device

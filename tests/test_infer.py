@@ -135,3 +135,58 @@ def test_model_file_errors(tmp_path: Path) -> None:
         load_model(tmp_path / "m.pt")
     result = CliRunner().invoke(app, ["infer", "--model", str(tmp_path / "m.pt")])
     assert result.exit_code == 1 and "no DICOM files" in result.output
+
+
+class FakeClassifier:
+    """A 64-px two-class classifier whose probabilities are the input's mean and one minus it."""
+
+    size = 64
+    classes = ["Effusion", "Mass"]
+    threshold = None
+    description = "fake classifier"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        assert images.shape == (1, 3, 64, 64) and images.dtype == np.float32
+        mean = float(images.mean())
+        return np.array([[mean, 1.0 - mean]], dtype=np.float32)
+
+
+def test_classify_writes_probabilities_per_study_and_the_readers_errors(dicoms: list[Path], tmp_path: Path) -> None:
+    from cxrdet.infer import classify
+
+    result = classify(FakeClassifier(), dicoms, tmp_path)
+    assert result.errors == {str(p): reader_error(p) for p in dicoms if p.name in BAD}
+    table = pd.read_csv(tmp_path / "probabilities.csv")
+    assert table.columns.tolist() == ["image_id", "source", "Effusion", "Mass"]
+    assert table["image_id"].tolist() == ["CT_small", "JPEG2000"]
+    ct = preprocess(read_dicom(dicoms[0]).pixels, 64)
+    assert table["Effusion"].iloc[0] == pytest.approx(float(ct.mean()), abs=1e-6)  # the prepare-cache resize
+    np.testing.assert_allclose(table["Effusion"] + table["Mass"], 1.0, atol=1e-6)
+    report = json.loads((tmp_path / "probabilities.json").read_text())
+    assert report["classes"] == ["Effusion", "Mass"] and report["threshold"] is None
+    assert [s["image_id"] for s in report["studies"]] == ["CT_small", "JPEG2000"] and len(report["errors"]) == 3
+    assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.slow
+def test_cli_classifies_with_an_onnx_export_and_a_checkpoint_alike(tiny_classifier_run: dict[str, Any],
+                                                                   dicoms: list[Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXRDET_OUTPUTS", str(tiny_classifier_run["outputs"]))
+    cfg = load_config(tiny_classifier_run["config"], tiny_classifier_run["options"])
+    options = [a for o in tiny_classifier_run["options"] for a in ("-o", o)]
+    runner = CliRunner()
+    assert runner.invoke(app, ["export", str(tiny_classifier_run["config"]), "--fold", "0", "--out",
+                               str(tmp_path / "m"), *options]).exit_code == 0
+    tables = {}
+    for kind, model in (("onnx", tmp_path / "m" / "model.onnx"), ("torch", final_checkpoint(cfg, 0))):
+        result = runner.invoke(app, ["infer", "--model", str(model), "--out", str(tmp_path / kind),
+                                     "--dicom", *[str(p) for p in dicoms]])
+        assert result.exit_code == 1  # three of the five files cannot be read
+        assert "probabilities of 1 classes for 2 studies" in " ".join(result.output.split())
+        tables[kind] = pd.read_csv(tmp_path / kind / "probabilities.csv")
+    assert tables["onnx"]["image_id"].tolist() == tables["torch"]["image_id"].tolist() == ["CT_small", "JPEG2000"]
+    # The probability tolerance of tests/test_export.py (onnxruntime against PyTorch on the same input).
+    np.testing.assert_allclose(tables["onnx"]["opacity"], tables["torch"]["opacity"], rtol=0, atol=1e-5)
+    meta = json.loads((tmp_path / "onnx" / "probabilities.json").read_text())
+    assert meta["threshold"] == pytest.approx(json.loads((tmp_path / "m" / "model.json").read_text())["threshold"])

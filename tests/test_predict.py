@@ -157,3 +157,62 @@ def test_a_detector_that_finds_nothing_writes_an_empty_table(trained: Any, monke
     monkeypatch.setattr(LitDetector, "inference_model", lambda self: Nothing())
     pred = pd.read_parquet(predict(trained, 0, "oof", tta="hflip", datamodule_cls=FakeDataModule))
     assert pred.empty and pred["score"].dtype == np.float64
+
+
+# ---- classifiers (task='classify'): per-image probabilities ----
+
+CLS_TINY = paths.CONFIGS_DIR / "experiments" / "cls_regnetx002_128_tiny12e.py"
+
+
+class BrightnessClassifier(torch.nn.Module):
+    """Two classes: 'bright' (logit 10 x mean brightness - 0.5: the same on a mirrored image) and 'left' (logit
+    10 x (mean of the left half - mean of the right half): its sign flips on a mirrored image)."""
+
+    classes = ("bright", "left")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        grey = images[:, 0]
+        half = grey.shape[-1] // 2
+        left = grey[..., :half].mean(dim=(1, 2)) - grey[..., half:].mean(dim=(1, 2))
+        return torch.stack([10 * grey.mean(dim=(1, 2)) - 0.5, 10 * left], dim=1)
+
+
+@pytest.fixture
+def trained_classifier(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A classifier config whose fold-0 'best.ckpt' exists, with `BrightnessClassifier` standing in."""
+    from cxrdet.models.lit_classifier import LitClassifier
+
+    torch.set_num_threads(1)
+    cfg = load_config(CLS_TINY, [f"data.size={SIZE}", "data.classes=('bright','left')"])
+    module = LitClassifier(cfg.to_dict())
+    ckpt = paths.checkpoints_dir(cfg.experiment, 0) / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": module.state_dict(), "cxrdet": {"val_score": 0.8, "val_threshold": 0.3}}, ckpt)
+    monkeypatch.setattr(LitClassifier, "inference_model", lambda self: BrightnessClassifier())
+    return cfg
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_classifier_predict_writes_one_probability_column_per_class(trained_classifier: Any) -> None:
+    out = predict(trained_classifier, 0, "oof", datamodule_cls=FakeDataModule)
+    assert out == paths.predictions_path(trained_classifier.experiment, 0, "oof")
+    probs = pd.read_parquet(out)
+    assert list(probs.columns) == ["image_id", "bright", "left"] and probs["image_id"].tolist() == ["a", "b"]
+    # Both squares cover 96 of the 32 x 32 = 1024 pixels: mean 0.09375, 'bright' logit 0.4375. Square a lies in the
+    # left half (mean 96 / 512 there), square b in the right half: 'left' logits +1.875 and -1.875.
+    assert probs["bright"].tolist() == pytest.approx([sigmoid(0.4375)] * 2)
+    assert probs["left"].tolist() == pytest.approx([sigmoid(1.875), sigmoid(-1.875)])
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["task"] == "classify" and side["classes"] == ["bright", "left"] and side["n_images"] == 2
+    assert side["tta"] == "none" and side["val_score"] == 0.8 and side["checkpoint"].endswith("best.ckpt")
+
+
+def test_classifier_hflip_tta_averages_the_two_passes(trained_classifier: Any) -> None:
+    probs = pd.read_parquet(predict(trained_classifier, 0, "test", tta="hflip", datamodule_cls=FakeDataModule))
+    assert probs["image_id"].tolist() == ["a", "b"]
+    # 'bright' is the same on both passes; 'left' averages sigmoid(x) and sigmoid(-x): 0.5.
+    assert probs["bright"].tolist() == pytest.approx([sigmoid(0.4375)] * 2)
+    assert probs["left"].tolist() == pytest.approx([0.5, 0.5])

@@ -152,3 +152,108 @@ def test_gallery_picks_best_worst_and_most_false_positives() -> None:
     assert picks["best"] == ["hit", "miss2", "miss"]  # only images with ground truth; ties: more true boxes first
     assert picks["worst"] == ["miss2", "miss", "hit"]
     assert picks["most false positives"] == ["fp3", "neg"]  # the 0.1 box on `hit` is below the cut
+
+
+# ---- classifier experiments (hand-written run folders: config, OOF probabilities, CSV logs) ----
+
+
+def write_classifier_runs(root: Path, experiment: str, classes: list[str], seed: int = 0) -> pd.DataFrame:
+    """Two folds of a classifier experiment as `cxrdet report` reads them, over 40 images with an NIH label table
+    (one finding column per class) under `root`; returns the truth table (image_id, one 0/1 column per class)."""
+    from mmengine.config import Config
+
+    from cxrdet import paths
+
+    rng = np.random.default_rng(seed)
+    ids = [f"{i:05d}_000.png" for i in range(40)]
+    # Prevalence rises with the class's position; Hernia is never present (an unscorable class).
+    truth = pd.DataFrame({c: (rng.random(40) < (0.2 + 0.15 * k) * (c != "Hernia")).astype(int)
+                          for k, c in enumerate(classes)})
+    truth.insert(0, "image_id", [i[:-4] for i in ids])
+    root.mkdir(parents=True)
+    findings = ["|".join(c for c in classes if row[c]) or "No Finding" for _, row in truth.iterrows()]
+    pd.DataFrame({"Image Index": ids, "Finding Labels": findings, "Patient ID": range(40)}).to_csv(
+        paths.NihLayout(root).labels_csv, index=False)
+    cfg = {"task": "classify", "experiment": experiment, "model": {"type": "timm_classifier"},
+           "data": {"root": str(root), "size": 64, "folds": "x", "classes": classes, "batch_size": 2},
+           "optim": {"type": "adamw", "lr": 1e-3}, "lr_schedule": {"type": "cosine"}, "train": {"epochs": 2},
+           "predict": {"score_floor": 0.0, "max_per_image": 1}, "evaluation": {"thresholds": [0.5]}}
+    for fold in (0, 1):
+        part = truth.iloc[fold::2]
+        run = paths.run_dir(experiment, fold)
+        (run / "csv" / "version_0").mkdir(parents=True)
+        (run / "config.py").write_text(Config(cfg).pretty_text)
+        probs = part[classes] * 0.4 + rng.random((len(part), len(classes))) * 0.6
+        probs.insert(0, "image_id", part["image_id"])
+        probs.to_parquet(paths.predictions_path(experiment, fold, "oof"), index=False)
+        pd.DataFrame({"epoch": [0, 0, 1, 1], "train/loss_epoch": [0.7, None, 0.5, None],
+                      "val/auroc": [None, 0.6, None, 0.7 + fold / 10]}).to_csv(
+            run / "csv" / "version_0" / "metrics.csv", index=False)
+    return truth.set_index("image_id")
+
+
+@pytest.mark.parametrize("classes", [["Pneumonia"], ["Effusion", "Mass", "Nodule", "Edema", "Hernia"]])
+def test_classifier_report_renders_roc_tables_curves_and_histograms(classes: list[str], tmp_path: Path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from cxrdet import paths
+    from cxrdet.report import classifier_figure_sizes
+
+    truth = write_classifier_runs(tmp_path / "data", "cls_tiny", classes)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["report", "cls_tiny", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(out / "index.html")
+    page = (out / "index.html").read_text()
+    sizes = classifier_figure_sizes(len(classes))
+    assert set(sizes) == {"roc", "curves", "probabilities"}
+    assert sizes["probabilities"] == ((600, 340) if len(classes) == 1 else (1200, 600))
+    for name, size in sizes.items():
+        with Image.open(out / f"{name}.png") as image:
+            image.verify()
+        with Image.open(out / f"{name}.png") as image:
+            assert image.format == "PNG" and image.size == size
+        assert f'src="{name}.png" width="{size[0]}" height="{size[1]}"' in page
+    assert "<h1>classifier cls_tiny</h1>" in page and "<th>prevalence</th>" in page
+    assert "<th>val/auroc (best checkpoint)</th>" in page
+    meta = json.loads((out / "report.json").read_text())
+    oof = pd.concat([pd.read_parquet(paths.predictions_path("cls_tiny", k, "oof")) for k in (0, 1)])
+    for c in classes:
+        assert f"<td>{c}</td>" in page
+        if c == "Hernia":
+            assert meta["auroc"][c] is None and "Hernia: all 40 images are negative; AUROC undefined" in page
+            continue
+        assert meta["auroc"][c] == pytest.approx(roc_auc_score(truth.loc[oof["image_id"], c], oof[c]))
+    assert ("F1 at the best threshold" in page) == (len(classes) == 1) and (meta["f1"] is None) == (len(classes) > 1)
+
+
+@pytest.mark.slow
+def test_report_of_a_tiny_classifier_run(tiny_classifier_run: dict[str, Any], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxrdet.report import classifier_figure_sizes
+
+    monkeypatch.setenv("CXRDET_OUTPUTS", str(tiny_classifier_run["outputs"]))
+    result = CliRunner().invoke(app, ["report", tiny_classifier_run["experiment"], "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "index.html").read_text()
+    for name, size in classifier_figure_sizes(1).items():
+        with Image.open(tmp_path / f"{name}.png") as image:
+            assert image.format == "PNG" and image.size == size
+        assert f'src="{name}.png"' in page
+    # Both trained folds, each with the AUROC its best checkpoint recorded on validation.
+    from cxrdet.metrics.classification import evaluate_experiment
+    from cxrdet.report import classifier_fold_table, experiment_runs
+
+    experiment = tiny_classifier_run["experiment"]
+    folds = classifier_fold_table(evaluate_experiment(experiment), experiment_runs(experiment), "val/auroc")
+    assert folds["fold"].tolist() == [0, 1] and folds["images"].tolist() == [15, 15]
+    assert folds["val/auroc (best checkpoint)"].between(0, 1).all()
+    assert "<th>val/auroc (best checkpoint)</th>" in page and "<td>15</td>" in page
+    meta = json.loads((tmp_path / "report.json").read_text())
+    assert meta["kind"] == "classifier" and 0.0 <= meta["auroc"]["opacity"] <= 1.0 and meta["f1"]["f1"] > 0
+    # The training curves came from the runs' CSV logs: one loss and one val/auroc line per fold.
+    from cxrdet import paths
+    from cxrdet.report import training_logs
+
+    logs = training_logs(paths.run_dir(tiny_classifier_run["experiment"], 0), "val/auroc")
+    assert logs["epoch"].tolist() == [1, 2, 3] and logs["val_auroc"].notna().all()

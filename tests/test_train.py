@@ -22,6 +22,7 @@ from cxrdet.cli import app
 from cxrdet.config import load_config
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.io import file_sha256
+from cxrdet.models.lit_classifier import LitClassifier
 from cxrdet.models.lit_detector import LitDetector, load_checkpoint_file
 from cxrdet.train import final_checkpoint, resolve_stages, stage_config, train
 
@@ -198,6 +199,100 @@ def test_stage_resolution_and_errors() -> None:
         resolve_stages(load_config(TINY, ["train.stages=[{'name':'a','epochs':1,'lr_rate':1}]"]))
     with pytest.raises(ConfigError, match="a list of dicts"):
         resolve_stages(load_config(TINY, ["train.stages=crops"]))
+
+
+# ---- classifiers (task='classify') ----
+
+CLS_TINY = REPO / "configs" / "experiments" / "cls_regnetx002_128_tiny12e.py"
+
+
+@pytest.fixture(scope="module")
+def mixed_squares(squares: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The squares data with a fold file whose every fold holds both labels (image i is positive unless
+    i % 3 == 2; the squares fold file puts each residue in its own fold, which leaves AUROC undefined)."""
+    folds = pd.read_csv(squares["data.folds"])
+    folds["fold"] = [(i // 3) % K for i in range(len(folds))]
+    path = tmp_path_factory.mktemp("mixed") / "squares_mixed_k3.csv"
+    folds.to_csv(path, index=False)
+    return {**squares, "data.folds": str(path)}
+
+
+def cls_options(data: dict[str, str], **extra: Any) -> list[str]:
+    """`--cfg-options` for a quick CPU run of the tiny classifier on the squares data."""
+    return tiny_options(data, **extra)
+
+
+class _ClassifierDiesInSecondEpoch(LitClassifier):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.current_epoch == 1 and batch_idx == 1:
+            raise _Killed("simulated kill")
+        return super().training_step(batch, batch_idx)
+
+
+def test_classifier_trains_logs_auroc_and_resumes(mixed_squares: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_config(CLS_TINY, cls_options(mixed_squares, **{"train.epochs": 2, "train.limit_train_batches": 2}))
+    monkeypatch.setattr("cxrdet.train.LitClassifier", _ClassifierDiesInSecondEpoch)
+    with pytest.raises(_Killed):
+        train(cfg, fold=0)
+    assert "cls_regnetx002_128_tiny12e fold 0 epoch 1/2: train/loss " in capsys.readouterr().err
+    last = paths.checkpoints_dir(cfg.experiment, 0) / "last.ckpt"
+    assert load_checkpoint_file(last)["global_step"] == 2
+
+    monkeypatch.setattr("cxrdet.train.LitClassifier", LitClassifier)
+    result = train(cfg, fold=0, resume=True)
+    assert load_checkpoint_file(last)["global_step"] == 4
+    assert result.monitor == "val/auroc" and 0.0 <= result.best_score <= 1.0
+    assert re.search(r"epoch 2/2: train/loss [\d.]+, val/auroc [\d.]+ at cut", capsys.readouterr().err)
+    run = paths.run_dir(cfg.experiment, 0)
+    metrics = pd.read_csv(run / "csv" / "version_1" / "metrics.csv")
+    assert {"val/auroc", "val/auroc/opacity", "val/f1", "val/threshold", "val/accuracy", "val/loss"} <= \
+        set(metrics.columns)
+    ckpt = load_checkpoint_file(result.best_checkpoint)
+    assert ckpt["cxrdet"]["val_score"] == pytest.approx(result.best_score)
+    assert ckpt["hyper_parameters"]["cfg"]["task"] == "classify"
+    assert any(k.startswith("ema.module.net.") for k in ckpt["state_dict"])
+
+
+class _GetsWorse(LitClassifier):
+    """Validation scores 1.0, then 0.5: the second epoch does not improve."""
+
+    def on_validation_epoch_end(self) -> None:
+        self._val = []
+        self.log(self.monitor, 1.0 - 0.5 * self.current_epoch)
+
+
+def test_last_checkpoint_follows_every_epoch_even_without_improvement(mixed_squares: dict[str, str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(CLS_TINY, cls_options(mixed_squares, **{"train.epochs": 2, "train.limit_train_batches": 2}))
+    monkeypatch.setattr("cxrdet.train.LitClassifier", _GetsWorse)
+    result = train(cfg, fold=2)
+    assert result.best_score == 1.0 and load_checkpoint_file(result.best_checkpoint)["global_step"] == 2
+    # Resume continues from the last epoch, not from the best one.
+    assert load_checkpoint_file(paths.checkpoints_dir(cfg.experiment, 2) / "last.ckpt")["global_step"] == 4
+
+
+def test_classifier_curriculum_starts_the_full_stage_from_the_crop_stage(mixed_squares: dict[str, str],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    stages = "[{'name':'crops','view':'crops','epochs':1},{'name':'full','view':'full','epochs':1}]"
+    cfg = load_config(CLS_TINY, cls_options(mixed_squares, **{"train.stages": stages,
+                                                               "train.limit_train_batches": 2}))
+    started_from: list[Path] = []
+    original = LitClassifier.init_from_checkpoint
+
+    def spy(self: LitClassifier, path: Path) -> None:
+        started_from.append(Path(path))
+        original(self, path)
+
+    monkeypatch.setattr(LitClassifier, "init_from_checkpoint", spy)
+    result = train(cfg, fold=1)
+    assert started_from == [paths.checkpoints_dir(cfg.experiment, 1, "stage1_crops") / "best.ckpt"]
+    assert result.best_checkpoint == paths.checkpoints_dir(cfg.experiment, 1, "stage2_full") / "best.ckpt"
+
+
+def test_unknown_task_is_a_config_error(squares: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=r"task='segment': expected one of \['detect', 'classify'\]"):
+        train(load_config(TINY, tiny_options(squares, task="segment")), fold=0)
 
 
 def test_final_checkpoint_says_to_train_first(squares: dict[str, str]) -> None:

@@ -55,7 +55,11 @@ def user_errors(func: F) -> F:
 @user_errors
 def synth_command(
     out: Annotated[
-        Path | None, typer.Option("--out", help="Folder to write (default: outputs/demo/data).")
+        Path | None, typer.Option("--out", help="Folder to write (default: outputs/demo/data; nih: outputs/demo/nih).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Data set format: rsna (Kaggle DICOMs) or nih (PNGs).")] = "rsna",
+    size: Annotated[
+        int | None, typer.Option("--size", help="nih only: side of the PNGs (default 1024, as NIH's).", min=32)
     ] = None,
     n_train: Annotated[int, typer.Option("--n-train", help="Training images.", min=0)] = 400,
     n_test: Annotated[int, typer.Option("--n-test", help="Test images.", min=0)] = 100,
@@ -65,14 +69,34 @@ def synth_command(
     ] = None,
     labels_only: Annotated[bool, typer.Option("--labels-only", help="Write the tables but no images.")] = False,
 ) -> None:
-    """Generate a synthetic RSNA-format data set laid out like the Kaggle download.
+    """Generate a synthetic RSNA-format data set laid out like the Kaggle download, or (--format nih) an NIH
+    ChestX-ray14-format one.
 
-    Writes into --out: stage_2_train_labels.csv, stage_2_detailed_class_info.csv, stage_2_sample_submission.csv,
+    rsna writes into --out: stage_2_train_labels.csv, stage_2_detailed_class_info.csv, stage_2_sample_submission.csv,
     stage_2_train_images/*.dcm and stage_2_test_images/*.dcm (1024 x 1024, 8-bit, JPEG baseline), plus the test
-    labels (synth_test_labels.csv) and per-image truth (synth_truth.csv). Reads nothing. Refuses a folder that
-    holds data not written by this command; an earlier synth folder is overwritten.
+    labels (synth_test_labels.csv) and per-image truth (synth_truth.csv). nih writes Data_Entry_2017_v2020.csv
+    (14 findings, several images per patient), images/<patient>_<follow-up>.png (8-bit, --size), the
+    patient-disjoint train_val_list.txt (--n-train images) and test_list.txt (--n-test), synth_truth.csv and
+    synth_boxes.csv (where each finding was drawn). Reads nothing. Refuses a folder that holds data not written by
+    this command; an earlier synth folder is overwritten.
     """
     from cxrdet import paths
+    from cxrdet.errors import ConfigError
+
+    if fmt not in ("rsna", "nih"):
+        raise ConfigError(f"--format {fmt!r}: expected rsna or nih")
+    if fmt == "nih":
+        from cxrdet.data.synth_nih import DEFAULT_SIZE, generate_nih_dataset
+
+        target = out if out is not None else paths.demo_nih_data_dir()
+        n = generate_nih_dataset(target, n_train, n_test, seed=seed, size=size or DEFAULT_SIZE, workers=workers,
+                                 labels_only=labels_only)  # fmt: skip
+        typer.echo(f"{n.root}: {n.n_train} train ({n.n_train_patients} patients) + {n.n_test} test "
+                   f"({n.n_test_patients} patients), {n.n_no_finding} 'No Finding', {n.images_written} PNGs of "
+                   f"{n.size} px, seed {n.seed}, {n.seconds:.1f} s")  # fmt: skip
+        return
+    if size is not None and size != 1024:
+        raise ConfigError(f"--size {size}: the RSNA format is 1024 x 1024 only (--size is for --format nih)")
     from cxrdet.data.synth import generate_dataset
 
     target = out if out is not None else paths.demo_data_dir()
@@ -85,7 +109,9 @@ def synth_command(
 @app.command("prepare")
 @user_errors
 def prepare_command(
-    data: Annotated[Path, typer.Option("--data", help="Kaggle-layout data root (stage_2_train_images/, ...).")],
+    data: Annotated[
+        Path, typer.Option("--data", help="Data root: RSNA Kaggle layout (stage_2_train_images/) or NIH (images/).")
+    ],
     size: Annotated[int, typer.Option("--size", help="Side of the square cached images, in pixels.", min=1)] = 512,
     out: Annotated[
         Path | None, typer.Option("--out", help="Cache folder (default: outputs/cache/<data name>/<size>px).")
@@ -95,9 +121,11 @@ def prepare_command(
     ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Stop with exit status 1 at the first bad file.")] = False,
 ) -> None:
-    """Decode every DICOM once into a cache of square 8-bit PNGs plus a metadata table.
+    """Decode every DICOM (or NIH PNG) once into a cache of square 8-bit PNGs plus a metadata table.
 
-    Reads --data/stage_2_train_images/*.dcm and stage_2_test_images/*.dcm (optional). Writes into the cache folder
+    Reads --data/stage_2_train_images/*.dcm and stage_2_test_images/*.dcm (optional); or, for an NIH root
+    (Data_Entry_2017*.csv), images/*.png split by train_val_list.txt and test_list.txt, with sex, age and view from the
+    table. Writes into the cache folder
     images/{train,test}/<image_id>.png, meta.parquet (original size, header fields) and errors.csv (path,reason of the
     files that could not be used). Incremental: up-to-date images are skipped. Without --strict a bad file is reported
     and the others are still cached (exit status 0).
@@ -133,13 +161,15 @@ def folds_command(
         typer.Option(
             "--strata",
             help="Comma-separated columns to stratify on, most important first "
-            "(default: those of positive,n_boxes,view,sex,age the tables have).",
+            "(default: those of positive,finding,n_boxes,view,sex,age the tables have; finding: an NIH-style "
+            "multi-label image's rarest finding).",
         ),
     ] = None,
 ) -> None:
     """Build patient-grouped, stratified folds from a label table (and headers); write them and print their balance.
 
     Reads --labels (and --headers); writes --out atomically, sorted by image id (same inputs and seed, same bytes).
+    An NIH table beside its train_val_list.txt gives folds of the listed images only (test_list.txt is held out).
     """
     from rich.console import Console as StdoutConsole
 
@@ -329,7 +359,8 @@ def train_command(
                         ] = None,
     cfg_options: CfgOptions = None,
 ) -> None:
-    """Train a detector on every fold but --fold and validate on --fold (RSNA metric, threshold sweep).
+    """Train a detector or a classifier (config task='classify') on every fold but --fold and validate on --fold
+    (detectors: RSNA metric over a threshold sweep; classifiers: mean per-class AUROC).
 
     Reads the config, the fold file, the labels and the prepare cache. Writes outputs/<experiment>/fold<k>/:
     config.py (resolved), provenance.json (git revision, fold-file hash), checkpoints/{best,last}.ckpt and done.json
@@ -345,8 +376,8 @@ def train_command(
             overrides.append(f"train.{key}={value}")
     cfg = load_config(config, overrides)
     result = train(cfg, fold, resume=resume, overwrite=overwrite)
-    typer.echo(f"{result.run_dir}: best val/rsna {result.best_score:.4f} at threshold {result.best_threshold:.2f} "
-               f"({result.best_checkpoint})")
+    typer.echo(f"{result.run_dir}: best {result.monitor} {result.best_score:.4f} at threshold "
+               f"{result.best_threshold:.2f} ({result.best_checkpoint})")
 
 
 @app.command("predict")
@@ -365,11 +396,13 @@ def predict_command(
                       ] = None,
     cfg_options: CfgOptions = None,
 ) -> None:
-    """Predict boxes of a split with the fold-k model (OOF = fold k's images, which that model never trained on).
+    """Predict boxes (or a classifier's per-image probabilities) of a split with the fold-k model (OOF = fold k's
+    images, which that model never trained on).
 
     Reads the config, the run's checkpoint, the fold file and the prepare cache. Writes, per --split,
-    outputs/<experiment>/fold<k>/<split>.parquet (image_id, x1, y1, x2, y2 in original pixels, score, label) and a
-    <split>.json sidecar (checkpoint, settings).
+    outputs/<experiment>/fold<k>/<split>.parquet and a <split>.json sidecar (checkpoint, settings). Detectors: one row
+    per box, image_id, x1, y1, x2, y2 in original pixels, score, label. Classifiers (task='classify'): one row per
+    image, image_id and one probability column per class; hflip TTA averages the two passes.
     """
     from cxrdet.config import load_config
     from cxrdet.predict import predict
@@ -379,7 +412,7 @@ def predict_command(
         typer.echo(str(predict(cfg, fold, split=one, tta=tta, checkpoint=checkpoint, device=device)))
 
 
-# ---- reports and export: report, export, infer ----
+# ---- reports and export: report, explain, export, infer ----
 
 
 @app.command("report")
@@ -391,7 +424,9 @@ def report_command(
                                              "outputs/ensembles/<name>/report).")] = None,
 ) -> None:
     """Write an offline HTML report with PNG figures of OOF results: score vs threshold, PR curves, per-IoU metric,
-    per-fold scores, training curves, an image gallery, error analysis and the box-size bias.
+    per-fold scores, training curves, an image gallery, error analysis and the box-size bias. For a classifier
+    experiment: ROC curves and AUROC per class and per fold, F1 at the best threshold (binary), training curves and
+    probability histograms by truth.
 
     Reads the runs' configs, OOF predictions, CSV logs and checkpoint records (and, for an ensemble, params.json),
     the labels, fold file and prepare cache. Writes index.html, report.json and the PNGs to --out.
@@ -401,22 +436,58 @@ def report_command(
     typer.echo(str(report(name, out)))
 
 
+@app.command("explain")
+@user_errors
+def explain_command(
+    config: Annotated[Path, typer.Argument(help="Classifier experiment config, e.g. configs/experiments/cls_*.py.")],
+    fold: Annotated[int, typer.Option("--fold", help="The fold whose model is explained (0-based).", min=0)],
+    image_id: Annotated[list[str] | None, typer.Option("--image-id", help="An image to explain (repeatable; train or "
+                                                       "test split of the cache). Default: the fold's OOF images of "
+                                                       "highest probability for the chosen classes.")] = None,
+    n: Annotated[int, typer.Option("--n", help="Images to pick when no --image-id is given.", min=1)] = 8,
+    classes: Annotated[str, typer.Option("--classes", help="auto (the top 4 classes by OOF AUROC) or names, "
+                                         "comma-separated: A,B.")] = "auto",
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last or a .ckpt path.")] = "best",
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default outputs/<experiment>/report/"
+                                             "explain/fold<k>).")] = None,
+    cfg_options: Annotated[list[str] | None, typer.Option("--cfg-options", "-o", help="Config override KEY=VALUE "
+                                                          "(repeatable).")] = None,
+) -> None:
+    """Grad-CAM of a fold's classifier: one PNG per image and class, the heatmap over the X-ray at the network's
+    input size (data.size), captioned with the class, probability and truth.
+
+    Reads the config, the run's checkpoint, the prepare cache and labels, and (for --classes auto or no --image-id)
+    the OOF probabilities of the experiment's folds. Writes <image_id>_<class>.png and explain.csv (image_id, role,
+    class, probability, truth, file) to --out.
+    """
+    from cxrdet.config import load_config
+    from cxrdet.explain import explain
+
+    cfg = load_config(config, cfg_options)
+    result = explain(cfg, fold, image_ids=image_id, n=n, classes=classes, out_dir=out, checkpoint=checkpoint)
+    typer.echo(f"{result.folder}: {len(result.table)} overlays ({result.size} x {result.size} px) of "
+               f"{result.table['image_id'].nunique()} images")
+
+
 @app.command("export")
 @user_errors
 def export_command(
     config: Annotated[Path, typer.Argument(help="Experiment config, e.g. configs/experiments/<name>.py.")],
     fold: Annotated[int, typer.Option("--fold", help="The fold whose model is exported (0-based).", min=0)],
-    fmt: Annotated[str, typer.Option("--format", help="onnx, or coreml (refused here, with the reason).")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", help="onnx, or coreml (classifiers; refused for detectors, with "
+                                     "the reason).")] = "onnx",
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last or a .ckpt path.")] = "best",
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default outputs/<experiment>/fold<k>/"
                                              "export).")] = None,
     cfg_options: Annotated[list[str] | None, typer.Option("--cfg-options", "-o", help="Config override KEY=VALUE "
                                                           "(repeatable).")] = None,
 ) -> None:
-    """Export a fold's detector for deployment, post-processing (score floor, NMS, cap) inside the graph.
+    """Export a fold's detector for deployment, post-processing (score floor, NMS, cap) inside the graph; or a
+    classifier (task='classify'), with logits and sigmoid probabilities as outputs.
 
-    Reads the config and the run's checkpoint. Writes model.onnx and model.json (input size and range, the
-    pre-processing, normalisation, score floor, NMS IoU, validation threshold, classes) to --out.
+    Reads the config and the run's checkpoint. Writes model.onnx (or, for a classifier with --format coreml,
+    model.mlpackage) and model.json (input size and range, the pre-processing, normalisation, score floor, NMS IoU or
+    the classifier's outputs, validation threshold, classes) to --out.
     """
     from cxrdet.config import load_config
     from cxrdet.export import export
@@ -434,25 +505,31 @@ def infer_command(
     files: Annotated[list[Path] | None, typer.Argument(help="More DICOM files.", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default outputs/infer).")] = None,
     threshold: Annotated[float | None, typer.Option("--threshold", help="Keep boxes with score >= this (default: "
-                                                    "the model's validation threshold).")] = None,
+                                                    "the model's validation threshold; detectors only).")] = None,
 ) -> None:
-    """Detect on single studies: read each DICOM, run the model, write boxes and an overlay PNG per study.
+    """Detect on single studies: read each DICOM, run the model, write boxes and an overlay PNG per study; or, with a
+    classifier, write each study's class probabilities.
 
     Reads the model (and the .json sidecar of an .onnx) and the DICOM files. Writes to --out: boxes.csv (image_id,
     source, x1, y1, x2, y2 in original pixels, score, label, class), boxes.json (per study, with errors) and
-    <image_id>.png overlays. A file that cannot be read is reported with the reason; the others are still processed,
-    and the exit status is 1 if any failed.
+    <image_id>.png overlays; for a classifier probabilities.csv (image_id, source, one column per class) and
+    probabilities.json (per study, with classes, threshold and errors). A file that cannot be read is reported with
+    the reason; the others are still processed, and the exit status is 1 if any failed.
     """
     from cxrdet import paths
-    from cxrdet.infer import infer, load_model
+    from cxrdet.infer import classify, infer, is_classifier, load_model
 
     out = out or paths.infer_dir()
     sources = [*(dicom or []), *(files or [])]
     if not sources:
         raise CxrdetError("no DICOM files: pass --dicom FILE (repeatable) or files after the options")
-    result = infer(load_model(model), sources, out, threshold=threshold)
-    n_ok = len(sources) - len(result.errors)
-    typer.echo(f"{out}: {len(result.boxes)} boxes in {n_ok} studies")
+    loaded = load_model(model)
+    if is_classifier(loaded):
+        result: Any = classify(loaded, sources, out)  # type: ignore[arg-type]
+        typer.echo(f"{out}: probabilities of {len(loaded.classes)} classes for {len(result.probabilities)} studies")
+    else:
+        result = infer(loaded, sources, out, threshold=threshold)  # type: ignore[arg-type]
+        typer.echo(f"{out}: {len(result.boxes)} boxes in {len(sources) - len(result.errors)} studies")
     for message in result.errors.values():
         console.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     if result.errors:

@@ -10,12 +10,26 @@ The exported graph is the whole torchvision detector in eval mode for one image 
   inside the graph (ONNX `TopK`/`NonMaxSuppression`), so a consumer only rescales boxes to the original image.
 
 The sidecar (`model.json`) records all of that plus the validation threshold of the checkpoint, so a bedside tool
-needs nothing else. Core ML is refused with the reason (see `coreml_unavailable_reason`).
+needs nothing else. Core ML is refused for detectors with the reason (see `coreml_unavailable_reason`).
+
+A classifier (`task='classify'`) exports as a graph of the `Classifier` itself:
+
+- input `image`: float32 `[N, 3, S, S]` in [0, 1], pre-processed as above (N is free in ONNX, 1 in Core ML);
+  normalisation (and, for `in_chans=1`, reading channel 0 only) is inside the graph;
+- outputs `logits` float32 `[N, K]` and `probabilities` float32 `[N, K]` = sigmoid(logits), one independent
+  probability per class of the sidecar's `classes` (multi-label: they need not sum to 1).
+
+Its sidecar records the classes, input, normalisation, outputs, the validation AUROC and, for a binary classifier, the
+validation threshold of best F1. Core ML export of classifiers runs through coremltools (`model.mlpackage`, an ML
+program): the conversion works on Linux, but running the result needs macOS, so no parity check runs here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +43,7 @@ from cxrdet import paths
 from cxrdet.config import to_dict
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.io import atomic_path, file_sha256, write_json
+from cxrdet.models.classifier import Classifier
 from cxrdet.models.factory import Detector
 from cxrdet.models.lit_detector import LitDetector
 from cxrdet.provenance import git_revision
@@ -39,7 +54,15 @@ FORMATS: tuple[str, ...] = ("onnx", "coreml")
 OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAMES: tuple[str, ...] = ("boxes", "scores", "labels")
+CLASSIFIER_OUTPUT_NAMES: tuple[str, ...] = ("logits", "probabilities")
 SIDECAR_VERSION = 1
+PREPROCESSING_STEPS: tuple[str, ...] = (
+    ("read the DICOM with cxrdet.data.dicom.read_dicom: modality LUT, VOI LUT/window, MONOCHROME1 inversion, "
+     "scaled to [0, 1] with bright = dense"),
+    ("resize to {size} x {size} without letterbox (cxrdet.data.prepare.resize_square: box filter when shrinking, "
+     "Lanczos when enlarging), quantise to uint8, divide by 255"),
+    "repeat the channel 3 times, add a batch axis",
+)
 
 
 class SingleImageDetector(nn.Module):
@@ -81,10 +104,10 @@ def load_detector(cfg: Mapping[str, Any], checkpoint: str | Path) -> Detector:
 
 
 def coreml_unavailable_reason() -> str:
-    """Why `--format coreml` cannot run in this environment (checked when this module was written, 2026-11)."""
-    return ("Core ML export is not available on this platform: coremltools is not in this environment's pinned "
-            "requirements because its newest release (9.0) installs on Linux x86_64 but cannot convert these "
-            "detectors with torch 2.14 (its torch frontend fails on torchvision's post-processing: 'only "
+    """Why `--format coreml` cannot export a detector in this environment (checked with coremltools 9.0 and
+    torch 2.14)."""
+    return ("Core ML export is not available for detectors: coremltools 9.0 (pinned, it converts classifiers) cannot "
+            "convert them with torch 2.14 (its torch frontend fails on torchvision's post-processing: 'only "
             "0-dimensional arrays can be converted to Python scalars'), and Core ML models only run on macOS/iOS. "
             "Export with --format onnx instead; the sidecar JSON documents the pre- and post-processing for a "
             "converter on macOS.")
@@ -109,13 +132,7 @@ def sidecar(cfg: Mapping[str, Any], fold: int, checkpoint: Path, detector: Detec
             "name": INPUT_NAME, "shape": [1, 3, size, size], "dtype": "float32", "range": [0.0, 1.0],
             "channels": "greyscale repeated on 3 channels",
         },
-        "preprocessing": [
-            "read the DICOM with cxrdet.data.dicom.read_dicom: modality LUT, VOI LUT/window, MONOCHROME1 inversion, "
-            "scaled to [0, 1] with bright = dense",
-            f"resize to {size} x {size} without letterbox (cxrdet.data.prepare.resize_square: box filter when "
-            "shrinking, Lanczos when enlarging), quantise to uint8, divide by 255",
-            "repeat the channel 3 times, add a batch axis",
-        ],
+        "preprocessing": [step.format(size=size) for step in PREPROCESSING_STEPS],
         "normalisation_inside_graph": {
             "mean": [float(m) for m in getattr(transform, "image_mean", [])],
             "std": [float(s) for s in getattr(transform, "image_std", [])],
@@ -159,7 +176,7 @@ def export_onnx(detector: Detector, size: int, out: Path) -> Path:
 
 def export(cfg: Mapping[str, Any], fold: int, fmt: str = "onnx", checkpoint: str = "best",
            out_dir: str | Path | None = None) -> Path:
-    """Export the fold-`fold` detector of `cfg` and write its sidecar JSON.
+    """Export the fold-`fold` detector (or classifier, for `task='classify'`) of `cfg` and write its sidecar JSON.
 
     Args:
         cfg: The resolved experiment config.
@@ -169,13 +186,16 @@ def export(cfg: Mapping[str, Any], fold: int, fmt: str = "onnx", checkpoint: str
         out_dir: Folder of `model.onnx` and `model.json`; default `cxrdet.paths.export_dir(experiment, fold)`.
 
     Returns:
-        The written model file.
+        The written model file (`model.onnx`, or `model.mlpackage` for a Core ML classifier).
 
     Raises:
-        ConfigError: Unknown format. CxrdetError: Core ML requested (not available here), or no checkpoint.
+        ConfigError: Unknown format. CxrdetError: Core ML requested for a detector (not available here), or no
+            checkpoint.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}: expected one of {list(FORMATS)}")
+    if cfg.get("task") == "classify":
+        return export_classifier(cfg, fold, fmt, checkpoint, out_dir)
     if fmt == "coreml":
         raise CxrdetError(coreml_unavailable_reason())
     ckpt = final_checkpoint(cfg, fold, checkpoint)
@@ -184,6 +204,28 @@ def export(cfg: Mapping[str, Any], fold: int, fmt: str = "onnx", checkpoint: str
     model_file = export_onnx(detector, int(cfg["data"]["size"]), folder / "model.onnx")
     write_json(model_file.with_suffix(".json"), sidecar(cfg, fold, ckpt, detector, model_file))
     return model_file
+
+
+def read_sidecar(model_file: str | Path) -> dict[str, Any]:
+    """The sidecar JSON of an exported model (the model path with `.json`).
+
+    Raises:
+        CxrdetError: It does not exist.
+    """
+    meta_file = Path(model_file).with_suffix(".json")
+    if not meta_file.is_file():
+        raise CxrdetError(f"{meta_file} not found: an exported model needs its sidecar JSON (cxrdet export)")
+    return json.loads(meta_file.read_text(encoding="utf-8"))
+
+
+def onnx_session(model_file: str | Path, threads: int = 0) -> Any:
+    """An onnxruntime CPU session of `model_file` with `threads` intra-op threads (0 = its default, all cores)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # onnxruntime's warnings about unused initialisers are noise here
+    return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxDetector:
@@ -195,20 +237,175 @@ class OnnxDetector:
     """
 
     def __init__(self, model_file: str | Path, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        model_file = Path(model_file)
-        meta_file = model_file.with_suffix(".json")
-        if not meta_file.is_file():
-            raise CxrdetError(f"{meta_file} not found: an exported model needs its sidecar JSON (cxrdet export)")
-        self.meta: dict[str, Any] = json.loads(meta_file.read_text(encoding="utf-8"))
+        self.meta: dict[str, Any] = read_sidecar(model_file)
         self.size = int(self.meta["input"]["shape"][-1])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # onnxruntime's warnings about unused initialisers are noise here
-        self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(model_file, threads)
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Boxes (xyxy pixels of the S x S input), scores and labels for one float32 `[1, 3, S, S]` image."""
         boxes, scores, labels = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: image.astype(np.float32)})
         return boxes, scores, labels
+
+
+# ---- classifiers ----
+
+
+class ClassifierGraph(nn.Module):
+    """The exported classifier: images `[N, 3, S, S]` in [0, 1] -> (logits `[N, K]`, sigmoid probabilities)."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.classifier(image)
+        return logits, torch.sigmoid(logits)
+
+
+def load_classifier(cfg: Mapping[str, Any], checkpoint: str | Path) -> Classifier:
+    """The validated (EMA when present) weights of a classifier checkpoint in a CPU `Classifier` in eval mode.
+
+    The starting weights (`model.pretrained`, `model.checkpoint`) are switched off: the checkpoint holds every weight.
+    """
+    from cxrdet.models.lit_classifier import LitClassifier
+
+    plain = to_dict(cfg)
+    plain["model"] = {**plain["model"], "pretrained": False, "checkpoint": None}
+    module = LitClassifier(plain)
+    module.init_from_checkpoint(checkpoint)
+    return module.inference_model().cpu().eval()
+
+
+def export_classifier_onnx(classifier: Classifier, size: int, out: Path) -> Path:
+    """Trace `classifier` on S x S images and write the ONNX graph atomically (the batch axis N is free)."""
+    graph = ClassifierGraph(classifier).eval()
+    example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        # The tracer warns about the input-shape check of `Classifier.normalise`, which depends on the shape only
+        # (fixed but for the batch axis); the parity tests check the graph against PyTorch.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(graph, (example,), str(tmp), opset_version=OPSET, dynamo=False, input_names=[INPUT_NAME],
+                          output_names=list(CLASSIFIER_OUTPUT_NAMES),
+                          dynamic_axes={name: {0: "n"} for name in (INPUT_NAME, *CLASSIFIER_OUTPUT_NAMES)})
+    return out
+
+
+def export_classifier_coreml(classifier: Classifier, size: int, out: Path) -> Path:
+    """Convert `classifier` with coremltools into an ML program package (`.mlpackage`, a folder) for one S x S image.
+
+    The folder is written beside `out` and renamed into place, so a reader never sees a half-written package.
+    """
+    import coremltools as ct
+
+    graph = ClassifierGraph(classifier).eval()
+    example = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # as in `export_classifier_onnx`
+        traced = torch.jit.trace(graph, example)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # coremltools warns about renamed intermediate outputs (not ours)
+        model = ct.convert(traced, inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape))],
+                           outputs=[ct.TensorType(name=n) for n in CLASSIFIER_OUTPUT_NAMES],
+                           convert_to="mlprogram", minimum_deployment_target=ct.target.macOS13)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # coremltools insists on the .mlpackage suffix
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def tree_sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files (their relative paths and contents, in path order)."""
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(item.relative_to(path).as_posix().encode())
+        digest.update(bytes.fromhex(file_sha256(item)))
+    return digest.hexdigest()
+
+
+def classifier_sidecar(cfg: Mapping[str, Any], fold: int, checkpoint: Path, classifier: Classifier, model_file: Path,
+                       fmt: str) -> dict[str, Any]:
+    """What a consumer of an exported classifier needs besides the graph: input, pre-processing, outputs, scores."""
+    size = int(cfg["data"]["size"])
+    record = checkpoint_record(checkpoint)
+    binary = len(classifier.classes) == 1
+    return {
+        "format_version": SIDECAR_VERSION,
+        "format": fmt,
+        "task": "classify",
+        "model_file": model_file.name,
+        "model_sha256": tree_sha256(model_file),
+        "experiment": cfg["experiment"],
+        "fold": fold,
+        "classifier": cfg["model"].get("name", cfg["model"]["type"]),
+        "classes": list(classifier.classes),
+        "input": {
+            "name": INPUT_NAME, "shape": ["n" if fmt == "onnx" else 1, 3, size, size], "dtype": "float32",
+            "range": [0.0, 1.0], "channels": "greyscale repeated on 3 channels",
+        },
+        "preprocessing": [step.format(size=size) for step in PREPROCESSING_STEPS],
+        "normalisation_inside_graph": {
+            "in_chans": classifier.in_chans,
+            "channels_read": "channel 0 only" if classifier.in_chans == 1 else "all 3",
+            "mean": list(classifier.image_mean), "std": list(classifier.image_std),
+        },
+        "outputs": {
+            "logits": "float32 [n, K], one per class in the order of classes",
+            "probabilities": "float32 [n, K], sigmoid(logits): each class independently (multi-label, not softmax)",
+        },
+        "threshold": record.get("val_threshold") if binary else None,
+        "threshold_note": ("probability cut of best F1 on this fold's validation images" if binary else
+                           "multi-label: no single cut; choose one per class for the use at hand"),
+        "val_auroc": record.get("val_score"),
+        "checkpoint": str(checkpoint),
+        **({"opset": OPSET} if fmt == "onnx" else {"coreml_target": "macOS13 ML program (float16 compute)"}),
+        "torch": torch.__version__,
+        "git": git_revision(),
+    }  # fmt: skip
+
+
+def export_classifier(cfg: Mapping[str, Any], fold: int, fmt: str = "onnx", checkpoint: str = "best",
+                      out_dir: str | Path | None = None) -> Path:
+    """Export the fold-`fold` classifier of `cfg` (`model.onnx` or `model.mlpackage`) and its `model.json` sidecar.
+
+    Raises:
+        CxrdetError: No checkpoint (train first).
+    """
+    ckpt = final_checkpoint(cfg, fold, checkpoint)
+    folder = Path(out_dir) if out_dir is not None else paths.export_dir(cfg["experiment"], fold)
+    folder.mkdir(parents=True, exist_ok=True)
+    classifier = load_classifier(cfg, ckpt)
+    size = int(cfg["data"]["size"])
+    if fmt == "onnx":
+        model_file = export_classifier_onnx(classifier, size, folder / "model.onnx")
+    else:
+        model_file = export_classifier_coreml(classifier, size, folder / "model.mlpackage")
+    write_json(folder / "model.json", classifier_sidecar(cfg, fold, ckpt, classifier, model_file, fmt))
+    return model_file
+
+
+class OnnxClassifier:
+    """An exported classifier and its sidecar, run with onnxruntime on the CPU.
+
+    Args:
+        model_file: The `.onnx` file; its sidecar is the same path with `.json`.
+        threads: onnxruntime intra-op threads (0 = its default, all cores).
+    """
+
+    def __init__(self, model_file: str | Path, threads: int = 0) -> None:
+        self.meta: dict[str, Any] = read_sidecar(model_file)
+        if self.meta.get("task") != "classify":
+            raise CxrdetError(f"{model_file}: its sidecar describes a detector, not a classifier (task "
+                              f"{self.meta.get('task', 'detect')!r})")
+        self.size = int(self.meta["input"]["shape"][-1])
+        self.classes = list(self.meta["classes"])
+        self.session = onnx_session(model_file, threads)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and sigmoid probabilities `[N, K]` of float32 images `[N, 3, S, S]` in [0, 1]."""
+        logits, probs = self.session.run(list(CLASSIFIER_OUTPUT_NAMES), {INPUT_NAME: images.astype(np.float32)})
+        return logits, probs

@@ -8,6 +8,10 @@ with the reader's reason and the other files are still processed.
 Outputs in the chosen folder: `boxes.csv` (one row per box: `image_id, source, x1, y1, x2, y2, score, label, class`,
 xyxy pixels of the original image), `boxes.json` (the same per study, with the model, threshold and the errors),
 and `<image_id>.png` (the image with its boxes in green and their scores).
+
+A classifier (an export or checkpoint of `task='classify'`) gives per-study probabilities instead (`classify`):
+`probabilities.csv` (`image_id, source`, one sigmoid probability per class) and `probabilities.json` (the same per
+study, with the model, classes, threshold and the errors); no overlay.
 """
 
 from __future__ import annotations
@@ -70,11 +74,11 @@ class OnnxModel:
 class TorchModel:
     """A cxrdet checkpoint (`.ckpt`, config inside) run with PyTorch on the CPU."""
 
-    def __init__(self, checkpoint: Path) -> None:
+    def __init__(self, checkpoint: Path, loaded: dict[str, Any] | None = None) -> None:
         from cxrdet.export import load_detector
         from cxrdet.models.lit_detector import load_checkpoint_file
 
-        ckpt = load_checkpoint_file(checkpoint)
+        ckpt = loaded if loaded is not None else load_checkpoint_file(checkpoint)
         cfg = ckpt.get("hyper_parameters", {}).get("cfg")
         if cfg is None:
             raise CxrdetError(f"{checkpoint}: no config in the checkpoint (hyper_parameters.cfg); is it a cxrdet "
@@ -91,8 +95,55 @@ class TorchModel:
         return out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy()
 
 
-def load_model(model: str | Path, threads: int = 0) -> Model:
-    """An `.onnx` export (onnxruntime) or a `.ckpt` checkpoint (PyTorch).
+class ClassifierModel(Protocol):
+    """What study classification needs of a classifier: its input side, classes, threshold, and a forward pass."""
+
+    size: int
+    classes: list[str]
+    threshold: float | None
+    description: str
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Sigmoid probabilities `[N, K]` of float32 images `[N, 3, S, S]` in [0, 1]."""
+        ...
+
+
+class OnnxClassifierModel:
+    """An exported classifier `.onnx` and its sidecar, run with onnxruntime."""
+
+    def __init__(self, model_file: Path, threads: int = 0) -> None:
+        from cxrdet.export import OnnxClassifier
+
+        self.runner = OnnxClassifier(model_file, threads=threads)
+        self.size = self.runner.size
+        self.classes = self.runner.classes
+        self.threshold = self.runner.meta.get("threshold")
+        self.description = f"onnx {model_file}"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.runner(images)[1]
+
+
+class TorchClassifierModel:
+    """A cxrdet classifier checkpoint (`.ckpt`, config inside) run with PyTorch on the CPU."""
+
+    def __init__(self, checkpoint: Path, cfg: dict[str, Any], record: dict[str, Any]) -> None:
+        from cxrdet.export import load_classifier
+
+        self.classifier = load_classifier(cfg, checkpoint)
+        self.size = int(cfg["data"]["size"])
+        self.classes = list(self.classifier.classes)
+        self.threshold = record.get("val_threshold") if len(self.classes) == 1 else None
+        self.description = f"checkpoint {checkpoint}"
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return torch.sigmoid(self.classifier(torch.from_numpy(images))).numpy()
+
+
+def load_model(model: str | Path, threads: int = 0) -> Model | ClassifierModel:
+    """An `.onnx` export (onnxruntime) or a `.ckpt` checkpoint (PyTorch), of a detector or a classifier (the sidecar's
+    or the checkpoint config's `task`).
 
     Raises:
         CxrdetError: The file is missing or neither kind.
@@ -101,10 +152,25 @@ def load_model(model: str | Path, threads: int = 0) -> Model:
     if not path.is_file():
         raise CxrdetError(f"model {path} not found: expected an exported .onnx file (cxrdet export) or a .ckpt file")
     if path.suffix == ".onnx":
+        from cxrdet.export import read_sidecar
+
+        if read_sidecar(path).get("task") == "classify":
+            return OnnxClassifierModel(path, threads=threads)
         return OnnxModel(path, threads=threads)
     if path.suffix == ".ckpt":
-        return TorchModel(path)
+        from cxrdet.models.lit_detector import load_checkpoint_file
+
+        ckpt = load_checkpoint_file(path)
+        cfg = ckpt.get("hyper_parameters", {}).get("cfg") or {}
+        if cfg.get("task") == "classify":
+            return TorchClassifierModel(path, cfg, dict(ckpt.get("cxrdet", {})))
+        return TorchModel(path, loaded=ckpt)
     raise CxrdetError(f"model {path}: expected a .onnx file (cxrdet export) or a .ckpt checkpoint, got '{path.suffix}'")
+
+
+def is_classifier(model: Model | ClassifierModel) -> bool:
+    """Whether `load_model` returned a classifier (probabilities per study) rather than a detector (boxes)."""
+    return isinstance(model, (OnnxClassifierModel, TorchClassifierModel))
 
 
 def preprocess(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -214,3 +280,47 @@ def infer(model: Model, dicoms: Sequence[str | Path], out_dir: str | Path, thres
 def _records(found: pd.DataFrame) -> list[dict[str, Any]]:
     """Boxes as JSON-ready dicts (pandas turns numpy scalars into plain numbers)."""
     return json.loads(found[["x1", "y1", "x2", "y2", "score", "label", "class"]].to_json(orient="records"))
+
+
+@dataclass
+class ClassifyResult:
+    """What `classify` found: per-study probabilities of the studies it could read, and the reader's reason for each
+    it could not."""
+
+    probabilities: pd.DataFrame
+    errors: dict[str, str] = field(default_factory=dict)
+    written: list[Path] = field(default_factory=list)
+
+
+def classify(model: ClassifierModel, dicoms: Sequence[str | Path], out_dir: str | Path) -> ClassifyResult:
+    """Run a classifier on each DICOM file; write `probabilities.csv` and `probabilities.json`.
+
+    Args:
+        model: A classifier from `load_model`.
+        dicoms: DICOM files; one that cannot be read is reported in `errors` and skipped.
+        out_dir: Output folder (created).
+
+    Returns:
+        `image_id, source` and one probability column per class, per readable study; the errors by file; the files.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, errors = [], {}
+    for source in progress(list(dicoms), desc="classify", unit="study"):
+        try:
+            image = read_dicom(source)
+        except DicomError as err:
+            errors[str(source)] = str(err)
+            continue
+        probs = np.asarray(model(preprocess(image.pixels, model.size)), dtype=np.float64)[0]
+        rows.append({"image_id": image.image_id, "source": str(source), **dict(zip(model.classes, probs.tolist(),
+                                                                                   strict=True))})
+    table = pd.DataFrame(rows, columns=["image_id", "source", *model.classes])
+    written = [write_csv(out / "probabilities.csv", table, index=False), write_json(out / "probabilities.json", {
+        "model": model.description, "classes": list(model.classes), "threshold": model.threshold,
+        "threshold_note": "binary: probability cut of best F1 on the validation fold; multi-label: none",
+        "probability": "sigmoid per class, independent (multi-label)",
+        "studies": json.loads(table.to_json(orient="records")),
+        "errors": [{"source": k, "error": v} for k, v in errors.items()],
+    })]  # fmt: skip
+    return ClassifyResult(probabilities=table, errors=errors, written=written)

@@ -6,6 +6,10 @@ label` (xyxy, pixels of the original image; label = class index from 0), plus a 
 and settings. Low-confidence boxes are kept down to `predict.score_floor`, at most `predict.max_per_image` per image,
 so that threshold tuning has room. Horizontal-flip TTA runs the model on mirrored images too and merges both passes
 per image with weighted box fusion (ensemble-boxes, on coordinates normalised to [0, 1]).
+
+A classifier (`task='classify'`) writes per-image probabilities to the same path instead: `image_id` plus one float
+column per class of `data.classes` (sigmoid outputs in [0, 1]), one row per image; hflip TTA averages the two
+passes' probabilities. The ensemble's gating step reads these files.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from cxrdet.config import to_dict
 from cxrdet.ensemble.fuse import FusionParams, fuse_predictions
 from cxrdet.errors import ConfigError
 from cxrdet.io import write_json, write_parquet
+from cxrdet.models.classifier import Classifier
 from cxrdet.models.factory import Detector
-from cxrdet.models.lit_detector import PRED_COLUMNS, LitDetector, detections_to_frame, empty_predictions
+from cxrdet.models.lit_detector import PRED_COLUMNS, detections_to_frame, empty_predictions
 from cxrdet.progress import progress
 from cxrdet.provenance import git_revision
-from cxrdet.train import checkpoint_record, final_checkpoint
+from cxrdet.train import checkpoint_record, final_checkpoint, task_datamodule, task_module, task_of
 
 SPLITS: tuple[str, ...] = ("oof", "test")
 TTAS: tuple[str, ...] = ("none", "hflip")
@@ -97,9 +102,34 @@ def run_pass(model: Detector, loader: Any, size: int, device: torch.device, desc
     return (pd.concat(frames, ignore_index=True) if frames else empty_predictions()), sizes
 
 
+@torch.inference_mode()
+def run_classifier_pass(model: Classifier, loader: Any, device: torch.device, desc: str = "predict"
+                        ) -> pd.DataFrame:
+    """Sigmoid probabilities of `model` on every batch of `loader`: `image_id` plus one float64 column per class
+    (`model.classes`), in loader order."""
+    ids, probs = [], []
+    autocast = device.type == "cuda"
+    for images, _, metas in progress(loader, desc=desc, leave=False, unit="batch"):
+        with torch.autocast(device.type, enabled=autocast):
+            logits = model(images.to(device))
+        probs.append(torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64))
+        ids.extend(str(m["image_id"]) for m in metas)
+    values = np.concatenate(probs) if probs else np.zeros((0, len(model.classes)))
+    return pd.concat([pd.DataFrame({"image_id": pd.Series(ids, dtype=str)}),
+                      pd.DataFrame(values, columns=list(model.classes))], axis=1)
+
+
+def mean_passes(passes: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Average per-image probabilities over TTA passes (same images; the first pass's row order is kept)."""
+    first = passes[0]
+    stacked = pd.concat(passes, ignore_index=True).groupby("image_id", sort=False).mean()
+    return stacked.reindex(first["image_id"]).reset_index()
+
+
 def predict(cfg: Config | Mapping[str, Any], fold: int, split: str = "oof", tta: str | None = None,
             checkpoint: str | None = None, device: str | None = None, datamodule_cls: type | None = None) -> Path:
-    """Predict `split` with the fold-`fold` model of `cfg` and write the predictions table.
+    """Predict `split` with the fold-`fold` model of `cfg` and write the predictions table (boxes, or per-image
+    class probabilities for a classifier).
 
     Args:
         cfg: The resolved config; `predict` gives the defaults of `tta`, `checkpoint`, the score floor, the per-image
@@ -123,12 +153,13 @@ def predict(cfg: Config | Mapping[str, Any], fold: int, split: str = "oof", tta:
     tta = str(tta or pred_cfg.get("tta") or "none")
     if tta not in TTAS:
         raise ConfigError(f"tta={tta!r}: expected one of {list(TTAS)}")
+    module_cls = task_module(cfg)
     if datamodule_cls is None:
-        from cxrdet.data.datamodule import DetectionDataModule as datamodule_cls  # noqa: N813 -- a class, renamed
+        datamodule_cls = task_datamodule(cfg)
 
     ckpt = final_checkpoint(cfg, fold, checkpoint or pred_cfg.get("checkpoint", "best"))
     plain = to_dict(cfg)
-    module = LitDetector(plain)
+    module = module_cls(plain)
     module.init_from_checkpoint(ckpt)
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = module.inference_model().to(torch_device).eval()
@@ -138,9 +169,23 @@ def predict(cfg: Config | Mapping[str, Any], fold: int, split: str = "oof", tta:
         data_cfg["batch_size"] = int(pred_cfg["batch_size"])
     dm = datamodule_cls(data_cfg, fold, view="full", seed=int(plain["train"].get("seed", 42)))
     dm.setup("predict")
+    hflips = [False, True] if tta == "hflip" else [False]
+    out = paths.predictions_path(cfg["experiment"], fold, split)
+    if task_of(cfg) == "classify":
+        passes = [run_classifier_pass(model, dm.predict_dataloader_for(split, hflip=hflip), torch_device,
+                                      desc=f"{split}{' hflip' if hflip else ''}") for hflip in hflips]
+        probs = mean_passes(passes)
+        write_parquet(out, probs)
+        write_json(out.with_suffix(".json"), {
+            "experiment": cfg["experiment"], "fold": fold, "split": split, "task": "classify",
+            "checkpoint": str(ckpt), **checkpoint_record(ckpt), "tta": tta, "classes": list(model.classes),
+            "n_images": len(probs), "git": git_revision(),
+        })  # fmt: skip
+        return out
+
     size = int(plain["data"]["size"])
     passes, sizes = [], {}
-    for hflip in ([False, True] if tta == "hflip" else [False]):
+    for hflip in hflips:
         loader = dm.predict_dataloader_for(split, hflip=hflip)
         frame, pass_sizes = run_pass(model, loader, size, torch_device, desc=f"{split}{' hflip' if hflip else ''}")
         passes.append(frame)
@@ -152,7 +197,6 @@ def predict(cfg: Config | Mapping[str, Any], fold: int, split: str = "oof", tta:
         pred = passes[0]
     pred = cap_predictions(pred, float(pred_cfg["score_floor"]), int(pred_cfg["max_per_image"]))
 
-    out = paths.predictions_path(cfg["experiment"], fold, split)
     write_parquet(out, pred)
     write_json(out.with_suffix(".json"), {
         "experiment": cfg["experiment"], "fold": fold, "split": split, "checkpoint": str(ckpt),

@@ -17,6 +17,13 @@ Figures (fixed pixel sizes, `FIGURES`):
 
 The chosen cut is the tuned `final_thr` for an ensemble and the best cut of the pooled OOF curve for a single
 experiment (a slightly optimistic choice, said so in the report).
+
+A classifier experiment (`task='classify'` in its runs' written config) gets its own page, from its OOF probability
+files scored by `cxrdet.metrics.classification` against the data root's label table:
+- `roc.png`: the pooled OOF ROC curve per class, AUROC in the legend; tables of per-class AUROC, prevalence and
+  positives, of AUROC per fold, and for a binary task F1 at its best threshold;
+- `curves.png`: training loss and `val/auroc` per epoch, per fold (CSV logs);
+- `probabilities.png`: histograms of the OOF probabilities of true-negative and true-positive images, per class.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from cxrdet import paths
 from cxrdet.boxes import iou_matrix, rescale_xyxy
 from cxrdet.errors import CxrdetError
 from cxrdet.io import atomic_path, write_text
+from cxrdet.metrics.classification import (ClassificationResult, ExperimentOof, evaluate, is_classifier_run,
+                                           load_experiment_oof)
 from cxrdet.metrics.rsna import IOU_THRESHOLDS, RsnaEvaluator
 
 DPI = 100
@@ -47,6 +56,11 @@ FIGURES: dict[str, tuple[float, float]] = {
     "threshold": (8.0, 4.5), "pr": (10.0, 4.5), "per_iou": (8.0, 4.0), "curves": (10.0, 4.5),
     "gallery": (12.0, 9.0), "errors": (12.0, 8.0), "box_ratio": (10.0, 4.0),
 }
+# Figures of a classifier experiment's report; `probabilities.png` grows with the class count
+# (`probabilities_figure_size`).
+CLASSIFIER_FIGURES: dict[str, tuple[float, float]] = {"roc": (8.0, 7.0), "curves": FIGURES["curves"]}
+PROBABILITY_COLUMNS = 4
+CLASSIFIER_VAL_KEY = "val/auroc"  # what LitClassifier logs and selects its best checkpoint on
 CUTS = np.round(np.arange(0.0, 1.0001, 0.02), 4)
 GALLERY_PER_GROUP = 4
 SIZE_BINS = (0.0, 0.15, 0.25, 0.35, math.inf)  # sqrt(box area / image area)
@@ -360,29 +374,32 @@ def per_fold_table(data: ReportData) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def training_logs(run: Path) -> pd.DataFrame:
-    """Per-epoch `epoch, train_loss, val_rsna` of a run's CSV logs (every stage and version, in order)."""
+def training_logs(run: Path, val_key: str = "val/rsna") -> pd.DataFrame:
+    """Per-epoch `epoch, train_loss, <val_key with '/' as '_'>` (e.g. `val_rsna`) of a run's CSV logs (every stage
+    and version, in order)."""
+    val_col = val_key.replace("/", "_")
     frames = []
     for csv in sorted(run.glob("**/csv/version_*/metrics.csv")):
         raw = pd.read_csv(csv)
         if "epoch" not in raw:
             continue
-        cols = {c: n for c, n in (("train/loss_epoch", "train_loss"), ("val/rsna", "val_rsna")) if c in raw}
+        cols = {c: n for c, n in (("train/loss_epoch", "train_loss"), (val_key, val_col)) if c in raw}
         per_epoch = raw.groupby("epoch")[list(cols)].mean(numeric_only=True).rename(columns=cols)
         frames.append(per_epoch)
     if not frames:
-        return pd.DataFrame(columns=["epoch", "train_loss", "val_rsna"])
+        return pd.DataFrame(columns=["epoch", "train_loss", val_col])
     out = pd.concat(frames).reset_index()
     out["epoch"] = np.arange(1, len(out) + 1)  # stages restart their epoch count; number them in run order
-    return out.reindex(columns=["epoch", "train_loss", "val_rsna"])
+    return out.reindex(columns=["epoch", "train_loss", val_col])
 
 
 # ---- figures ----
 
 
-def _figure(name: str, **kwargs: Any) -> tuple[Figure, Any]:
-    """A figure of the fixed size of `name` (no pyplot: no global state, no display backend) and its axes."""
-    fig = Figure(figsize=FIGURES[name], dpi=DPI)
+def _figure(name: str, size: tuple[float, float] | None = None, **kwargs: Any) -> tuple[Figure, Any]:
+    """A figure of the fixed size of `name` (or `size`, inches) and its axes (no pyplot: no global state, no display
+    backend)."""
+    fig = Figure(figsize=size or FIGURES.get(name) or CLASSIFIER_FIGURES[name], dpi=DPI)
     return fig, fig.subplots(**kwargs)
 
 
@@ -441,16 +458,23 @@ def plot_per_iou(at_cut: pd.DataFrame, folder: Path) -> Path:
 
 
 def plot_curves(data: ReportData, folder: Path) -> Path:
+    runs = [(f"{experiment} fold {fold}" if data.kind == "ensemble" else f"fold {fold}", run)
+            for experiment, fold, run in data.runs]
+    return plot_training_curves(runs, folder)
+
+
+def plot_training_curves(runs: Sequence[tuple[str, Path]], folder: Path, val_key: str = "val/rsna") -> Path:
+    """`curves.png`: training loss and the validation metric `val_key` per epoch of each (label, run folder)."""
     fig, (loss_ax, val_ax) = _figure("curves", ncols=2)
-    for experiment, fold, run in data.runs:
-        logs = training_logs(run)
-        label = f"{experiment} fold {fold}" if data.kind == "ensemble" else f"fold {fold}"
+    val_col = val_key.replace("/", "_")
+    for label, run in runs:
+        logs = training_logs(run, val_key)
         loss = logs.dropna(subset=["train_loss"])
-        val = logs.dropna(subset=["val_rsna"])
+        val = logs.dropna(subset=[val_col])
         loss_ax.plot(loss["epoch"], loss["train_loss"], marker=".", label=label)
-        val_ax.plot(val["epoch"], val["val_rsna"], marker=".", label=label)
+        val_ax.plot(val["epoch"], val[val_col], marker=".", label=label)
     loss_ax.set(xlabel="epoch", ylabel="training loss (epoch mean)", title="Training")
-    val_ax.set(xlabel="epoch", ylabel="val/rsna (held-out fold)", title="Validation")
+    val_ax.set(xlabel="epoch", ylabel=f"{val_key} (held-out fold)", title="Validation")
     for ax in (loss_ax, val_ax):
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -617,8 +641,160 @@ figcaption{{color:#555;font-size:0.9em}}</style></head><body>
     return write_text(folder / "index.html", page)
 
 
+# ---- classifier experiments ----
+
+
+def probabilities_figure_size(n_classes: int) -> tuple[float, float]:
+    """Size in inches of `probabilities.png`: one panel per class, `PROBABILITY_COLUMNS` panels a row."""
+    cols = min(PROBABILITY_COLUMNS, max(n_classes, 1))
+    rows = math.ceil(max(n_classes, 1) / cols)
+    return max(6.0, 3.0 * cols), 2.6 * rows + 0.8
+
+
+def classifier_figure_sizes(n_classes: int) -> dict[str, tuple[int, int]]:
+    """The pixel size (width, height) of each figure file of a classifier report with `n_classes` classes."""
+    inches = {**CLASSIFIER_FIGURES, "probabilities": probabilities_figure_size(n_classes)}
+    return {name: (round(w * DPI), round(h * DPI)) for name, (w, h) in inches.items()}
+
+
+def plot_roc(result: ClassificationResult, folder: Path) -> Path:
+    """`roc.png`: the pooled OOF ROC curve of every scorable class, its AUROC in the legend (best first)."""
+    fig, ax = _figure("roc")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance (0.5)")
+    auc = result.per_class.set_index("class")["auroc"]
+    for name in result.ranked_classes():
+        curve = result.roc[name]
+        ax.plot(curve["fpr"], curve["tpr"], linewidth=1.5, label=f"{name} {auc[name]:.3f}")
+    ax.set(xlabel="false-positive rate (1 - specificity)", ylabel="true-positive rate (sensitivity)",
+           title=f"OOF ROC per class (mean AUROC {_number(result.mean_auroc)})", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_aspect("equal", adjustable="box")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", title="class AUROC", title_fontsize=7)
+    return _save(fig, folder, "roc")
+
+
+def plot_probabilities(result: ClassificationResult, folder: Path) -> Path:
+    """`probabilities.png`: per class, histograms of the OOF probability of true-negative and true-positive images,
+    each as a fraction of its group (the groups differ much in size); a binary task's F1 threshold is marked."""
+    n = len(result.classes)
+    cols = min(PROBABILITY_COLUMNS, n)
+    fig, axes = _figure("probabilities", size=probabilities_figure_size(n), nrows=math.ceil(n / cols), ncols=cols,
+                        squeeze=False)
+    bins = np.linspace(0.0, 1.0, 21)
+    for ax, name in zip(axes.ravel(), result.classes, strict=False):
+        y = result.truth[name].to_numpy(dtype=bool)
+        p = result.probs[name].to_numpy(dtype=np.float64)
+        for mask, color, label in ((~y, "tab:blue", "negative"), (y, "tab:red", "positive")):
+            if mask.any():
+                ax.hist(p[mask], bins=bins, weights=np.full(mask.sum(), 1.0 / mask.sum()), color=color, alpha=0.55,
+                        label=f"{label} ({mask.sum()})")
+        if result.f1 is not None and not math.isnan(result.f1.threshold):
+            ax.axvline(result.f1.threshold, color="black", linestyle="--", linewidth=1,
+                       label=f"best-F1 cut {result.f1.threshold:.3f}")
+        ax.set(xlim=(0, 1), title=name, xlabel="OOF probability", ylabel="fraction of group")
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.suptitle("OOF probabilities by truth", fontsize=10)
+    return _save(fig, folder, "probabilities")
+
+
+def classifier_fold_table(result: ClassificationResult, runs: Sequence[tuple[int, Path]], val_key: str
+                          ) -> pd.DataFrame:
+    """AUROC per fold (mean and per class) and the best validation score the training recorded per run."""
+    table = result.per_fold.copy()
+    recorded = {}
+    for fold, run in runs:
+        best = next(iter(sorted(run.glob("**/checkpoints/best.ckpt"))), None)
+        if best is not None:
+            from cxrdet.train import checkpoint_record  # imports Lightning: only when there is a checkpoint to read
+
+            recorded[fold] = checkpoint_record(best).get("val_score")
+    table.insert(3, f"{val_key} (best checkpoint)", [recorded.get(k) for k in table["fold"]])
+    return table
+
+
+def write_classifier_report(oof: ExperimentOof, result: ClassificationResult, out_dir: str | Path | None = None
+                            ) -> Path:
+    """Render a classifier experiment's figures (ROC curves, probabilities by truth, training curves) and HTML page
+    into `out_dir` (default `cxrdet.paths.report_dir(experiment)`).
+
+    Returns:
+        The written `index.html`.
+    """
+    folder = Path(out_dir) if out_dir is not None else paths.report_dir(oof.experiment)
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_roc(result, folder)
+    plot_probabilities(result, folder)
+    plot_training_curves([(f"fold {k}", run) for k, run in oof.runs], folder, CLASSIFIER_VAL_KEY)
+    sizes = classifier_figure_sizes(len(result.classes))
+    folds = classifier_fold_table(result, oof.runs, CLASSIFIER_VAL_KEY)
+    per_class = result.per_class.rename(columns={"n_images": "images", "n_positive": "positives"})
+
+    def figure(name: str, caption: str) -> str:
+        w, h = sizes[name]
+        return (f'<figure><img src="{name}.png" width="{w}" height="{h}" alt="{html.escape(caption)}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    f1_html = ""
+    if result.f1 is not None:
+        f1 = result.f1
+        f1_html = (f"<h2>F1 at the best threshold</h2>\n<p>Calling images with probability &gt;= "
+                   f"{_number(f1.threshold)} positive gives F1 {_number(f1.f1)} (precision {_number(f1.precision)}, "
+                   f"recall {_number(f1.recall)}) on the pooled OOF images; the cut is chosen on the same images "
+                   "(slightly optimistic).</p>")
+    folds_used = ", ".join(str(k) for k, _ in oof.runs)
+    notes = [f"folds {folds_used}; {len(result.probs)} OOF images; classes {', '.join(result.classes)}",
+             f"mean AUROC over scorable classes {_number(result.mean_auroc)}", *result.notes]
+    notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>cxrdet report: {html.escape(oof.experiment)}</title>
+<style>body{{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em}} img{{max-width:100%;height:auto}}
+table.t{{border-collapse:collapse;font-size:0.9em}}
+table.t td,table.t th{{padding:2px 8px;border-bottom:1px solid #ddd}}
+figcaption{{color:#555;font-size:0.9em}}</style></head><body>
+<h1>classifier {html.escape(oof.experiment)}</h1>
+<ul>{notes_html}</ul>
+<h2>ROC curves</h2>
+{figure("roc", "Pooled OOF ROC curve per class; the legend gives each class's AUROC")}
+<h2>Per class</h2>
+{_table_html(per_class)}
+{f1_html}
+<h2>AUROC per fold</h2>
+{_table_html(folds)}
+<h2>Training and validation</h2>
+{figure("curves", f"Training loss and {CLASSIFIER_VAL_KEY} per epoch, per fold (CSV logs)")}
+<h2>Probabilities by truth</h2>
+{figure("probabilities", "OOF probability histograms of true-negative and true-positive images, per class")}
+</body></html>
+"""
+    summary = {"name": oof.experiment, "kind": "classifier", "mean_auroc": _json_number(result.mean_auroc),
+               "auroc": {c: _json_number(v) for c, v in zip(result.classes, result.per_class["auroc"], strict=True)},
+               "f1": None if result.f1 is None else {k: _json_number(v) for k, v in
+                                                      dataclasses.asdict(result.f1).items()},
+               "notes": result.notes}
+    write_text(folder / "report.json", json.dumps(summary, indent=2))
+    return write_text(folder / "index.html", page)
+
+
+def _json_number(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def classifier_experiment(name: str) -> bool:
+    """Whether `name` is an experiment whose runs are classifiers (`task='classify'` in their written config)."""
+    runs = experiment_runs(name)
+    return bool(runs) and is_classifier_run(runs[0][1])
+
+
 def report(name: str, out_dir: str | Path | None = None) -> Path:
-    """Load an experiment's or a tuned ensemble's OOF results and write the report; returns `index.html`."""
+    """Load an experiment's (detector or classifier) or a tuned ensemble's OOF results and write the report; returns
+    `index.html`."""
+    config = ensemble_config(name)
+    tuned = config is not None and (paths.ensemble_dir(config.stem) / "params.json").is_file()
+    if not tuned and classifier_experiment(name):
+        oof = load_experiment_oof(name)
+        return write_classifier_report(oof, evaluate(oof.probs, oof.truth, oof.image_fold), out_dir)
     return write_report(load_report_data(name), out_dir)
 
 

@@ -38,6 +38,8 @@ from cxrdet import paths
 from cxrdet.config import to_dict
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.io import file_sha256, write_json, write_text
+from cxrdet.models.lit_base import LitBase
+from cxrdet.models.lit_classifier import LitClassifier
 from cxrdet.models.lit_detector import MONITOR, LitDetector, load_checkpoint_file
 from cxrdet.provenance import git_revision
 
@@ -47,6 +49,8 @@ DONE_FILE = "done.json"
 TENSORBOARD = "tensorboard"
 CSV = "csv"
 STAGE_KEYS: frozenset[str] = frozenset({"name", "epochs", "view", "lr", "data"})
+# The config's top-level `task` (absent = detect): a detector (boxes) or an image-level classifier.
+TASKS: tuple[str, ...] = ("detect", "classify")
 
 
 @dataclass(frozen=True)
@@ -72,12 +76,42 @@ class Stage:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a finished run left: its folder, the final stage's best checkpoint, score and threshold."""
+    """What a finished run left: its folder, the final stage's best checkpoint, score (of the metric `monitor`) and
+    threshold."""
 
     run_dir: Path
     best_checkpoint: Path
     best_score: float
     best_threshold: float
+    monitor: str = MONITOR
+
+
+def task_of(cfg: Mapping[str, Any]) -> str:
+    """A config's `task`: `detect` (the default when absent) or `classify`.
+
+    Raises:
+        ConfigError: An unknown task.
+    """
+    task = cfg.get("task") or "detect"
+    if task not in TASKS:
+        raise ConfigError(f"task={task!r}: expected one of {list(TASKS)}")
+    return str(task)
+
+
+def task_module(cfg: Mapping[str, Any]) -> type[LitBase]:
+    """The LightningModule class that trains a config's `task`."""
+    return LitClassifier if task_of(cfg) == "classify" else LitDetector
+
+
+def task_datamodule(cfg: Mapping[str, Any]) -> type[pl.LightningDataModule]:
+    """The data module class of a config's `task`: detection boxes, or image-level labels for a classifier."""
+    if task_of(cfg) == "classify":
+        from cxrdet.data.classify import ClassificationDataModule
+
+        return ClassificationDataModule
+    from cxrdet.data.datamodule import DetectionDataModule
+
+    return DetectionDataModule
 
 
 def resolve_stages(cfg: Mapping[str, Any], source: str = "config") -> list[Stage]:
@@ -165,16 +199,17 @@ def _limit(value: Any) -> int | float | None:
 
 
 class _EpochLine(Callback):
-    """One line per epoch on stderr (epoch, mean training loss, val/rsna and its cut, seconds): the progress report
-    when stderr is a log file, where a live bar would write thousands of carriage returns.
+    """One line per epoch on stderr (epoch, mean training loss, the monitored metric and its cut, seconds): the
+    progress report when stderr is a log file, where a live bar would write thousands of carriage returns.
 
     Printed at `on_validation_end`, when this epoch's validation metrics are in `callback_metrics` (a callback's
     `on_validation_epoch_end` runs before the module's, so it would still see the previous epoch's); the training
     loss is averaged here from the batches because Lightning aggregates `train/loss_epoch` only after validation.
     """
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, monitor: str = MONITOR) -> None:
         self.label = label
+        self.monitor = monitor
         self._start = 0.0
         self._loss_sum = 0.0
         self._n_batches = 0
@@ -196,39 +231,50 @@ class _EpochLine(Callback):
         m = trainer.callback_metrics
         loss = f"{self._loss_sum / self._n_batches:.4f}" if self._n_batches else "-"
         print(f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: train/loss {loss}, "
-              f"val/rsna {float(m.get(MONITOR, math.nan)):.4f} at cut {float(m.get('val/threshold', math.nan)):.2f}, "
+              f"{self.monitor} {float(m.get(self.monitor, math.nan)):.4f} "
+              f"at cut {float(m.get('val/threshold', math.nan)):.2f}, "
               f"{time.perf_counter() - self._start:.1f} s", file=sys.stderr, flush=True)
 
 
 class _StageRecord(Callback):
     """Stores the epoch's validation score and threshold in every checkpoint, so `best.ckpt` says which cut won."""
 
+    def __init__(self, monitor: str = MONITOR) -> None:
+        self.monitor = monitor
+
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         metrics = trainer.callback_metrics
         checkpoint["cxrdet"] = {
-            key: float(metrics[m]) for key, m in (("val_score", MONITOR), ("val_threshold", "val/threshold"))
+            key: float(metrics[m]) for key, m in (("val_score", self.monitor), ("val_threshold", "val/threshold"))
             if m in metrics
         }
 
 
-def build_trainer(cfg: Mapping[str, Any], experiment: str, fold: int, stage: Stage) -> tuple[pl.Trainer,
-                                                                                             ModelCheckpoint]:
-    """A Trainer for one stage: checkpoints (best by `val/rsna`, last), early stopping, LR monitor, loggers."""
+def build_trainer(cfg: Mapping[str, Any], experiment: str, fold: int, stage: Stage, monitor: str = MONITOR
+                  ) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """A Trainer for one stage: checkpoints (best by `monitor`, higher is better; last), early stopping on it, LR
+    monitor, loggers."""
     train_cfg = cfg["train"]
     folder = paths.stage_dir(experiment, fold, stage.name)
+    ckpt_dir = paths.checkpoints_dir(experiment, fold, stage.name)
     checkpoint = ModelCheckpoint(
-        dirpath=paths.checkpoints_dir(experiment, fold, stage.name), filename=BEST, monitor=MONITOR, mode="max",
-        save_top_k=1, save_last=True, enable_version_counter=False, auto_insert_metric_name=False,
+        dirpath=ckpt_dir, filename=BEST, monitor=monitor, mode="max", save_top_k=1, enable_version_counter=False,
+        auto_insert_metric_name=False,
     )  # fmt: skip
-    callbacks: list[Callback] = [checkpoint, LearningRateMonitor(logging_interval="step"), _StageRecord()]
+    # Lightning's `save_last` only writes when the best checkpoint does (an epoch that does not improve leaves an old
+    # last.ckpt); a monitor-less checkpoint keeping one file is written every epoch, which resume relies on.
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, monitor=None, save_top_k=1, every_n_epochs=1,
+                             enable_version_counter=False, auto_insert_metric_name=False)
+    callbacks: list[Callback] = [checkpoint, latest, LearningRateMonitor(logging_interval="step"),
+                                 _StageRecord(monitor)]
     # 'auto': a live bar in a terminal, one line per epoch in a log file.
     bar = train_cfg.get("progress_bar", "auto")
     bar = sys.stderr.isatty() if bar == "auto" else bool(bar)
     if not bar:
-        callbacks.append(_EpochLine(f"{experiment} fold {fold}{f' {stage.name}' if stage.name else ''}"))
+        callbacks.append(_EpochLine(f"{experiment} fold {fold}{f' {stage.name}' if stage.name else ''}", monitor))
     early = train_cfg.get("early_stopping")
     if early:
-        callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=int(early.get("patience", 5)),
+        callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=int(early.get("patience", 5)),
                                        min_delta=float(early.get("min_delta", 0.0))))
     # One version folder per attempt (version_0, then version_1 after a resume...): a resumed run keeps its logs.
     loggers = [TensorBoardLogger(save_dir=str(folder), name=TENSORBOARD), CSVLogger(save_dir=str(folder), name=CSV)]
@@ -290,15 +336,16 @@ def _existing_checkpoints(experiment: str, fold: int, stages: list[Stage]) -> li
 
 def train(cfg: Config | Mapping[str, Any], fold: int, resume: bool = False, overwrite: bool = False,
           datamodule_cls: type[pl.LightningDataModule] | None = None) -> TrainResult:
-    """Train `cfg`'s detector on all folds but `fold`, validating on `fold`, stage after stage.
+    """Train `cfg`'s model (detector, or classifier for `task='classify'`) on all folds but `fold`, validating on
+    `fold`, stage after stage.
 
     Args:
         cfg: A resolved config (`cxrdet.config.load_config`).
         fold: The held-out fold.
         resume: Skip finished stages and continue the unfinished one from its `last.ckpt`.
         overwrite: Delete this run's checkpoints and start again.
-        datamodule_cls: Data module class taking `(data_cfg, fold, view=..., seed=...)`; default
-            `cxrdet.data.datamodule.DetectionDataModule`.
+        datamodule_cls: Data module class taking `(data_cfg, fold, view=..., seed=...)`; default by task
+            (`task_datamodule`).
 
     Returns:
         The run folder and the final stage's best checkpoint, score and threshold.
@@ -307,8 +354,9 @@ def train(cfg: Config | Mapping[str, Any], fold: int, resume: bool = False, over
         CxrdetError: The run already has checkpoints and neither `resume` nor `overwrite` is set; or a data or
             config problem.
     """
+    module_cls = task_module(cfg)
     if datamodule_cls is None:
-        from cxrdet.data.datamodule import DetectionDataModule as datamodule_cls  # noqa: N813 -- a class, renamed
+        datamodule_cls = task_datamodule(cfg)
 
     experiment = cfg["experiment"]
     stages = resolve_stages(cfg, getattr(cfg, "filename", None) or experiment)
@@ -336,7 +384,7 @@ def train(cfg: Config | Mapping[str, Any], fold: int, resume: bool = False, over
             continue
         scfg = stage_config(cfg, stage)
         pl.seed_everything(seed + stage.index, workers=True, verbose=False)
-        module = LitDetector(scfg)  # a config problem in the model shows before the tables are read
+        module = module_cls(scfg)  # a config problem in the model shows before the tables are read
         dm = datamodule_cls(scfg["data"], fold, view=stage.view, seed=seed + stage.index)
         dm.setup("fit")  # read and check the tables now, before anything is written
         if is_main and not wrote_provenance:
@@ -346,7 +394,7 @@ def train(cfg: Config | Mapping[str, Any], fold: int, resume: bool = False, over
         ckpt_path = str(last) if resume and last.is_file() else None
         if ckpt_path is None and previous_best is not None:
             module.init_from_checkpoint(previous_best)
-        trainer, checkpoint = build_trainer(scfg, experiment, fold, stage)
+        trainer, checkpoint = build_trainer(scfg, experiment, fold, stage, module_cls.monitor)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         if not checkpoint.best_model_path:
             raise CxrdetError(f"stage {stage.name or 'train'} of {run} saved no best checkpoint: did validation run? "
@@ -360,4 +408,5 @@ def train(cfg: Config | Mapping[str, Any], fold: int, resume: bool = False, over
             write_json(ckpt_dir / DONE_FILE, record)
         previous_best = best
     assert previous_best is not None  # resolve_stages returns at least one stage
-    return TrainResult(run, previous_best, float(record["best_score"]), float(record["best_threshold"]))
+    return TrainResult(run, previous_best, float(record["best_score"]), float(record["best_threshold"]),
+                       module_cls.monitor)

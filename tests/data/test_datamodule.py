@@ -254,3 +254,32 @@ def test_reads_a_cache_built_by_prepare_from_synthetic_dicoms(tmp_path: Path) ->
         np.testing.assert_allclose(target["boxes"].numpy(), gt * scale, rtol=1e-6)
     assert len(dm.test_image_ids) == 2
     assert len(loader_ids(dm.predict_dataloader_for("test"))) == 2
+
+
+def test_reads_an_nih_root_built_by_synth_and_prepare(tmp_path: Path) -> None:
+    from cxrdet.data.folds import images_for_folds, make_folds, write_folds
+    from cxrdet.data.labels import NIH_FINDINGS
+    from cxrdet.data.prepare import prepare_cache
+    from cxrdet.data.synth_nih import generate_nih_dataset
+    from cxrdet.paths import NihLayout
+
+    root = tmp_path / "nih"
+    generate_nih_dataset(root, 10, 3, seed=0, size=48, workers=1, progress=False)
+    prepare_cache(root, 32, workers=1, progress=False)
+    folds_csv = tmp_path / "nih_k2.csv"
+    write_folds(make_folds(images_for_folds(NihLayout(root).labels_csv), k=2, seed=0), folds_csv)
+
+    data = {"root": str(root), "size": 32, "folds": str(folds_csv), "classes": NIH_FINDINGS, "num_workers": 0}
+    dm = DetectionDataModule(data, 0)
+    annotations = dm._tables.annotations
+    assert annotations.classes == NIH_FINDINGS and annotations.boxes.empty
+    assert set(NIH_FINDINGS) <= set(annotations.images.columns)
+    assert sorted(dm.train_image_ids + dm.val_image_ids) == sorted(pd.read_csv(folds_csv)["image_id"].astype(str))
+    assert len(dm.test_image_ids) == 3
+
+    # The fold file's ids are checked against the cache: an image that prepare did not cache is named.
+    folds = pd.read_csv(folds_csv, dtype=str)
+    folds.loc[0, "image_id"] = "00009999_000"
+    folds.to_csv(folds_csv, index=False)
+    with pytest.raises(MissingImagesError, match=r"'00009999_000'"):
+        DetectionDataModule(data, 0).setup()

@@ -11,6 +11,7 @@ from cxrdet.ensemble.postprocess import (
     PostParams,
     apply_classifier,
     cap_per_image,
+    classifier_column,
     classifier_probs,
     drop_non_finite,
     postprocess,
@@ -107,3 +108,17 @@ def test_classifier_probs_seam() -> None:
         classifier_probs(pd.DataFrame({"image_id": ["a", "b"], "p": [1.5, 0.2]}), ids, "cls.parquet")
     text = str(err.value)
     assert "cls.parquet" in text and "p not in [0, 1] at row(s) [1]" in text and "'c'" in text
+
+
+def test_classifier_probs_reads_the_named_class_column_of_a_classifier_table() -> None:
+    ids = pd.Index(["a", "b"])
+    table = pd.DataFrame({"image_id": ["a", "b"], "Effusion": [0.1, 0.7], "Pneumonia": [0.8, 0.3]})
+    assert classifier_probs(table, ids, column="Pneumonia").tolist() == [0.8, 0.3]
+    assert classifier_probs(table[["image_id", "Effusion"]], ids).tolist() == [0.1, 0.7]  # the only class column
+    assert classifier_column(table, "Effusion") == "Effusion"
+    with pytest.raises(TableError, match=r"has 2 class columns \['Effusion', 'Pneumonia'\]: name the one"):
+        classifier_probs(table, ids, "oof.parquet")
+    with pytest.raises(TableError, match=r"lacks the classifier column 'opacity'; its class columns are \['Effusion'"):
+        classifier_probs(table, ids, "oof.parquet", column="opacity")
+    with pytest.raises(TableError, match=r"lacks column\(s\) \['image_id'\]"):
+        classifier_probs(table.drop(columns="image_id"), ids)

@@ -58,6 +58,17 @@ def test_config_problems_are_all_listed(tmp_path: Path) -> None:
         parse_ensemble({**RAW, "fusion": {"test_fold_conf_type": "mean"}}, tmp_path / "x.py")
 
 
+def test_classifier_entry_names_an_experiment_and_optionally_its_column(tmp_path: Path) -> None:
+    assert parse_ensemble(RAW, tmp_path / "x.py").classifier is None
+    spec = parse_ensemble({**RAW, "classifier": {"experiment": "cls"}}, tmp_path / "x.py")
+    assert spec.classifier == {"experiment": "cls", "column": None}
+    spec = parse_ensemble({**RAW, "classifier": {"experiment": "cls", "column": "Pneumonia"}}, tmp_path / "x.py")
+    assert spec.classifier == {"experiment": "cls", "column": "Pneumonia"}
+    for bad in ({"column": "p"}, {"experiment": "cls", "col": "p"}, "cls"):
+        with pytest.raises(ConfigError, match=r"classifier=.*expected None or dict\(experiment=NAME, column="):
+            parse_ensemble({**RAW, "classifier": bad}, tmp_path / "x.py")
+
+
 def test_load_from_file(tmp_path: Path) -> None:
     path = tmp_path / "duo.py"
     path.write_text("members = [dict(experiment='a', folds=[0, 1])]\nfusion = dict(method='none')\n")

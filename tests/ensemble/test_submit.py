@@ -15,7 +15,7 @@ from cxrdet.cli import app
 from cxrdet.ensemble.spec import load_ensemble, resolve
 from cxrdet.ensemble.submit import predict_test, submit
 from cxrdet.ensemble.tune import tune
-from cxrdet.errors import ConfigError
+from cxrdet.errors import ConfigError, TableError
 from cxrdet.io import file_sha256, write_parquet
 from cxrdet.submission import read_submission, validate_submission
 
@@ -134,3 +134,31 @@ def test_missing_prediction_files_are_all_listed(world, tmp_path: Path) -> None:
         for k in range(n_folds):
             assert str(paths.predictions_path("ghost", k, split)) in text
         assert "det_a" not in text
+
+
+def test_a_classifier_column_gates_the_oof_and_test_boxes(world, tmp_path: Path) -> None:
+    """A two-class classifier table; the ensemble gates with its `opacity` column, on OOF and test images alike."""
+    from cxrdet.ensemble.problem import load_oof
+
+    ids, test_ids, n_folds = world["ids"], world["test_ids"], int(world["n_folds"])
+    # opacity: 1 on even images, 0 on odd ones; 'other' (0.5 everywhere) must be ignored.
+    for k in range(n_folds):
+        part = [i for j, i in enumerate(ids) if j % n_folds == k]
+        write_parquet(paths.predictions_path("cls_x", k, "oof"), pd.DataFrame(
+            {"image_id": part, "opacity": [float(int(i[3:]) % 2 == 0) for i in part], "other": 0.5}))
+        write_parquet(paths.predictions_path("cls_x", k, "test"), pd.DataFrame(
+            {"image_id": test_ids, "opacity": [float(j % 2 == 0) for j in range(len(test_ids))], "other": 0.5}))
+    extra = "classifier = dict(experiment='cls_x', column='opacity')\npostprocess = dict(cls_tau=0.5)"
+    spec = load_ensemble(write_config(tmp_path / "gated.py", world, extra=extra))
+    oof = load_oof(spec)
+    assert oof.problem.prob.tolist() == [float(int(i[3:]) % 2 == 0) for i in oof.problem.image_ids]
+    fixed = resolve(spec, {})
+    kept = oof.problem.image_ids[oof.problem.predict(fixed).image]
+    assert len(kept) and all(int(i[3:]) % 2 == 0 for i in kept)
+    boxes, test_index = predict_test(spec, fixed, test_ids)
+    assert len(boxes) and all(test_ids.index(i) % 2 == 0 for i in test_index[boxes.image])
+    # Without a column, a two-class table is refused with its columns listed.
+    spec = load_ensemble(write_config(tmp_path / "ambiguous.py", world,
+                                      extra="classifier = dict(experiment='cls_x')\npostprocess = dict(cls_tau=0.5)"))
+    with pytest.raises(TableError, match=r"has 2 class columns \['opacity', 'other'\]"):
+        load_oof(spec)

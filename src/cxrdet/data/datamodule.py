@@ -194,6 +194,9 @@ class DetectionDataModule(pl.LightningDataModule):
         test_image_ids: Every test-split image of the cache, in meta order.
     """
 
+    # Stacks dataset items into batches; a subclass serving other targets names its own.
+    collate = staticmethod(collate_detection)
+
     def __init__(self, data_cfg: Mapping[str, Any], fold: int, view: str | None = None, seed: int = 0) -> None:
         super().__init__()
         self.cfg = DataConfig.from_dict(data_cfg)
@@ -233,7 +236,7 @@ class DetectionDataModule(pl.LightningDataModule):
             raise MissingImagesError(
                 self.cfg.folds, f"the train split of the prepare cache {self.cfg.cache}", missing, self._prepare_hint()
             )
-        labels_csv = paths.KaggleLayout(self.cfg.root).labels_csv
+        labels_csv = paths.dataset_layout(self.cfg.root).labels_csv
         annotations = read_labels(labels_csv)
         missing = folds.loc[~folds["image_id"].isin(set(annotations.images["image_id"])), "image_id"].tolist()
         if missing:
@@ -241,12 +244,16 @@ class DetectionDataModule(pl.LightningDataModule):
                 self.cfg.folds, f"the labels table {labels_csv}", missing,
                 "Was the fold file built from these labels? Rebuild it with `cxrdet folds` from this data root.",
             )  # fmt: skip
+        self._check_classes(annotations, labels_csv)
+        return _Tables(meta=meta, annotations=annotations, folds=folds)
+
+    def _check_classes(self, annotations: Annotations, labels_csv: Path) -> None:
+        """A detector predicts every box class of the labels: `data.classes` must name them all, in order."""
         if tuple(annotations.classes) != self.cfg.classes:
             raise ConfigError(
                 f"data.classes={self.cfg.classes!r} but the labels {labels_csv} have classes "
                 f"{tuple(annotations.classes)!r}: expected the same names in the same order"
             )
-        return _Tables(meta=meta, annotations=annotations, folds=folds)
 
     @cached_property
     def train_image_ids(self) -> list[str]:
@@ -329,7 +336,7 @@ class DetectionDataModule(pl.LightningDataModule):
             sampler=sampler,
             shuffle=False,
             num_workers=workers,
-            collate_fn=collate_detection,
+            collate_fn=self.collate,
             # Batches are expanded greyscale views, which cannot be pinned; they are small next to a detector step.
             pin_memory=False,
             worker_init_fn=seed_worker,

@@ -157,33 +157,52 @@ def postprocess(boxes: BoxSet, params: PostParams, n_members: int,
     return cap_per_image(out, params.max_boxes)
 
 
-def classifier_probs(frame: pd.DataFrame, image_ids: pd.Index, source: str | Path = "classifier") -> npt.NDArray[
-        np.float64]:
-    """The seam for an image-level classifier: its table `image_id, p` aligned with an image set.
+def classifier_column(frame: pd.DataFrame, column: str | None = None, source: str | Path = "classifier") -> str:
+    """The probability column of a classifier's table: `column`, or, when None, its only column besides `image_id`.
+
+    Raises:
+        TableError: `column` is absent, or it is None and the table has no or several class columns (all listed).
+    """
+    classes = [str(c) for c in frame.columns if c != "image_id"]
+    if column is not None:
+        if column not in frame.columns:
+            raise TableError(source, [f"lacks the classifier column {column!r}; its class columns are {classes}"])
+        return column
+    if len(classes) != 1:
+        problem = (f"has {len(classes)} class columns {classes}: name the one to gate with, "
+                   "classifier=dict(experiment=..., column=NAME)")
+        raise TableError(source, [problem])
+    return classes[0]
+
+
+def classifier_probs(frame: pd.DataFrame, image_ids: pd.Index, source: str | Path = "classifier",
+                     column: str | None = None) -> npt.NDArray[np.float64]:
+    """The seam for an image-level classifier: one probability column of its table, aligned with an image set.
 
     Several rows of one image (e.g. one per fold model on the test set) are averaged.
 
     Args:
-        frame: Columns `image_id, p` with p in [0, 1].
+        frame: Columns `image_id` and one probability in [0, 1] per class (a classifier's prediction file).
         image_ids: The image set the boxes index.
         source: The file the table came from, named in errors.
+        column: The class column to read; None: the table's only class column (`classifier_column`).
 
     Returns:
-        p of each image of `image_ids`.
+        The probability of each image of `image_ids`.
 
     Raises:
-        TableError: Missing columns, p outside [0, 1] or not a number, or images of the set without a row.
+        TableError: Missing columns, probabilities outside [0, 1] or not numbers, or images of the set without a row.
     """
-    missing = [c for c in ("image_id", "p") if c not in frame.columns]
-    if missing:
-        raise TableError(source, [f"lacks column(s) {missing}; expected image_id, p"])
-    p = pd.to_numeric(frame["p"], errors="coerce").to_numpy(dtype=np.float64)
+    if "image_id" not in frame.columns:
+        raise TableError(source, ["lacks column(s) ['image_id']; expected image_id and one column per class"])
+    column = classifier_column(frame, column, source)
+    p = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
     problems = []
     bad = ~(np.isfinite(p) & (p >= 0.0) & (p <= 1.0))
     if bad.any():
         rows = np.flatnonzero(bad)
-        problems.append(f"{len(rows)} row(s) with p not in [0, 1] at row(s) {(rows[:_MAX_LISTED] + 1).tolist()}, e.g. "
-                        f"{frame['p'].iloc[rows[0]]!r}")
+        problems.append(f"{len(rows)} row(s) with {column} not in [0, 1] at row(s) "
+                        f"{(rows[:_MAX_LISTED] + 1).tolist()}, e.g. {frame[column].iloc[rows[0]]!r}")
     mean = pd.Series(p).groupby(frame["image_id"].to_numpy()).mean()
     aligned = mean.reindex(image_ids)
     absent = aligned.isna()

@@ -149,7 +149,7 @@ def _read_data_section(path: Path) -> dict[str, Any]:
 
 def read_predictions(experiment: str, fold: int, split: str) -> pd.DataFrame:
     """One fold model's prediction table (`image_id, x1, y1, x2, y2, score, label` or, for a classifier,
-    `image_id, p`).
+    `image_id` and one probability column per class).
 
     Raises:
         TableError: The file is missing or unreadable.
@@ -227,6 +227,6 @@ def load_oof(spec: EnsembleSpec) -> OofData:
     if spec.classifier is not None:
         exp = spec.classifier["experiment"]
         frame = pd.concat([read_predictions(exp, k, "oof") for k in spec.folds_used], ignore_index=True)
-        prob = classifier_probs(frame, image_ids, f"OOF probabilities of {exp}")
+        prob = classifier_probs(frame, image_ids, f"OOF probabilities of {exp}", spec.classifier.get("column"))
     problem = EnsembleProblem(inp, gt, prob, spec.engine)
     return OofData(problem, folds["fold"].to_numpy(dtype=np.int64), sources, members)

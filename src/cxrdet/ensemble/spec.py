@@ -11,8 +11,9 @@ An ensemble config is an mmengine Python config with these keys (see `configs/en
   (the WBF `conf_type` of that fold merge, default `avg`, which scales a box found by m of k fold models by m/k:
   `max` keeps the single-model score scale that the OOF-tuned thresholds were fitted on).
 - `postprocess`: `PostParams` fields plus `member_thr` (one number, or a dict member name -> number).
-- `classifier`: None, or `dict(experiment=NAME)`: an image-level classifier whose files at
-  `predictions_path(NAME, fold, split)` hold `image_id, p`.
+- `classifier`: None, or `dict(experiment=NAME, column=None)`: an image-level classifier whose files at
+  `predictions_path(NAME, fold, split)` hold `image_id` and one probability column per class (`cxrdet predict` of a
+  classifier config); `column` names the class that gates the boxes (None: the table's only class column).
 - `search_space`: parameter name -> `dict(type='float'|'int'|'categorical', low=, high=, step=, log=, choices=)`.
   Names are fusion and postprocess keys; `weight` and `member_thr` expand to one parameter per member
   (`weight.<member>`, `member_thr.<member>`; the first member's weight stays fixed: only ratios matter).
@@ -42,6 +43,7 @@ PER_MEMBER_KEYS: tuple[str, ...] = ("weight", "member_thr")
 FOLD_MERGES: tuple[str, ...] = ("before", "after")
 ENGINES: tuple[str, ...] = ("fast", "library")
 SPACE_TYPES: tuple[str, ...] = ("float", "int", "categorical")
+CLASSIFIER_KEYS: frozenset[str] = frozenset({"experiment", "column"})
 TOP_KEYS: tuple[str, ...] = (
     "name", "members", "fusion", "postprocess", "classifier", "search_space", "n_trials", "honest_trials", "seed",
     "image_size", "folds", "labels", "storage", "test_ids",
@@ -161,8 +163,12 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
     if n_trials < 1:
         problems.append(f"n_trials={n_trials}: expected an integer >= 1")
     classifier = raw.get("classifier")
-    if classifier is not None and "experiment" not in classifier:
-        problems.append("classifier: expected None or dict(experiment=NAME)")
+    if classifier is not None:
+        if not isinstance(classifier, Mapping) or "experiment" not in classifier or set(classifier) - CLASSIFIER_KEYS:
+            problems.append(f"classifier={classifier!r}: expected None or dict(experiment=NAME, column=None or a "
+                            "class name)")
+        else:
+            classifier = {"column": None, **dict(classifier)}
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
     spec = EnsembleSpec(

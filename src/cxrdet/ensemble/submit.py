@@ -93,7 +93,7 @@ def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str
     if spec.classifier is not None:
         exp = spec.classifier["experiment"]
         table = pd.concat([read_predictions(exp, k, "test") for k in folds], ignore_index=True)
-        prob = classifier_probs(table, ids, f"test probabilities of {exp}")
+        prob = classifier_probs(table, ids, f"test probabilities of {exp}", spec.classifier.get("column"))
     n_members = len(spec.members)
 
     def merge_folds(parts: list[pd.DataFrame], names: list[str]) -> BoxSet:

@@ -1,0 +1,6 @@
+# Binary image-level classifier (opacity or not), timm EfficientNet-B0, 512 px, AdamW, cosine.
+_base_ = [
+    '../_base_/models/cls_efficientnet_b0.py', '../_base_/data/rsna_512.py', '../_base_/schedules/adamw_cosine_12e.py'
+]
+data = dict(batch_size=16)
+optim = dict(lr=5e-4)

@@ -1,0 +1,351 @@
+"""Image-level classification metrics on out-of-fold probabilities: per-class AUROC and ROC curves, per-fold AUROC,
+and for a binary task the F1 at its best threshold.
+
+Inputs are tables aligned on `image_id`:
+
+- probabilities: `image_id` plus one float column per class name (sigmoid outputs in [0, 1]), the format of a
+  classifier's prediction files (`cxrdet.paths.predictions_path(experiment, fold, split)`);
+- truth: `image_id` plus one 0/1 column per class (`truth_table` builds it from a label table: a class of the table's
+  image columns, e.g. an NIH finding, is that column; any other class is "the image has >= 1 box of that class",
+  e.g. RSNA's `opacity`).
+
+AUROC is the Mann-Whitney statistic: the probability that a random positive image scores above a random negative
+one, ties counting one half. It is computed for all classes at once from ranks (ties share their average rank),
+which equals the area under the step ROC curve with ties joined by a straight segment (scikit-learn's
+`roc_auc_score`). A class whose images all carry one label value has no AUROC: NaN, and a note says so. The mean
+AUROC is over the classes that have one.
+
+F1 at the best threshold (binary tasks): images with probability >= t are called positive; every distinct
+probability is tried as t and the one of highest F1 wins (the highest such t on ties).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from scipy.stats import rankdata
+
+from cxrdet import paths
+from cxrdet.errors import CxrdetError, TableError
+
+_MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class F1Point:
+    """The best F1 of a binary task over all thresholds.
+
+    Attributes:
+        f1: Its F1 (NaN when there is no positive image).
+        threshold: Probabilities >= this are called positive.
+        precision: Precision at the threshold.
+        recall: Recall at the threshold.
+    """
+
+    f1: float
+    threshold: float
+    precision: float
+    recall: float
+
+
+@dataclass(frozen=True)
+class ClassificationResult:
+    """Per-class, per-fold and pooled OOF metrics of a classifier.
+
+    Attributes:
+        classes: Class names, in the order of the prediction columns.
+        per_class: One row per class: `class, auroc, n_images, n_positive, prevalence` (NaN AUROC when unscorable).
+        per_fold: One row per fold: `fold, images, mean_auroc`, then one AUROC column per class (the class name).
+        roc: Per class, the ROC curve points `fpr, tpr, threshold` (empty for an unscorable class).
+        mean_auroc: Mean AUROC over the scorable classes (NaN when none is).
+        f1: The best F1 point of a binary (one-class) task, else None.
+        truth: `image_id`-indexed 0/1 table, one column per class, of the scored images.
+        probs: `image_id`-indexed probabilities, same rows and columns as `truth`.
+        image_fold: Fold of each scored image (`image_id` index).
+        notes: Lines explaining NaNs and choices.
+    """
+
+    classes: tuple[str, ...]
+    per_class: pd.DataFrame
+    per_fold: pd.DataFrame
+    roc: dict[str, pd.DataFrame]
+    mean_auroc: float
+    f1: F1Point | None
+    truth: pd.DataFrame
+    probs: pd.DataFrame
+    image_fold: pd.Series
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 1
+
+    def ranked_classes(self) -> list[str]:
+        """Scorable classes, highest AUROC first (ties in class order)."""
+        table = self.per_class.dropna(subset=["auroc"])
+        return table.sort_values("auroc", ascending=False, kind="stable")["class"].tolist()
+
+
+# ---- pure functions ----
+
+
+def auroc(truth: npt.ArrayLike, scores: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """AUROC of every column at once.
+
+    Args:
+        truth: `(N,)` or `(N, K)` 0/1 labels.
+        scores: Same shape, higher = more likely positive.
+
+    Returns:
+        `(K,)` AUROC (a 0-d array for 1-D inputs); NaN for a column with no positive or no negative.
+    """
+    y = np.asarray(truth).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape:
+        raise ValueError(f"truth {y.shape} and scores {s.shape} differ in shape")
+    one_d = y.ndim == 1
+    y, s = y.reshape(len(y), -1), s.reshape(len(s), -1)
+    n_pos = y.sum(axis=0).astype(np.float64)
+    n_neg = len(y) - n_pos
+    ranks = rankdata(s, axis=0, method="average") if len(s) else np.zeros_like(s)
+    # Mann-Whitney U of the positives: their rank sum minus its minimum P(P + 1)/2; AUROC = U / (P * N).
+    u = np.where(y, ranks, 0.0).sum(axis=0) - n_pos * (n_pos + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+    return out[0] if one_d else out
+
+
+def roc_points(truth: npt.ArrayLike, scores: npt.ArrayLike) -> pd.DataFrame:
+    """ROC curve of one class: `fpr, tpr, threshold` from (0, 0) to (1, 1) (scikit-learn's `roc_curve`, collinear
+    points dropped); empty when the class has no positive or no negative."""
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(truth).astype(bool)
+    if y.all() or not y.any():
+        return pd.DataFrame({"fpr": [], "tpr": [], "threshold": []}, dtype=np.float64)
+    fpr, tpr, thr = roc_curve(y, np.asarray(scores, dtype=np.float64))
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thr})
+
+
+def best_f1(truth: npt.ArrayLike, scores: npt.ArrayLike) -> F1Point:
+    """The threshold of highest F1 for one binary label (probabilities >= threshold are positive).
+
+    Every distinct score is tried; among equal F1 the highest threshold wins. With no positive image F1 is NaN.
+    """
+    y = np.asarray(truth).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos = int(y.sum())
+    if n_pos == 0 or len(s) == 0:
+        return F1Point(f1=math.nan, threshold=math.nan, precision=math.nan, recall=math.nan)
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    tp = np.cumsum(y)
+    called = np.arange(1, len(s) + 1)
+    last = np.r_[s[1:] != s[:-1], True]  # the last image of each group of equal scores: one threshold per group
+    tp, called, thr = tp[last], called[last], s[last]
+    f1 = 2 * tp / (called + n_pos)
+    i = int(np.argmax(f1))
+    return F1Point(f1=float(f1[i]), threshold=float(thr[i]), precision=float(tp[i] / called[i]),
+                   recall=float(tp[i] / n_pos))
+
+
+def truth_table(images: pd.DataFrame, boxes: pd.DataFrame, label_classes: Sequence[str], classes: Sequence[str]
+                ) -> pd.DataFrame:
+    """Per-image 0/1 truth of `classes` from a label table (`cxrdet.data.labels.Annotations`).
+
+    Args:
+        images: `Annotations.images` (one row per image, negatives included).
+        boxes: `Annotations.boxes` (`image_id, label`, label indexing `label_classes`).
+        label_classes: `Annotations.classes`.
+        classes: The classifier's classes.
+
+    Returns:
+        `image_id`-indexed int64 table with one column per class: the images table's column of that name when it
+        has one (multi-label tables such as NIH), else 1 when the image has >= 1 box of that class.
+
+    Raises:
+        CxrdetError: A class is neither an image column nor a box class of the table.
+    """
+    ids = pd.Index(images["image_id"].astype(str), name="image_id")
+    out = pd.DataFrame(index=ids)
+    box_ids = boxes["image_id"].astype(str).to_numpy()
+    for name in classes:
+        if name in images.columns:
+            out[name] = images[name].fillna(0).to_numpy(dtype=np.int64)
+        elif name in label_classes:
+            with_box = set(box_ids[boxes["label"].to_numpy() == list(label_classes).index(name)])
+            out[name] = ids.isin(list(with_box)).astype(np.int64)
+        else:
+            raise CxrdetError(f"class {name!r}: the label table has no column of that name and no box class of that "
+                              f"name (box classes {', '.join(label_classes) or '-'}); expected a class of the table")
+    return out
+
+
+def evaluate(probs: pd.DataFrame, truth: pd.DataFrame, image_fold: pd.Series | None = None) -> ClassificationResult:
+    """Score OOF probabilities against the truth.
+
+    Args:
+        probs: `image_id`-indexed probabilities, one column per class.
+        truth: `image_id`-indexed 0/1 table holding at least `probs`' images and columns.
+        image_fold: Fold of each image of `probs` (default: all fold 0).
+
+    Returns:
+        The metrics (see `ClassificationResult`).
+    """
+    classes = tuple(str(c) for c in probs.columns)
+    y = truth.reindex(index=probs.index, columns=list(classes)).to_numpy(dtype=np.int64)
+    p = probs.to_numpy(dtype=np.float64)
+    folds = (image_fold.reindex(probs.index) if image_fold is not None
+             else pd.Series(0, index=probs.index)).to_numpy(dtype=np.int64)
+    values = auroc(y, p)
+    n_pos = y.sum(axis=0)
+    per_class = pd.DataFrame({"class": list(classes), "auroc": values, "n_images": len(y), "n_positive": n_pos,
+                              "prevalence": n_pos / max(len(y), 1)})
+    notes = [f"{c}: all {len(y)} images are {'positive' if k == len(y) else 'negative'}; AUROC undefined (NaN), left "
+             "out of the mean" for c, k, v in zip(classes, n_pos, values, strict=True) if np.isnan(v)]
+    rows = []
+    for k in np.unique(folds):
+        in_fold = folds == k
+        fold_values = auroc(y[in_fold], p[in_fold])
+        rows.append({"fold": int(k), "images": int(in_fold.sum()), "mean_auroc": _nanmean(fold_values),
+                     **dict(zip(classes, fold_values.tolist(), strict=True))})
+    per_fold = pd.DataFrame(rows, columns=["fold", "images", "mean_auroc", *classes])
+    return ClassificationResult(
+        classes=classes, per_class=per_class, per_fold=per_fold,
+        roc={c: roc_points(y[:, i], p[:, i]) for i, c in enumerate(classes)}, mean_auroc=_nanmean(values),
+        f1=best_f1(y[:, 0], p[:, 0]) if len(classes) == 1 else None,
+        truth=pd.DataFrame(y, index=probs.index, columns=list(classes)), probs=probs,
+        image_fold=pd.Series(folds, index=probs.index), notes=notes,
+    )  # fmt: skip
+
+
+def _nanmean(values: npt.NDArray[np.float64]) -> float:
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if len(kept) else math.nan
+
+
+# ---- reading an experiment's files ----
+
+
+def read_probabilities(path: str | Path, classes: Sequence[str]) -> pd.DataFrame:
+    """A classifier prediction file as an `image_id`-indexed table of the class columns, in `classes` order.
+
+    Raises:
+        TableError: Listing every problem: missing columns, duplicate image ids, probabilities that are not finite
+            numbers in [0, 1].
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(path, ["file not found: run `cxrdet predict CONFIG --fold k --split oof` first"])
+    frame = pd.read_parquet(path)
+    missing = [c for c in ("image_id", *classes) if c not in frame.columns]
+    if missing:
+        expected = f"expected image_id and one probability column per class ({', '.join(classes)})"
+        raise TableError(path, [f"missing column(s) {', '.join(map(repr, missing))}: {expected}"])
+    problems = []
+    ids = frame["image_id"].astype(str)
+    dup = ids[ids.duplicated()].unique().tolist()
+    if dup:
+        problems.append(f"{len(dup)} image id(s) repeat, e.g. {', '.join(map(repr, dup[:_MAX_LISTED]))}: expected "
+                        "one row per image")
+    values = frame[list(classes)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad_rows, bad_cols = np.nonzero(~((values >= 0) & (values <= 1)))  # NaN fails both comparisons
+    for r, c in list(zip(bad_rows, bad_cols, strict=True))[:_MAX_LISTED]:
+        problems.append(f"row {r + 1} (image_id {ids.iloc[r]!r}): {classes[c]}={frame[classes[c]].iloc[r]}: "
+                        "expected a probability in [0, 1]")
+    if len(bad_rows) > _MAX_LISTED:
+        problems.append(f"... and {len(bad_rows) - _MAX_LISTED} more values outside [0, 1]")
+    if problems:
+        raise TableError(path, problems)
+    return pd.DataFrame(values, index=pd.Index(ids, name="image_id"), columns=list(classes))
+
+
+@dataclass(frozen=True)
+class ExperimentOof:
+    """The pooled OOF probabilities of a classifier experiment, with what they are scored against.
+
+    Attributes:
+        experiment: Its name.
+        cfg: The resolved config of its first fold's run (`config.py` in the run folder).
+        runs: (fold, run folder) of the folds with OOF predictions.
+        probs: `image_id`-indexed probabilities of every fold's OOF file, one column per class.
+        image_fold: Fold of each image.
+        truth: `image_id`-indexed 0/1 truth of those images (`truth_table`).
+    """
+
+    experiment: str
+    cfg: dict
+    runs: list[tuple[int, Path]]
+    probs: pd.DataFrame
+    image_fold: pd.Series
+    truth: pd.DataFrame
+
+
+def run_config(run: Path) -> dict:
+    """The resolved config a run wrote next to its checkpoints, as a plain dict."""
+    from cxrdet.config import load_config, to_dict
+
+    return to_dict(load_config(run / "config.py"))
+
+
+def is_classifier_run(run: Path) -> bool:
+    """Whether the run folder's written config is a classifier's (`task='classify'`)."""
+    return (run / "config.py").is_file() and run_config(run).get("task") == "classify"
+
+
+def labels_file(data_root: str | Path) -> Path:
+    """The label table of a data root (RSNA Kaggle or NIH layout, as `cxrdet.paths.dataset_layout` tells)."""
+    return paths.dataset_layout(data_root).labels_csv
+
+
+def load_experiment_oof(experiment: str) -> ExperimentOof:
+    """Every fold's OOF probabilities of a classifier experiment, and their truth from the data root's label table.
+
+    Raises:
+        CxrdetError: No fold has OOF predictions. TableError: A prediction file is malformed or holds images the label
+            table does not have.
+    """
+    from cxrdet.data.labels import read_labels
+    from cxrdet.report import experiment_runs
+
+    runs = experiment_runs(experiment)
+    if not runs:
+        raise CxrdetError(f"{paths.run_dir(experiment, 0).parent}: no fold<k>/oof.parquet; train and predict first "
+                          "(cxrdet train / cxrdet predict CONFIG --fold k --split oof)")
+    cfg = run_config(runs[0][1])
+    classes = tuple(cfg["data"]["classes"])
+    frames, folds = [], []
+    for k, _ in runs:
+        frame = read_probabilities(paths.predictions_path(experiment, k, "oof"), classes)
+        frames.append(frame)
+        folds.append(pd.Series(k, index=frame.index))
+    probs = pd.concat(frames)
+    image_fold = pd.concat(folds)
+    root = cfg["data"].get("root") or paths.data_root()
+    labels = read_labels(labels_file(root))
+    truth = truth_table(labels.images, labels.boxes, labels.classes, classes)
+    unknown = probs.index.difference(truth.index)
+    dup = probs.index[probs.index.duplicated()].unique()
+    problems = []
+    if len(unknown):
+        problems.append(f"{len(unknown)} OOF image id(s) are not in the label table {labels_file(root)}, e.g. "
+                        f"{', '.join(map(repr, unknown[:_MAX_LISTED].tolist()))}")
+    if len(dup):
+        problems.append(f"{len(dup)} image id(s) are predicted by more than one fold, e.g. "
+                        f"{', '.join(map(repr, dup[:_MAX_LISTED].tolist()))}: expected each image in one fold")
+    if problems:
+        raise TableError(paths.run_dir(experiment, 0).parent, problems)
+    return ExperimentOof(experiment=experiment, cfg=cfg, runs=runs, probs=probs, image_fold=image_fold,
+                         truth=truth.loc[probs.index])
+
+
+def evaluate_experiment(experiment: str) -> ClassificationResult:
+    """Pooled and per-fold OOF metrics of a classifier experiment (`load_experiment_oof` then `evaluate`)."""
+    oof = load_experiment_oof(experiment)
+    return evaluate(oof.probs, oof.truth, oof.image_fold)

@@ -1,0 +1,190 @@
+"""The LightningModule for image-level classifiers: sigmoid losses, EMA weights, AUROC on the held-out fold.
+
+Batches are `(images [B, 3, S, S], targets [B, K] float 0/1, metas)` (`cxrdet.data.classify`). The loss is chosen by
+the config's top-level `loss` section:
+
+    loss = dict(type='bce',      # 'bce' (binary cross-entropy on logits) or 'focal' (sigmoid focal loss)
+                pos_weight=None, # None, 'auto' (negatives / positives per class of the training images) or one
+                                 # weight per class: positive terms are multiplied by it
+                gamma=2.0,       # focal only: down-weights easy examples
+                alpha=None)      # focal only: torchvision's positive/negative balance in [0, 1]; None = off
+
+Validation runs the EMA weights when EMA is on, gathers the sigmoid probabilities of the whole fold (all ranks), and
+logs `val/auroc` (the mean AUROC over the classes that have both positive and negative images in the fold: the
+checkpoint monitor), `val/auroc/<class>` per class, `val/loss`, and for a binary task `val/f1` at its best threshold
+(`val/threshold`) and `val/accuracy` at 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torchvision.ops import sigmoid_focal_loss
+
+from cxrdet.errors import ConfigError
+from cxrdet.metrics.classification import auroc, best_f1
+from cxrdet.models.classifier import Classifier, create_classifier
+from cxrdet.models.lit_base import LitBase
+
+MONITOR = "val/auroc"
+LOSSES: tuple[str, ...] = ("bce", "focal")
+LOSS_DEFAULTS: dict[str, Any] = {"type": "bce", "pos_weight": None, "gamma": 2.0, "alpha": None}
+
+
+def resolve_loss(cfg: Mapping[str, Any] | None, n_classes: int) -> dict[str, Any]:
+    """The config's `loss` section with defaults filled and values checked (`pos_weight` may stay 'auto').
+
+    Raises:
+        ConfigError: Unknown key or type, or a `pos_weight` list of the wrong length.
+    """
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(LOSS_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"loss: unknown key(s) {unknown}; expected some of {list(LOSS_DEFAULTS)}")
+    out = {**LOSS_DEFAULTS, **cfg}
+    if out["type"] not in LOSSES:
+        raise ConfigError(f"loss.type={out['type']!r}: expected one of {list(LOSSES)}")
+    weight = out["pos_weight"]
+    if weight is not None and weight != "auto":
+        if isinstance(weight, (int, float)):
+            weight = [float(weight)] * n_classes
+        if isinstance(weight, str) or len(weight) != n_classes or any(float(w) <= 0 for w in weight):
+            raise ConfigError(f"loss.pos_weight={out['pos_weight']!r}: expected None, 'auto', a number or "
+                              f"{n_classes} positive numbers (one per class)")
+        out["pos_weight"] = [float(w) for w in weight]
+    if out["alpha"] is not None and not 0.0 <= float(out["alpha"]) <= 1.0:
+        raise ConfigError(f"loss.alpha={out['alpha']!r}: expected None or a number in [0, 1]")
+    return out
+
+
+def auto_pos_weight(targets: np.ndarray, source: str = "the training images") -> list[float]:
+    """Negatives / positives per class of a `[N, K]` 0/1 label matrix (BCE's usual balancing weight).
+
+    Raises:
+        ConfigError: A class has no positive (its weight would be infinite).
+    """
+    y = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1)
+    pos = y.sum(axis=0)
+    if (pos == 0).any():
+        raise ConfigError(f"loss.pos_weight='auto': class(es) at {np.flatnonzero(pos == 0).tolist()} have no positive "
+                          f"in {source}; give the weights explicitly")
+    return ((len(y) - pos) / pos).tolist()
+
+
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor, loss_cfg: Mapping[str, Any],
+                        pos_weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean loss over images and classes.
+
+    Args:
+        logits: `[B, K]` raw outputs.
+        targets: `[B, K]` 0/1 floats.
+        loss_cfg: A `resolve_loss` result (`type`, `gamma`, `alpha`).
+        pos_weight: `[K]` multipliers of the positive terms, or None.
+    """
+    targets = targets.to(logits.dtype)
+    if loss_cfg["type"] == "bce":
+        weight = None if pos_weight is None else pos_weight.to(logits)
+        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
+    alpha = -1.0 if loss_cfg["alpha"] is None else float(loss_cfg["alpha"])
+    loss = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=float(loss_cfg["gamma"]), reduction="none")
+    if pos_weight is not None:
+        loss = loss * (1.0 + (pos_weight.to(loss) - 1.0) * targets)
+    return loss.mean()
+
+
+class LitClassifier(LitBase):
+    """Trains one image-level classifier on the training folds and scores it (AUROC) on the held-out fold.
+
+    Args:
+        cfg: The resolved config as a plain dict (sections `model`, `data`, `loss`, `optim`, `lr_schedule`,
+            `train`); saved in every checkpoint.
+    """
+
+    monitor = MONITOR
+    what = "classifier"
+    model: Classifier
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        super().__init__(cfg, create_classifier(cfg))
+        self.classes: tuple[str, ...] = tuple(cfg["data"]["classes"])
+        self.loss_cfg = resolve_loss(cfg.get("loss"), len(self.classes))
+        weight = self.loss_cfg["pos_weight"]
+        # 'auto' is filled in from the data module when fitting starts; a buffer follows the module's device.
+        self.register_buffer("pos_weight", torch.tensor(weight, dtype=torch.float32)
+                             if isinstance(weight, list) else None, persistent=False)
+        self._val: list[tuple[list[str], np.ndarray, np.ndarray]] = []
+
+    def inference_model(self) -> Classifier:
+        """The weights validation and prediction use: the EMA copy when EMA is on."""
+        return super().inference_model()
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self.loss_cfg["pos_weight"] != "auto":
+            return
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        if dm is None or not hasattr(dm, "train_targets"):
+            raise ConfigError("loss.pos_weight='auto' needs a data module with `train_targets`")
+        self.pos_weight = torch.tensor(auto_pos_weight(dm.train_targets()), dtype=torch.float32)
+
+    # ---- training ----
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, list[dict]], batch_idx: int) -> torch.Tensor:
+        images, targets, _ = batch
+        loss = classification_loss(self.model(images), targets, self.loss_cfg, self.pos_weight)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
+        return loss
+
+    # ---- validation ----
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor, list[dict]], batch_idx: int) -> None:
+        images, targets, metas = batch
+        model = self.inference_model()
+        model.eval()
+        logits = model(images)
+        loss = classification_loss(logits, targets, self.loss_cfg, self.pos_weight)
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(images), sync_dist=True)
+        probs = torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
+        self._val.append(([m["image_id"] for m in metas], probs, targets.float().cpu().numpy()))
+
+    def gathered_outputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """This epoch's validation `(probabilities [N, K], targets [N, K])` of all ranks, each image once."""
+        k = len(self.classes)
+        local = ([i for part in self._val for i in part[0]],
+                 np.concatenate([p[1] for p in self._val]) if self._val else np.zeros((0, k)),
+                 np.concatenate([p[2] for p in self._val]) if self._val else np.zeros((0, k)))
+        parts: list[Any] = [local]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, local)
+        ids = pd.Index([i for part in parts for i in part[0]])
+        # A distributed sampler pads the last batches with repeated images: keep each image's first copy.
+        first = ~ids.duplicated(keep="first")
+        probs = np.concatenate([part[1] for part in parts]).reshape(-1, k)[first]
+        truth = np.concatenate([part[2] for part in parts]).reshape(-1, k)[first]
+        return probs, truth
+
+    def on_validation_epoch_end(self) -> None:
+        probs, truth = self.gathered_outputs()
+        per_class = np.atleast_1d(auroc(truth, probs)) if len(probs) else np.full(len(self.classes), np.nan)
+        scored = per_class[~np.isnan(per_class)]
+        # NaN when no class has both labels in the fold: the checkpoint callback then keeps the first epoch.
+        mean = float(scored.mean()) if len(scored) else float("nan")
+        # Every rank scored the same gathered outputs; syncing keeps Lightning's decisions identical on all ranks.
+        self.log(MONITOR, mean, prog_bar=True, sync_dist=True)
+        for name, value in zip(self.classes, per_class, strict=True):
+            self.log(f"{MONITOR}/{name}", float(value), sync_dist=True)
+        if len(self.classes) == 1 and len(probs):
+            point = best_f1(truth[:, 0], probs[:, 0])
+            self.log("val/f1", point.f1, sync_dist=True)
+            self.log("val/threshold", point.threshold, sync_dist=True)
+            self.log("val/accuracy", float(((probs[:, 0] >= 0.5) == (truth[:, 0] > 0.5)).mean()), sync_dist=True)
+        self._val = []
