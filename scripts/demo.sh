@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole pipeline on synthetic RSNA-format data:
-#   synth -> prepare -> folds -> train two tiny detectors on every fold -> predict OOF and test boxes
-#   -> score each model's OOF boxes -> one submission per model -> tuned ensemble and its submission.
+#   synth -> prepare -> folds -> train two tiny detectors (torchvision FCOS, mmdet ATSS) and a tiny image-level
+#   classifier on every fold -> predict OOF and test boxes / probabilities -> one submission per model -> tuned
+#   ensembles without and with classifier gating -> reports (ensemble, classifier ROC, Grad-CAM).
 # Run it with `make demo` (which installs what it needs first). Sizes can be overridden from the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +19,9 @@ PY=${PY:-.venv/bin/python}
 FOLDS="$OUT/folds/demo_k${K}.csv"
 SUBS="$OUT/demo/submissions"
 CACHE=$("$PY" -c "from cxrdet import paths; print(paths.cache_dir('$DATA', $SIZE))")
-MODELS=(retinanet_mnv3s_128_tiny12e fcos_mnv3s_128_tiny12e)
-ENSEMBLES=(demo_retinanet_tiny demo_fcos_tiny demo_wbf)
+MODELS=(fcos_mnv3s_128_tiny12e mmdet-atss_mnv3s_128_tiny12e cls_regnetx002_128_tiny12e)
+CLASSIFIER=cls_regnetx002_128_tiny12e
+ENSEMBLES=(demo_fcos_tiny demo_atss_tiny demo_wbf demo_wbf_cls)
 start=$SECONDS
 
 step() { printf '\n==> [%4ds] %s\n' $((SECONDS - start)) "$*"; }
@@ -37,7 +39,7 @@ step "3/7 $K folds grouped by patient, stratified -> $FOLDS"
 for model in "${MODELS[@]}"; do
     step "4/7 train $model on every fold"
     bash scripts/train_folds.sh "configs/experiments/$model.py" -- --overwrite
-    step "5/7 predict OOF and test boxes of $model"
+    step "5/7 predict OOF and test outputs of $model"
     bash scripts/predict_folds.sh "configs/experiments/$model.py" -- --split oof --split test
 done
 
@@ -55,8 +57,10 @@ for ens in "${ENSEMBLES[@]}"; do
     "$CXRDET" score --labels "$DATA/synth_test_labels.csv" --submission "$SUBS/$ens.csv" --json | tail -n 1
 done
 
-step "report of the ensemble (figures, gallery, error analysis)"
-"$CXRDET" report demo_wbf
+step "reports: the gated ensemble (figures, gallery, error analysis), the classifier (ROC, AUROC), Grad-CAM"
+"$CXRDET" report demo_wbf_cls
+"$CXRDET" report "$CLASSIFIER"
+"$CXRDET" explain "configs/experiments/$CLASSIFIER.py" --fold 0 --n 4
 
 step "done in $((SECONDS - start)) s"
 echo "data:        $DATA"
@@ -64,4 +68,6 @@ echo "folds:       $FOLDS"
 echo "runs:        $OUT/<experiment>/fold<k>/ (config, provenance, checkpoints, logs, oof/test.parquet)"
 echo "ensembles:   $OUT/ensembles/<name>/params.json"
 echo "submissions: $SUBS/<name>.csv (+ .json provenance)"
-echo "report:      $("$PY" -c "from cxrdet import paths; print(paths.report_dir('demo_wbf'))")/index.html"
+echo "reports:     $("$PY" -c "from cxrdet import paths; print(paths.report_dir('demo_wbf_cls'))")/index.html"
+echo "             $("$PY" -c "from cxrdet import paths; print(paths.report_dir('$CLASSIFIER'))")/index.html"
+echo "grad-cam:    $("$PY" -c "from cxrdet import paths; print(paths.explain_dir('$CLASSIFIER', 0))")/"

@@ -1,8 +1,8 @@
-# The demo's two tiny detectors fused with weighted boxes fusion, vote scaling and box shrink (RSNA 1st place),
-# tuned on their pooled OOF boxes.
+# The demo's two tiny detectors (torchvision FCOS, mmdet ATSS) fused with weighted boxes fusion, vote scaling and box
+# shrink (RSNA 1st place), tuned on their pooled OOF boxes.
 members = [
-    dict(experiment='retinanet_mnv3s_128_tiny12e', folds=[0, 1, 2, 3, 4]),
     dict(experiment='fcos_mnv3s_128_tiny12e', folds=[0, 1, 2, 3, 4]),
+    dict(experiment='mmdet-atss_mnv3s_128_tiny12e', folds=[0, 1, 2, 3, 4]),
 ]
 # test_fold_conf_type='max': see demo_fcos_tiny.py.
 fusion = dict(method='wbf', iou_thr=0.4, skip_box_thr=0.02, conf_type='avg', engine='fast', test_fold_merge='before',
