@@ -100,17 +100,6 @@ def test_onnx_without_sidecar_says_so(tmp_path: Path) -> None:
         OnnxDetector(model)
 
 
-def test_inference_config_switches_off_starting_weights_only() -> None:
-    from cxrdet.export import inference_config
-
-    cfg = {"model": {"type": "retinanet", "backbone": {"name": "x", "pretrained": True, "checkpoint": "/w.pth"}},
-           "data": {"size": 64}}
-    plain = inference_config(cfg)
-    assert plain["model"]["backbone"] == {"name": "x", "pretrained": False, "checkpoint": None}
-    assert cfg["model"]["backbone"]["pretrained"] is True  # the caller's config is left as it was
-    assert inference_config({"model": {"backbone": {"name": "y"}}})["model"]["backbone"] == {"name": "y"}
-
-
 @pytest.mark.parametrize("experiment", ["fcos_mnv3s_128_tiny12e", "retinanet_mnv3s_128_tiny12e"])
 def test_graph_of_each_tiny_detector_matches_pytorch(experiment: str, tmp_path: Path) -> None:
     from cxrdet.config import to_dict

@@ -40,11 +40,11 @@ import torch
 from torch import nn
 
 from cxrdet import paths
-from cxrdet.config import to_dict
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.io import atomic_path, file_sha256, write_json
 from cxrdet.models.classifier import Classifier
 from cxrdet.models.factory import Detector
+from cxrdet.models.lit_base import inference_config
 from cxrdet.models.lit_detector import LitDetector
 from cxrdet.provenance import git_revision
 from cxrdet.train import checkpoint_record, final_checkpoint
@@ -79,21 +79,6 @@ class SingleImageDetector(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.detector(image)[0]
         return out["boxes"], out["scores"], out["labels"]
-
-
-def inference_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """`cfg` as a plain dict with the backbone's starting weights switched off.
-
-    The checkpoint holds every weight, so building the model must neither download ImageNet weights nor need the
-    local weights file training started from (neither exists on a deployment machine).
-    """
-    plain = to_dict(cfg)
-    backbone = plain.get("model", {}).get("backbone")
-    if isinstance(backbone, dict):
-        for key, off in (("pretrained", False), ("checkpoint", None)):
-            if key in backbone:
-                backbone[key] = off
-    return plain
 
 
 def load_detector(cfg: Mapping[str, Any], checkpoint: str | Path) -> Detector:
@@ -269,9 +254,7 @@ def load_classifier(cfg: Mapping[str, Any], checkpoint: str | Path) -> Classifie
     """
     from cxrdet.models.lit_classifier import LitClassifier
 
-    plain = to_dict(cfg)
-    plain["model"] = {**plain["model"], "pretrained": False, "checkpoint": None}
-    module = LitClassifier(plain)
+    module = LitClassifier(inference_config(cfg))
     module.init_from_checkpoint(checkpoint)
     return module.inference_model().cpu().eval()
 

@@ -17,6 +17,7 @@ from timm.optim import param_groups_weight_decay
 from timm.utils import ModelEmaV3
 from torch import nn
 
+from cxrdet.config import to_dict
 from cxrdet.errors import ConfigError
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
@@ -28,6 +29,33 @@ def cosine_warmup_factor(step: int, total: int, warmup: int, warmup_factor: floa
         return warmup_factor + (1.0 - warmup_factor) * step / max(1, warmup)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# Starting-weight settings a model section (or its backbone) may hold, and their "off" value: ImageNet or COCO
+# weights, a local weights file, a classifier to transfer from.
+STARTING_WEIGHTS: dict[str, Any] = {"pretrained": False, "checkpoint": None, "init_from": None}
+
+
+def inference_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """`cfg` as a plain dict with every starting weight switched off, to build a model that a checkpoint then fills.
+
+    The checkpoint holds every weight, so building the model must neither download ImageNet weights nor read the
+    files training started from (a local weights file, the classifier of `init_from`, an mmdet `Pretrained`
+    init_cfg): none of them need exist where the model predicts or is deployed.
+    """
+    plain = to_dict(cfg)
+    model = plain.get("model")
+    for section in (model, model.get("backbone") if isinstance(model, dict) else None):
+        if not isinstance(section, dict):
+            continue
+        for key, off in STARTING_WEIGHTS.items():
+            if key in section:
+                section[key] = off
+        init = section.get("init_cfg")
+        inits = init if isinstance(init, list) else [init]
+        if any(isinstance(c, Mapping) and c.get("type") == "Pretrained" for c in inits):
+            section["init_cfg"] = None
+    return plain
 
 
 def inference_state(checkpoint: Mapping[str, Any], source: str = "checkpoint", what: str = "detector"
