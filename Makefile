@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PIP := $(VENV)/bin/pip --disable-pip-version-check -q
 
-.PHONY: setup mmdet demo test test-fast bench clean
+.PHONY: setup mmdet demo demo-nih test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ mmdet: setup
 
 demo: setup mmdet
 	@bash scripts/demo.sh
+
+# The multi-label classifier path on synthetic NIH ChestX-ray14-format data (no detector, so no mmdet needed).
+demo-nih: setup
+	@bash scripts/demo_nih.sh
 
 # The two-worker tuning test starts a throw-away PostgreSQL server on loopback; install its binaries when missing
 # (Debian package, needs root). Where that is impossible the test skips and says why.

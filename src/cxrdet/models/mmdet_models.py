@@ -26,7 +26,6 @@ on timm bodies (MobileNet-V3, EfficientNet, ConvNeXt, ...).
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -46,6 +45,7 @@ from mmengine.model import BaseModule
 from mmengine.structures import InstanceData
 from torch import nn
 
+from cxrdet.config import to_dict
 from cxrdet.errors import ConfigError
 from cxrdet.models.backbones import create_timm_body, load_checkpoint, load_fitting_state
 from cxrdet.models.factory import MIN_TARGET_SIDE, Detector
@@ -302,7 +302,7 @@ def create_mmdet_detector(model_cfg: Mapping[str, Any], num_classes: int, size: 
             neck that does not fit the timm backbone.
     """
     register_all_modules(init_default_scope=False)
-    cfg = copy.deepcopy(_plain(model_cfg))
+    cfg = to_dict(model_cfg)  # a plain copy: the caller's config is left as it was
     _set_num_classes(cfg, num_classes)
     _set_input_size(cfg, size)
     _adapt_preprocessor(cfg)
@@ -333,11 +333,3 @@ def create_mmdet_detector(model_cfg: Mapping[str, Any], num_classes: int, size: 
         load_pretrained(module, source, f"model.{owner + '.' if owner else ''}init_cfg.checkpoint")
     return MmdetDetector(net)
 
-
-def _plain(value: Any) -> Any:
-    """Plain dicts and lists of a (possibly mmengine `ConfigDict`) mapping, tuples kept."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
