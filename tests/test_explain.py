@@ -16,7 +16,7 @@ from cxrdet import paths
 from cxrdet.cli import app
 from cxrdet.config import load_config
 from cxrdet.errors import ConfigError, CxrdetError
-from cxrdet.explain import choose_classes, grad_cams, overlay, pick_images
+from cxrdet.explain import choose_classes, grad_cams, original_pixels, overlay, pick_images, stretch
 from cxrdet.export import load_classifier
 
 
@@ -49,6 +49,27 @@ def test_overlay_keeps_the_size_colours_the_heatmap_and_captions_the_top() -> No
     hot, cold = image[60, 20].astype(int), image[60, 60].astype(int)
     assert hot[0] > hot[2] + 50 and cold[2] > cold[0] + 50  # jet: red where the map is 1, blue where it is 0
     assert image[:2].mean() < image[40:48].mean() - 30  # the dark caption band
+    wide = np.asarray(overlay(np.full((40, 90), 0.5, dtype=np.float32), np.zeros((40, 90), np.float32), "x"))
+    assert wide.shape == (40, 90, 3)  # a non-square original keeps its shape
+
+
+def test_original_pixels_reads_the_source_png_of_the_right_size_only(tmp_path: Path) -> None:
+    grey = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30)
+    Image.fromarray(grey, mode="L").save(tmp_path / "x.png")
+    np.testing.assert_allclose(original_pixels(str(tmp_path / "x.png"), 30, 20), grey / 255.0, atol=1e-6)
+    assert original_pixels(str(tmp_path / "x.png"), 20, 30) is None  # not the size the cache recorded
+    assert original_pixels(str(tmp_path / "gone.dcm"), 30, 20) is None
+    assert original_pixels(None, 30, 20) is None
+    (tmp_path / "bad.dcm").write_bytes(b"not a dicom")
+    assert original_pixels(str(tmp_path / "bad.dcm"), 30, 20) is None
+
+
+def test_stretch_resizes_bilinearly_to_width_by_height() -> None:
+    small = np.array([[0.0, 1.0]], dtype=np.float32)
+    big = stretch(small, 4, 3)
+    assert big.shape == (3, 4) and big[:, 0].max() < 0.3 and big[:, -1].min() > 0.7
+    assert np.all(np.diff(big[0]) >= 0)  # monotone from the 0 side to the 1 side
+    assert stretch(big, 4, 3) is not None and np.array_equal(stretch(big, 4, 3), big)
 
 
 @pytest.fixture
@@ -92,7 +113,9 @@ def test_explain_command_writes_captioned_overlays_of_the_top_oof_images(classif
     result = CliRunner().invoke(app, ["explain", str(tiny_classifier_run["config"]), "--fold", "0", "--n", "3",
                                       "--out", str(out), *options])
     assert result.exit_code == 0, result.output
-    assert "3 overlays (64 x 64 px) of 3 images" in result.output
+    # The squares data's sources do not exist: the 64 px cached images are stretched back to the original 1024 px.
+    assert "3 overlays of 3 images at their original size (heatmaps from the 64 x 64 px input; drawn on 3 cache)" \
+        in result.output
     table = pd.read_csv(out / "explain.csv")
     oof = pd.read_parquet(paths.predictions_path(tiny_classifier_run["experiment"], 0, "oof")).set_index("image_id")
     top3 = oof["opacity"].sort_values(ascending=False, kind="stable").index[:3].tolist()
@@ -101,9 +124,10 @@ def test_explain_command_writes_captioned_overlays_of_the_top_oof_images(classif
     np.testing.assert_allclose(table["probability"], oof.loc[top3, "opacity"], rtol=0, atol=1e-5)
     truth = {f"img{i:03d}": int(i % 3 != 2) for i in range(45)}  # the squares data: every third image negative
     assert table["truth"].tolist() == [truth[i] for i in top3]
+    assert set(table["drawn_on"]) == {"cache"} and set(table["width"]) == {1024} and set(table["height"]) == {1024}
     for row in table.itertuples():
         with Image.open(out / row.file) as image:
-            assert image.format == "PNG" and image.size == (64, 64) and image.mode == "RGB"
+            assert image.format == "PNG" and image.size == (1024, 1024) and image.mode == "RGB"
             rgb = np.asarray(image).astype(int)
         assert (np.abs(rgb[..., 0] - rgb[..., 2]) > 40).any()  # coloured by the heatmap, not a grey copy
 

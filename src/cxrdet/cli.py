@@ -465,8 +465,10 @@ def explain_command(
 
     cfg = load_config(config, cfg_options)
     result = explain(cfg, fold, image_ids=image_id, n=n, classes=classes, out_dir=out, checkpoint=checkpoint)
-    typer.echo(f"{result.folder}: {len(result.table)} overlays ({result.size} x {result.size} px) of "
-               f"{result.table['image_id'].nunique()} images")
+    drawn = result.table["drawn_on"].value_counts().to_dict()
+    typer.echo(f"{result.folder}: {len(result.table)} overlays of {result.table['image_id'].nunique()} images at "
+               f"their original size (heatmaps from the {result.size} x {result.size} px input; drawn on "
+               f"{', '.join(f'{n} {k}' for k, n in sorted(drawn.items()))})")
 
 
 @app.command("export")

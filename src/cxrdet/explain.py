@@ -2,10 +2,11 @@
 
 For each chosen image and class, Grad-CAM (pytorch-grad-cam) weights the last feature map of the network
 (`Classifier.target_layer()`) by the gradient of that class's logit, keeps the positive part, upsamples it to the
-input and scales it to [0, 1] per image. The overlay is drawn on the network's input image, at its size: the S x S
-cached image (`data.size`, squashed to a square as `cxrdet prepare` caches it), not the original DICOM size, because
-that is the grid the heatmap is computed on (upsampling both to the original size would add no detail). A caption
-band at the top gives the class, the model's probability and the truth.
+input and scales it to [0, 1] per image. The overlay is drawn on the X-ray as a reader sees it: the original image
+(the DICOM or PNG named by the cache's `source` column, decoded as `cxrdet prepare` decodes it) at its own width and
+height, with the S x S heatmap stretched back over it (bilinear; the network saw the image squashed to a square). When
+the original file is gone, the cached image is stretched back to the original size instead (`drawn_on` says which). A
+caption band at the top gives the class, the model's probability and the truth.
 
 Choices when not given:
 - classes: the 4 classes of highest pooled OOF AUROC (`cxrdet.metrics.classification`), or all scorable ones when
@@ -14,7 +15,8 @@ Choices when not given:
   (the top image of each class, then the second of each, ...) until `n` distinct images.
 
 Outputs in the folder: `<image_id>_<class>.png` per image and class, and `explain.csv` (one row per PNG: image_id,
-role (`oof`: held out from this model; `train`: one of its training images; `test`), class, probability, truth, file).
+role (`oof`: held out from this model; `train`: one of its training images; `test`), class, probability, truth, file,
+width, height, drawn_on (`original` or `cache`)).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ TOP_CLASSES = 4
 DEFAULT_IMAGES = 8
 # Heatmap weight in the overlay: enough colour to read the map, enough X-ray to see the anatomy under it.
 HEATMAP_WEIGHT = 0.45
-TABLE_COLUMNS: tuple[str, ...] = ("image_id", "role", "class", "probability", "truth", "file")
+TABLE_COLUMNS: tuple[str, ...] = (
+    "image_id", "role", "class", "probability", "truth", "file", "width", "height", "drawn_on")
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class ExplainResult:
     Attributes:
         folder: The output folder.
         table: One row per PNG (`TABLE_COLUMNS`).
-        size: Side S of the square overlays in pixels (the network input).
+        size: Side S of the network input (the heatmap's grid); the overlays have each image's original size.
     """
 
     folder: Path
@@ -131,16 +134,40 @@ def grad_cams(model: Classifier, image: torch.Tensor, class_indices: Sequence[in
     return maps.astype(np.float32), probs[list(class_indices)]
 
 
+def stretch(values: npt.NDArray[np.floating], width: int, height: int) -> npt.NDArray[np.float32]:
+    """A float image resized (bilinear) to `width x height`; a no-op at that size already."""
+    values = np.asarray(values, dtype=np.float32)
+    if values.shape == (height, width):
+        return values
+    return np.asarray(Image.fromarray(values, mode="F").resize((width, height), Image.Resampling.BILINEAR))
+
+
+def original_pixels(source: Any, width: int, height: int) -> npt.NDArray[np.float32] | None:
+    """The original X-ray in [0, 1] (`(height, width)`) from the DICOM or PNG at `source`, decoded as `cxrdet prepare`
+    decodes it; None when the file is gone, unreadable or no longer of that size."""
+    from cxrdet.data.dicom import read_dicom
+    from cxrdet.data.prepare import read_png
+    from cxrdet.errors import DicomError
+
+    if not isinstance(source, str) or not source or not Path(source).is_file():
+        return None
+    try:
+        pixels = read_png(source)[0] if Path(source).suffix.lower() == ".png" else read_dicom(source).pixels
+    except (CxrdetError, DicomError, OSError):
+        return None
+    return pixels.astype(np.float32) if pixels.shape == (height, width) else None
+
+
 def overlay(pixels: npt.NDArray[np.floating], heatmap: npt.NDArray[np.floating], caption: str) -> Image.Image:
     """The image with the heatmap in colour (jet) over it and a caption band at the top.
 
     Args:
-        pixels: `(S, S)` grey image in [0, 1].
-        heatmap: `(S, S)` map in [0, 1].
+        pixels: `(H, W)` grey image in [0, 1].
+        heatmap: `(H, W)` map in [0, 1].
         caption: Text of the band.
 
     Returns:
-        An RGB image of the same `(S, S)` size.
+        An RGB image of the same `(W, H)` size.
     """
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
@@ -149,10 +176,10 @@ def overlay(pixels: npt.NDArray[np.floating], heatmap: npt.NDArray[np.floating],
                             image_weight=1.0 - HEATMAP_WEIGHT)
     image = Image.fromarray(rgb)
     draw = ImageDraw.Draw(image, "RGBA")
-    side = image.size[0]
+    side = min(image.size)
     font = ImageFont.load_default(size=max(6, round(side / 28)))
     band = font.size + max(2, side // 100) * 2
-    draw.rectangle((0, 0, side, band), fill=(0, 0, 0, 170))
+    draw.rectangle((0, 0, image.size[0], band), fill=(0, 0, 0, 170))
     draw.text((max(2, side // 100), max(1, side // 100)), caption, fill=(255, 255, 255), font=font)
     return image
 
@@ -211,6 +238,7 @@ def explain(cfg: Mapping[str, Any], fold: int, image_ids: Sequence[str] | None =
     dm.setup()
     meta = load_meta(dm.cfg.cache)
     split_of = dict(zip(meta["image_id"].astype(str), meta["split"], strict=True))
+    meta_by_id = meta.assign(image_id=meta["image_id"].astype(str)).set_index("image_id")
     unknown = [i for i in ids if i not in split_of]
     if unknown:
         raise ConfigError(f"--image-id {', '.join(unknown)}: not in the prepare cache {dm.cfg.cache}; expected image "
@@ -226,6 +254,12 @@ def explain(cfg: Mapping[str, Any], fold: int, image_ids: Sequence[str] | None =
         records = build_records(meta[meta["split"] == split], [image_id])
         image, _, _ = DetectionDataset(dm.cfg.cache, records, dm.cfg.size, view="full", clahe=dm.clahe)[0]
         maps, probs = grad_cams(model, image, class_index)
+        row = meta_by_id.loc[image_id]
+        width, height = int(row["orig_width"]), int(row["orig_height"])
+        xray = original_pixels(row["source"], width, height)
+        drawn_on = "original" if xray is not None else "cache"
+        if xray is None:
+            xray = stretch(image[0].numpy(), width, height)
         role = "test" if split == "test" else ("oof" if image_id in oof_ids else "train")
         for c, heatmap, prob in zip(chosen, maps, probs, strict=True):
             known = split == "train" and image_id in truth.index
@@ -233,9 +267,9 @@ def explain(cfg: Mapping[str, Any], fold: int, image_ids: Sequence[str] | None =
             caption = f"{c} p={prob:.2f} truth={'-' if label is None else label} ({role})"
             out = folder / _file_name(image_id, c)
             with atomic_path(out) as tmp:
-                overlay(image[0].numpy(), heatmap, caption).save(tmp, format="PNG")
+                overlay(xray, stretch(heatmap, width, height), caption).save(tmp, format="PNG")
             rows.append({"image_id": image_id, "role": role, "class": c, "probability": float(prob), "truth": label,
-                         "file": out.name})
+                         "file": out.name, "width": width, "height": height, "drawn_on": drawn_on})
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     write_csv(folder / "explain.csv", table, index=False)
     return ExplainResult(folder=folder, table=table, size=int(dm.cfg.size))
