@@ -1,6 +1,6 @@
 """Detection quality: the OOF RSNA score of each demo model against a constant-prior baseline.
 
-For each experiment config (default: the two tiny demo configs), the out-of-fold predictions of all folds
+For each experiment config (default: the two tiny demo detectors), the out-of-fold predictions of all folds
 (`outputs/<experiment>/fold<k>/oof.parquet`, written by `cxrdet predict --split oof`) are scored together against
 the labels, at the best confidence cut of the OOF curve (so the figure is optimistic by the choice of one cut).
 
@@ -27,8 +27,8 @@ from cxrdet.data.folds import read_folds
 from cxrdet.data.labels import read_labels
 from cxrdet.metrics.rsna import RsnaEvaluator
 
-TINY = [paths.CONFIGS_DIR / "experiments" / f"{name}.py" for name in ("retinanet_mnv3s_128_tiny12e",
-                                                                      "fcos_mnv3s_128_tiny12e")]
+TINY = [paths.CONFIGS_DIR / "experiments" / f"{name}.py" for name in ("fcos_mnv3s_128_tiny12e",
+                                                                      "mmdet-atss_mnv3s_128_tiny12e")]
 CUTS = np.round(np.arange(0.05, 0.951, 0.025), 3)
 BOX = ["x1", "y1", "x2", "y2"]
 

@@ -74,8 +74,8 @@ def test_resolve_loss_defaults_and_errors() -> None:
 def test_auto_pos_weight_is_negatives_over_positives_per_class() -> None:
     y = np.array([[1, 0], [0, 1], [0, 1], [0, 0]])
     assert auto_pos_weight(y) == pytest.approx([3.0, 1.0])  # class 0: 3 negatives / 1 positive; class 1: 2 / 2
-    with pytest.raises(ConfigError, match=r"class\(es\) at \[1\] have no positive"):
-        auto_pos_weight(np.array([[1, 0], [0, 0]]))
+    with pytest.warns(UserWarning, match=r"class\(es\) at \[1\] have no positive.*weight is 1.0"):
+        assert auto_pos_weight(np.array([[1, 0], [0, 0]])) == pytest.approx([1.0, 1.0])
 
 
 def test_bce_weights_the_positive_terms() -> None:

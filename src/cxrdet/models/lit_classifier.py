@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torchvision.ops import sigmoid_focal_loss
 
 from cxrdet.errors import ConfigError
@@ -66,15 +67,16 @@ def resolve_loss(cfg: Mapping[str, Any] | None, n_classes: int) -> dict[str, Any
 def auto_pos_weight(targets: np.ndarray, source: str = "the training images") -> list[float]:
     """Negatives / positives per class of a `[N, K]` 0/1 label matrix (BCE's usual balancing weight).
 
-    Raises:
-        ConfigError: A class has no positive (its weight would be infinite).
+    A class with no positive gets 1.0: the weight multiplies positive terms only, so with none it changes nothing
+    (small data sets can miss a rare finding, e.g. NIH's Hernia at 0.2%); a warning names the classes.
     """
     y = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1)
     pos = y.sum(axis=0)
-    if (pos == 0).any():
-        raise ConfigError(f"loss.pos_weight='auto': class(es) at {np.flatnonzero(pos == 0).tolist()} have no positive "
-                          f"in {source}; give the weights explicitly")
-    return ((len(y) - pos) / pos).tolist()
+    absent = np.flatnonzero(pos == 0)
+    if len(absent):
+        rank_zero_warn(f"loss.pos_weight='auto': class(es) at {absent.tolist()} have no positive in {source}; their "
+                       "weight is 1.0 (no positive term to weight)")
+    return np.where(pos > 0, (len(y) - pos) / np.maximum(pos, 1.0), 1.0).tolist()
 
 
 def classification_loss(logits: torch.Tensor, targets: torch.Tensor, loss_cfg: Mapping[str, Any],
