@@ -230,9 +230,10 @@ class _EpochLine(Callback):
             return
         m = trainer.callback_metrics
         loss = f"{self._loss_sum / self._n_batches:.4f}" if self._n_batches else "-"
+        # A multi-label classifier has no single cut: say nothing rather than "at cut nan".
+        cut = f" at cut {float(m['val/threshold']):.2f}" if "val/threshold" in m else ""
         print(f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: train/loss {loss}, "
-              f"{self.monitor} {float(m.get(self.monitor, math.nan)):.4f} "
-              f"at cut {float(m.get('val/threshold', math.nan)):.2f}, "
+              f"{self.monitor} {float(m.get(self.monitor, math.nan)):.4f}{cut}, "
               f"{time.perf_counter() - self._start:.1f} s", file=sys.stderr, flush=True)
 
 
