@@ -46,8 +46,13 @@ from cxrdet import paths
 from cxrdet.boxes import iou_matrix, rescale_xyxy
 from cxrdet.errors import CxrdetError
 from cxrdet.io import atomic_path, write_text
-from cxrdet.metrics.classification import (ClassificationResult, ExperimentOof, evaluate, is_classifier_run,
-                                           load_experiment_oof)
+from cxrdet.metrics.classification import (
+    ClassificationResult,
+    ExperimentOof,
+    evaluate,
+    is_classifier_run,
+    load_experiment_oof,
+)
 from cxrdet.metrics.rsna import IOU_THRESHOLDS, RsnaEvaluator
 
 DPI = 100
@@ -107,6 +112,17 @@ class ReportData:
 
 # ---- loading ----
 
+
+
+def page_head(title: str, heading: str) -> str:
+    """The start of a report page, up to its first heading: offline, no external style or script."""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>cxrdet report: {html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em}} img{{max-width:100%;height:auto}}
+table.t{{border-collapse:collapse;font-size:0.9em}}
+table.t td,table.t th{{padding:2px 8px;border-bottom:1px solid #ddd}}
+figcaption{{color:#555;font-size:0.9em}}</style></head><body>
+<h1>{html.escape(heading)}</h1>"""
 
 def experiment_runs(experiment: str) -> list[tuple[int, Path]]:
     """(fold, run folder) of every fold of `experiment` that has OOF predictions, in fold order."""
@@ -605,13 +621,7 @@ def write_report(data: ReportData, out_dir: str | Path | None = None) -> Path:
 
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
     picked = "".join(f"<li>{html.escape(g)}: {html.escape(', '.join(ids) or '-')}</li>" for g, ids in picks.items())
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>cxrdet report: {html.escape(data.name)}</title>
-<style>body{{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em}} img{{max-width:100%;height:auto}}
-table.t{{border-collapse:collapse;font-size:0.9em}}
-table.t td,table.t th{{padding:2px 8px;border-bottom:1px solid #ddd}}
-figcaption{{color:#555;font-size:0.9em}}</style></head><body>
-<h1>{html.escape(data.kind)} {html.escape(data.name)}</h1>
+    page = f"""{page_head(data.name, f"{data.kind} {data.name}")}
 <ul>{notes}<li>{len(data.image_ids)} OOF images, {len(data.gt)} true boxes</li></ul>
 <h2>Score against confidence threshold</h2>
 {figure("threshold", "RSNA score of the OOF boxes kept at each cut; dots and dotted lines mark the chosen cuts")}
@@ -747,13 +757,7 @@ def write_classifier_report(oof: ExperimentOof, result: ClassificationResult, ou
     notes = [f"folds {folds_used}; {len(result.probs)} OOF images; classes {', '.join(result.classes)}",
              f"mean AUROC over scorable classes {_number(result.mean_auroc)}", *result.notes]
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>cxrdet report: {html.escape(oof.experiment)}</title>
-<style>body{{font-family:sans-serif;max-width:1250px;margin:auto;padding:1em}} img{{max-width:100%;height:auto}}
-table.t{{border-collapse:collapse;font-size:0.9em}}
-table.t td,table.t th{{padding:2px 8px;border-bottom:1px solid #ddd}}
-figcaption{{color:#555;font-size:0.9em}}</style></head><body>
-<h1>classifier {html.escape(oof.experiment)}</h1>
+    page = f"""{page_head(oof.experiment, f"classifier {oof.experiment}")}
 <ul>{notes_html}</ul>
 <h2>ROC curves</h2>
 {figure("roc", "Pooled OOF ROC curve per class; the legend gives each class's AUROC")}
