@@ -453,12 +453,13 @@ def explain_command(
     cfg_options: Annotated[list[str] | None, typer.Option("--cfg-options", "-o", help="Config override KEY=VALUE "
                                                           "(repeatable).")] = None,
 ) -> None:
-    """Grad-CAM of a fold's classifier: one PNG per image and class, the heatmap over the X-ray at the network's
-    input size (data.size), captioned with the class, probability and truth.
+    """Grad-CAM of a fold's classifier: one PNG per image and class, the heatmap over the original X-ray at its own
+    size, captioned with the class, probability and truth.
 
-    Reads the config, the run's checkpoint, the prepare cache and labels, and (for --classes auto or no --image-id)
-    the OOF probabilities of the experiment's folds. Writes <image_id>_<class>.png and explain.csv (image_id, role,
-    class, probability, truth, file) to --out.
+    Reads the config, the run's checkpoint, the prepare cache and labels, the original DICOM or PNG of each image
+    (the cached image stretched back when it is gone), and (for --classes auto or no --image-id) the OOF
+    probabilities of the experiment's folds. Writes <image_id>_<class>.png and explain.csv (image_id, role, class,
+    probability, truth, file, width, height, drawn_on) to --out.
     """
     from cxrdet.config import load_config
     from cxrdet.explain import explain

@@ -34,6 +34,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from cxrdet import paths
+from cxrdet.config import task_of
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.io import atomic_path, write_csv
 from cxrdet.models.classifier import Classifier
@@ -217,7 +218,7 @@ def explain(cfg: Mapping[str, Any], fold: int, image_ids: Sequence[str] | None =
     from cxrdet.progress import progress
     from cxrdet.train import final_checkpoint
 
-    if cfg.get("task") != "classify":
+    if task_of(cfg) != "classify":
         raise ConfigError(f"{cfg['experiment']}: task={cfg.get('task')!r}; Grad-CAM explains classifiers "
                           "(task='classify')")
     experiment = cfg["experiment"]

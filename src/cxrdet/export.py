@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from cxrdet import paths
+from cxrdet.config import task_of
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.io import atomic_path, file_sha256, write_json
 from cxrdet.models.classifier import Classifier
@@ -179,7 +180,7 @@ def export(cfg: Mapping[str, Any], fold: int, fmt: str = "onnx", checkpoint: str
     """
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}: expected one of {list(FORMATS)}")
-    if cfg.get("task") == "classify":
+    if task_of(cfg) == "classify":
         return export_classifier(cfg, fold, fmt, checkpoint, out_dir)
     if fmt == "coreml":
         raise CxrdetError(coreml_unavailable_reason())

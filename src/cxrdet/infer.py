@@ -28,6 +28,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from cxrdet.boxes import rescale_xyxy
+from cxrdet.config import task_of
 from cxrdet.data.dicom import read_dicom, to_uint8
 from cxrdet.data.prepare import resize_square
 from cxrdet.errors import CxrdetError, DicomError
@@ -162,7 +163,7 @@ def load_model(model: str | Path, threads: int = 0) -> Model | ClassifierModel:
 
         ckpt = load_checkpoint_file(path)
         cfg = ckpt.get("hyper_parameters", {}).get("cfg") or {}
-        if cfg.get("task") == "classify":
+        if task_of(cfg) == "classify":
             return TorchClassifierModel(path, cfg, dict(ckpt.get("cxrdet", {})))
         return TorchModel(path, loaded=ckpt)
     raise CxrdetError(f"model {path}: expected a .onnx file (cxrdet export) or a .ckpt checkpoint, got '{path.suffix}'")

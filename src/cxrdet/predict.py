@@ -24,6 +24,7 @@ import torch
 from mmengine.config import Config
 
 from cxrdet import paths
+from cxrdet.config import task_of
 from cxrdet.ensemble.fuse import FusionParams, fuse_predictions
 from cxrdet.errors import ConfigError
 from cxrdet.io import write_json, write_parquet
@@ -33,7 +34,7 @@ from cxrdet.models.lit_base import inference_config
 from cxrdet.models.lit_detector import PRED_COLUMNS, detections_to_frame, empty_predictions
 from cxrdet.progress import progress
 from cxrdet.provenance import git_revision
-from cxrdet.train import checkpoint_record, final_checkpoint, task_datamodule, task_module, task_of
+from cxrdet.train import checkpoint_record, final_checkpoint, task_datamodule, task_module
 
 SPLITS: tuple[str, ...] = ("oof", "test")
 TTAS: tuple[str, ...] = ("none", "hflip")

@@ -35,7 +35,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from cxrdet import paths
-from cxrdet.config import to_dict
+from cxrdet.config import task_of, to_dict
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.io import file_sha256, write_json, write_text
 from cxrdet.models.lit_base import LitBase
@@ -49,8 +49,6 @@ DONE_FILE = "done.json"
 TENSORBOARD = "tensorboard"
 CSV = "csv"
 STAGE_KEYS: frozenset[str] = frozenset({"name", "epochs", "view", "lr", "data"})
-# The config's top-level `task` (absent = detect): a detector (boxes) or an image-level classifier.
-TASKS: tuple[str, ...] = ("detect", "classify")
 
 
 @dataclass(frozen=True)
@@ -84,18 +82,6 @@ class TrainResult:
     best_score: float
     best_threshold: float
     monitor: str = MONITOR
-
-
-def task_of(cfg: Mapping[str, Any]) -> str:
-    """A config's `task`: `detect` (the default when absent) or `classify`.
-
-    Raises:
-        ConfigError: An unknown task.
-    """
-    task = cfg.get("task") or "detect"
-    if task not in TASKS:
-        raise ConfigError(f"task={task!r}: expected one of {list(TASKS)}")
-    return str(task)
 
 
 def task_module(cfg: Mapping[str, Any]) -> type[LitBase]:

@@ -296,12 +296,9 @@ def run_config(run: Path) -> dict:
 
 def is_classifier_run(run: Path) -> bool:
     """Whether the run folder's written config is a classifier's (`task='classify'`)."""
-    return (run / "config.py").is_file() and run_config(run).get("task") == "classify"
+    from cxrdet.config import task_of
 
-
-def labels_file(data_root: str | Path) -> Path:
-    """The label table of a data root (RSNA Kaggle or NIH layout, as `cxrdet.paths.dataset_layout` tells)."""
-    return paths.dataset_layout(data_root).labels_csv
+    return (run / "config.py").is_file() and task_of(run_config(run)) == "classify"
 
 
 def load_experiment_oof(experiment: str) -> ExperimentOof:
@@ -328,13 +325,14 @@ def load_experiment_oof(experiment: str) -> ExperimentOof:
     probs = pd.concat(frames)
     image_fold = pd.concat(folds)
     root = cfg["data"].get("root") or paths.data_root()
-    labels = read_labels(labels_file(root))
+    labels_csv = paths.dataset_layout(root).labels_csv  # RSNA Kaggle or NIH layout
+    labels = read_labels(labels_csv)
     truth = truth_table(labels.images, labels.boxes, labels.classes, classes)
     unknown = probs.index.difference(truth.index)
     dup = probs.index[probs.index.duplicated()].unique()
     problems = []
     if len(unknown):
-        problems.append(f"{len(unknown)} OOF image id(s) are not in the label table {labels_file(root)}, e.g. "
+        problems.append(f"{len(unknown)} OOF image id(s) are not in the label table {labels_csv}, e.g. "
                         f"{', '.join(map(repr, unknown[:_MAX_LISTED].tolist()))}")
     if len(dup):
         problems.append(f"{len(dup)} image id(s) are predicted by more than one fold, e.g. "
