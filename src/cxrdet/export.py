@@ -45,7 +45,6 @@ from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.io import atomic_path, file_sha256, write_json
 from cxrdet.models.classifier import Classifier
 from cxrdet.models.factory import Detector
-from cxrdet.models.lit_base import inference_config
 from cxrdet.models.lit_detector import LitDetector
 from cxrdet.provenance import git_revision
 from cxrdet.train import checkpoint_record, final_checkpoint
@@ -84,9 +83,7 @@ class SingleImageDetector(nn.Module):
 
 def load_detector(cfg: Mapping[str, Any], checkpoint: str | Path) -> Detector:
     """The validated (EMA when present) weights of a cxrdet checkpoint in a CPU `Detector` in eval mode."""
-    module = LitDetector(inference_config(cfg))
-    module.init_from_checkpoint(checkpoint)
-    return module.inference_model().cpu().eval()
+    return LitDetector.load_for_inference(cfg, checkpoint)
 
 
 def coreml_unavailable_reason() -> str:
@@ -255,9 +252,7 @@ def load_classifier(cfg: Mapping[str, Any], checkpoint: str | Path) -> Classifie
     """
     from cxrdet.models.lit_classifier import LitClassifier
 
-    module = LitClassifier(inference_config(cfg))
-    module.init_from_checkpoint(checkpoint)
-    return module.inference_model().cpu().eval()
+    return LitClassifier.load_for_inference(cfg, checkpoint)
 
 
 def export_classifier_onnx(classifier: Classifier, size: int, out: Path) -> Path:

@@ -24,13 +24,12 @@ import torch
 from mmengine.config import Config
 
 from cxrdet import paths
-from cxrdet.config import task_of
+from cxrdet.config import task_of, to_dict
 from cxrdet.ensemble.fuse import FusionParams, fuse_predictions
 from cxrdet.errors import ConfigError
 from cxrdet.io import write_json, write_parquet
 from cxrdet.models.classifier import Classifier
 from cxrdet.models.factory import Detector
-from cxrdet.models.lit_base import inference_config
 from cxrdet.models.lit_detector import PRED_COLUMNS, detections_to_frame, empty_predictions
 from cxrdet.progress import progress
 from cxrdet.provenance import git_revision
@@ -159,11 +158,9 @@ def predict(cfg: Config | Mapping[str, Any], fold: int, split: str = "oof", tta:
         datamodule_cls = task_datamodule(cfg)
 
     ckpt = final_checkpoint(cfg, fold, checkpoint or pred_cfg.get("checkpoint", "best"))
-    plain = inference_config(cfg)  # the checkpoint holds every weight: no starting weights to fetch
-    module = module_cls(plain)
-    module.init_from_checkpoint(ckpt)
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = module.inference_model().to(torch_device).eval()
+    model = module_cls.load_for_inference(cfg, ckpt).to(torch_device)
+    plain = to_dict(cfg)
 
     data_cfg = dict(plain["data"])
     if pred_cfg.get("batch_size"):

@@ -136,6 +136,17 @@ class LitBase(pl.LightningModule):
         """The weights validation and prediction use: the EMA copy when EMA is on."""
         return self.ema.module if self.ema is not None else self.model
 
+    @classmethod
+    def load_for_inference(cls, cfg: Mapping[str, Any], checkpoint: str | Path) -> nn.Module:
+        """The validated (EMA when present) weights of a checkpoint of this module, on the CPU in eval mode.
+
+        The model is built from `inference_config(cfg)`: the checkpoint holds every weight, so no starting weights
+        are fetched or read.
+        """
+        module = cls(inference_config(cfg))
+        module.init_from_checkpoint(checkpoint)
+        return module.inference_model().cpu().eval()
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # global_step counts optimiser steps, so with gradient accumulation the EMA follows real updates only.
         if self.ema is not None and self.global_step != self._ema_step:
