@@ -31,13 +31,18 @@ SCORE_ATOL = 1e-5
 @pytest.fixture(scope="module")
 def exported(tiny_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The tiny run exported to ONNX through the CLI."""
-    out = tmp_path_factory.mktemp("export")
+    return export_through_cli(tiny_run, tmp_path_factory.mktemp("export"), "--format", "onnx")
+
+
+def export_through_cli(run: dict[str, Any], out: Path, *extra: str) -> dict[str, Any]:
+    """`cxrdet export` of a session run's fold 0 into `out`: the model file, config, checkpoint and printed line."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CXRDET_OUTPUTS", str(tiny_run["outputs"]))
-        args = ["export", str(tiny_run["config"]), "--fold", "0", "--format", "onnx", "--out", str(out)]
-        result = CliRunner().invoke(app, [*args, *[a for o in tiny_run["options"] for a in ("-o", o)]])
+        mp.setenv("CXRDET_OUTPUTS", str(run["outputs"]))
+        options = [a for o in run["options"] for a in ("-o", o)]
+        result = CliRunner().invoke(app, ["export", str(run["config"]), "--fold", "0", *extra, "--out", str(out),
+                                          *options])
         assert result.exit_code == 0, result.output
-        cfg = load_config(tiny_run["config"], tiny_run["options"])
+        cfg = load_config(run["config"], run["options"])
         ckpt = final_checkpoint(cfg, 0)
     return {"model": out / "model.onnx", "cfg": cfg, "checkpoint": ckpt, "printed": result.output.strip()}
 
@@ -138,17 +143,8 @@ PROB_ATOL = 1e-5
 @pytest.fixture(scope="module")
 def classifier_export(tiny_classifier_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
                       ) -> dict[str, Any]:
-    """The tiny classifier run's fold 0 exported to ONNX through the CLI."""
-    out = tmp_path_factory.mktemp("classifier_export")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CXRDET_OUTPUTS", str(tiny_classifier_run["outputs"]))
-        options = [a for o in tiny_classifier_run["options"] for a in ("-o", o)]
-        result = CliRunner().invoke(app, ["export", str(tiny_classifier_run["config"]), "--fold", "0", "--out",
-                                          str(out), *options])
-        assert result.exit_code == 0, result.output
-        cfg = load_config(tiny_classifier_run["config"], tiny_classifier_run["options"])
-        ckpt = final_checkpoint(cfg, 0)
-    return {"model": out / "model.onnx", "cfg": cfg, "checkpoint": ckpt, "printed": result.output.strip()}
+    """The tiny classifier run's fold 0 exported to ONNX through the CLI (the default format)."""
+    return export_through_cli(tiny_classifier_run, tmp_path_factory.mktemp("classifier_export"))
 
 
 @pytest.mark.slow

@@ -93,12 +93,20 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> Any:
     """A config whose fold-0 'best.ckpt' exists, with the bright-box detector standing in for the network."""
     torch.set_num_threads(1)
     cfg = load_config(TINY, [f"data.size={SIZE}", "predict.max_per_image=5"])
-    module = LitDetector(cfg.to_dict())
+    save_best_with_stand_in(cfg, LitDetector, BrightBoxDetector(), {"val_score": 0.25, "val_threshold": 0.4},
+                            monkeypatch)
+    return cfg
+
+
+def save_best_with_stand_in(cfg: Any, module_cls: type, stand_in: torch.nn.Module, record: dict[str, float],
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Write fold 0's 'best.ckpt' of `cfg` (untrained weights, validation `record`) and make `module_cls` predict
+    with `stand_in` instead of the network."""
+    module = module_cls(cfg.to_dict())
     ckpt = paths.checkpoints_dir(cfg.experiment, 0) / "best.ckpt"
     ckpt.parent.mkdir(parents=True)
-    torch.save({"state_dict": module.state_dict(), "cxrdet": {"val_score": 0.25, "val_threshold": 0.4}}, ckpt)
-    monkeypatch.setattr(LitDetector, "inference_model", lambda self: BrightBoxDetector())
-    return cfg
+    torch.save({"state_dict": module.state_dict(), "cxrdet": record}, ckpt)
+    monkeypatch.setattr(module_cls, "inference_model", lambda self: stand_in)
 
 
 def expected_square(image_id: str) -> list[float]:
@@ -184,11 +192,8 @@ def trained_classifier(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     torch.set_num_threads(1)
     cfg = load_config(CLS_TINY, [f"data.size={SIZE}", "data.classes=('bright','left')"])
-    module = LitClassifier(cfg.to_dict())
-    ckpt = paths.checkpoints_dir(cfg.experiment, 0) / "best.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    torch.save({"state_dict": module.state_dict(), "cxrdet": {"val_score": 0.8, "val_threshold": 0.3}}, ckpt)
-    monkeypatch.setattr(LitClassifier, "inference_model", lambda self: BrightnessClassifier())
+    save_best_with_stand_in(cfg, LitClassifier, BrightnessClassifier(), {"val_score": 0.8, "val_threshold": 0.3},
+                            monkeypatch)
     return cfg
 
 

@@ -160,18 +160,24 @@ def test_resume_continues_from_last_checkpoint(squares: dict[str, str], monkeypa
     assert all((run / "csv" / v / "metrics.csv").is_file() for v in ("version_0", "version_1"))
 
 
+def record_starting_checkpoints(module_cls: type, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The checkpoints `module_cls.init_from_checkpoint` is called with from now on, in order (the calls still load)."""
+    started_from: list[Path] = []
+    original = module_cls.init_from_checkpoint
+
+    def spy(self: Any, path: Path) -> None:
+        started_from.append(Path(path))
+        original(self, path)
+
+    monkeypatch.setattr(module_cls, "init_from_checkpoint", spy)
+    return started_from
+
+
 def test_stages_train_in_their_folders_from_the_previous_best(squares: dict[str, str],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     stages = "[{'name':'crops','view':'crops','epochs':1,'lr':0.001},{'name':'full','view':'full','epochs':1}]"
     cfg = load_config(TINY, tiny_options(squares, **{"train.stages": stages, "train.limit_train_batches": 2}))
-    started_from: list[Path] = []
-    original = LitDetector.init_from_checkpoint
-
-    def spy(self: LitDetector, path: Path) -> None:
-        started_from.append(Path(path))
-        original(self, path)
-
-    monkeypatch.setattr(LitDetector, "init_from_checkpoint", spy)
+    started_from = record_starting_checkpoints(LitDetector, monkeypatch)
     result = train(cfg, fold=0)
     first = paths.checkpoints_dir(cfg.experiment, 0, "stage1_crops")
     second = paths.checkpoints_dir(cfg.experiment, 0, "stage2_full")
@@ -277,14 +283,7 @@ def test_classifier_curriculum_starts_the_full_stage_from_the_crop_stage(mixed_s
     stages = "[{'name':'crops','view':'crops','epochs':1},{'name':'full','view':'full','epochs':1}]"
     cfg = load_config(CLS_TINY, cls_options(mixed_squares, **{"train.stages": stages,
                                                                "train.limit_train_batches": 2}))
-    started_from: list[Path] = []
-    original = LitClassifier.init_from_checkpoint
-
-    def spy(self: LitClassifier, path: Path) -> None:
-        started_from.append(Path(path))
-        original(self, path)
-
-    monkeypatch.setattr(LitClassifier, "init_from_checkpoint", spy)
+    started_from = record_starting_checkpoints(LitClassifier, monkeypatch)
     result = train(cfg, fold=1)
     assert started_from == [paths.checkpoints_dir(cfg.experiment, 1, "stage1_crops") / "best.ckpt"]
     assert result.best_checkpoint == paths.checkpoints_dir(cfg.experiment, 1, "stage2_full") / "best.ckpt"
