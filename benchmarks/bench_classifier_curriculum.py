@@ -60,8 +60,9 @@ def subset_folds(folds: Path, fold: int, fraction: float, seed: int, out: Path) 
 
 def run_arm(arm: str, options: dict[str, Any], fold: int, epochs: int, crop_epochs: int) -> dict[str, Any]:
     """Train one arm; returns its best validation figures, optimiser steps and seconds."""
-    from cxrdet.models.lit_detector import load_checkpoint_file
-    from cxrdet.train import resolve_stages, train
+    from cxrdet.runs import load_checkpoint_file
+    from cxrdet.runs import resolve_stages
+    from cxrdet.tasks import train
 
     stages = None
     if arm == "curriculum":

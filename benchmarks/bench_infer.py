@@ -30,8 +30,8 @@ import torch
 
 from cxrdet import paths
 from cxrdet.config import load_config, to_dict
-from cxrdet.export import OnnxClassifier, OnnxDetector, export_classifier_onnx, export_onnx
-from cxrdet.infer import preprocess
+from cxrdet.deploy.export import OnnxClassifier, OnnxDetector, export_classifier_onnx, export_onnx
+from cxrdet.deploy.infer import preprocess
 from cxrdet.models.classifier import create_classifier
 from cxrdet.models.factory import create_detector
 

@@ -1,19 +1,19 @@
 """Synthetic data generator: label statistics against the real RSNA tables, and rendering speed.
 
-Samples a label table with `cxrdet.data.synth.sample_labels` (no pixels) and prints each statistic next to the
+Samples a label table with `cxrdet.synth.rsna.sample_labels` (no pixels) and prints each statistic next to the
 real stage-2 table's value, with their ratio: positive rate (overall and per view), boxes per positive image, box
 width / height / centre quantiles, share of boxes in the image-left lung, AP share, male share, age quantiles.
 Checks that the calibration constants in synth.py still match the real tables, then times the rendering of a
 small data set (DICOMs written) with the given worker count and projects the demo's 400 + 100 images.
 
-The NIH part (`cxrdet.data.synth_nih`) does the same against the real NIH ChestX-ray14 table: per-finding
+The NIH part (`cxrdet.synth.nih`) does the same against the real NIH ChestX-ray14 table: per-finding
 prevalence synthetic vs real (overall and per view), 'No Finding' share, findings per positive image, images per
 patient, the share of a patient's next image repeating a finding, AP and male shares; then times rendering PNGs.
 
 Run: .venv/bin/python benchmarks/bench_synth.py [--n 2000] [--render 40] [--workers 2] [--print-calibration]
          [--only rsna|nih] [--nih-n 20000] [--nih-render 40] [--nih-size 256] [--print-nih-calibration]
 `--print-calibration` (`--print-nih-calibration`) prints the `CALIBRATION` (`NIH_CALIBRATION`) literal to paste into
-src/cxrdet/data/synth.py (synth_nih.py).
+src/cxrdet/synth/rsna.py (synth/nih.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from cxrdet import paths
-from cxrdet.data import synth, synth_nih
+from cxrdet.synth import nih as synth_nih
+from cxrdet.synth import rsna as synth
 from cxrdet.data.labels import NIH_FINDINGS
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)

@@ -1,6 +1,6 @@
 """Tuning speed at RSNA scale: one trial of the tuned objective against the straightforward baseline.
 
-Simulated member predictions (`cxrdet.ensemble.simulate`) are built from the real RSNA labels in
+Simulated member predictions (`tests/helpers/simulate.py`) are built from the real RSNA labels in
 `../shared/data/rsna` (26,684 images; 5 members, about 10 candidate boxes per member per image). Both sides score the
 same parameter sets drawn by the tuning sampler:
 
@@ -31,10 +31,12 @@ from cxrdet.boxes import iou_matrix, shrink_xyxy
 from cxrdet.data.labels import read_rsna_labels
 from cxrdet.ensemble.fuse import FusionInput
 from cxrdet.ensemble.problem import EnsembleProblem
-from cxrdet.ensemble.simulate import simulate_members
 from cxrdet.ensemble.spec import EnsembleParams, parse_ensemble, resolve
 from cxrdet.ensemble.tune import TrialSeededTPE, distributions, expanded_space, suggest
 from cxrdet.metrics.rsna import IOU_THRESHOLDS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.helpers
+from tests.helpers.simulate import simulate_members  # noqa: E402
 
 N_MEMBERS = 5
 BOXES_PER_IMAGE = 10.0

@@ -42,5 +42,5 @@ step "6/6 per-class ROC/AUROC report and Grad-CAM of the top-4 findings"
 "$CXRDET" explain "$CONFIG" --fold 0 --n 4
 
 step "done in $((SECONDS - start)) s"
-echo "report:   $("$PY" -c "from cxrdet import paths; print(paths.report_dir('$EXP'))")/index.html"
-echo "grad-cam: $("$PY" -c "from cxrdet import paths; print(paths.explain_dir('$EXP', 0))")/"
+echo "report:   $("$PY" -c "from cxrdet.runs import report_dir; print(report_dir('$EXP'))")/index.html"
+echo "grad-cam: $("$PY" -c "from cxrdet.runs import Run; print(Run('$EXP', 0).explain_dir)")/"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cxrdet import paths
+from tests.helpers import squares
 
 
 @pytest.fixture(autouse=True)
@@ -43,8 +43,8 @@ def real_nih_labels() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One tiny RetinaNet trained 2 epochs on fold 0 of test_train's squares data, with its OOF predictions (for the
-    report, export and inference tests).
+    """One tiny RetinaNet trained 2 epochs on fold 0 of the squares data (`tests.helpers.squares`), with its OOF
+    predictions (for the report, export and inference tests).
 
     Returns:
         `outputs` (the CXRDET_OUTPUTS folder holding the run: point the variable there to use `cxrdet.paths`),
@@ -53,12 +53,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import torch
 
     from cxrdet.config import load_config
-    from cxrdet.predict import predict
-    from cxrdet.train import train
+    from cxrdet.tasks import predict, train
 
-    spec = importlib.util.spec_from_file_location("_squares", Path(__file__).parent / "test_train.py")
-    squares = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(squares)
     folder = tmp_path_factory.mktemp("tiny_run")
     options = squares.tiny_options(squares.write_squares_dataset(folder / "data"), **{"train.epochs": 2})
     config = squares.TINY
@@ -74,7 +70,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def tiny_classifier_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny binary classifier (cls_regnetx002_128_tiny12e with ResNet-10t at 64 px) trained 3 epochs on folds 0
-    and 1 of test_train's squares data, with both folds' OOF probabilities (for the classifier report, Grad-CAM and
+    and 1 of the squares data, with both folds' OOF probabilities (for the classifier report, Grad-CAM and
     export tests).
 
     The squares fold file puts every third image in one fold, which makes whole folds positive or negative; this
@@ -88,12 +84,8 @@ def tiny_classifier_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     import torch
 
     from cxrdet.config import load_config
-    from cxrdet.predict import predict
-    from cxrdet.train import train
+    from cxrdet.tasks import predict, train
 
-    spec = importlib.util.spec_from_file_location("_squares", Path(__file__).parent / "test_train.py")
-    squares = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(squares)
     folder = tmp_path_factory.mktemp("tiny_classifier_run")
     data = squares.write_squares_dataset(folder / "data")
     folds = pd.read_csv(data["data.folds"])

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from cxrdet import paths
 from cxrdet.cli import app
+from tests.helpers import reference
 
 RUNNER = CliRunner()
 LABELS = (
@@ -104,13 +103,8 @@ def test_score_json_matches_reference_on_real_labels(tmp_path: Path, real_rsna_l
     from cxrdet.data.labels import read_rsna_labels
     from cxrdet.submission import write_submission
 
-    spec = importlib.util.spec_from_file_location("bench_metric", paths.REPO_ROOT / "benchmarks" / "bench_metric.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-
     labels = read_rsna_labels(real_rsna_labels)
-    pred = bench.simulate_predictions(labels.boxes, labels.image_ids, seed=2)
+    pred = reference.simulate_predictions(labels.boxes, labels.image_ids, seed=2)
     sub = tmp_path / "sub.csv"
     write_submission(sub, pred, labels.image_ids)
     result = RUNNER.invoke(app, ["score", "--labels", str(real_rsna_labels), "--submission", str(sub), "--json"])
@@ -128,6 +122,6 @@ def test_score_json_matches_reference_on_real_labels(tmp_path: Path, real_rsna_l
             c, x, y, w, h = values[k:k + 5]
             rows.append((image_id, x, y, x + w, y + h, c))
     written = pd.DataFrame(rows, columns=["image_id", "x1", "y1", "x2", "y2", "score"])
-    ref_score, ref_per_image = bench.reference_rsna_score(labels.boxes, written, labels.image_ids)
+    ref_score, ref_per_image = reference.reference_rsna_score(labels.boxes, written, labels.image_ids)
     assert report["score"] == pytest.approx(ref_score, abs=1e-9)
     assert report["n_images"] == len(ref_per_image)

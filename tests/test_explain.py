@@ -17,7 +17,8 @@ from cxrdet.cli import app
 from cxrdet.config import load_config
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.explain import choose_classes, grad_cams, original_pixels, overlay, pick_images, stretch
-from cxrdet.export import load_classifier
+from cxrdet.models.lit_classifier import LitClassifier
+from cxrdet.runs import Run
 
 
 def test_classes_auto_takes_the_top_four_by_auroc_or_all_when_fewer() -> None:
@@ -82,9 +83,8 @@ def classifier_cfg(tiny_classifier_run: dict[str, Any], monkeypatch: pytest.Monk
 @pytest.mark.slow
 def test_the_heatmap_is_hotter_on_the_square_the_classifier_detects(classifier_cfg: Any) -> None:
     from cxrdet.data.classify import ClassificationDataModule
-    from cxrdet.train import final_checkpoint
 
-    model = load_classifier(classifier_cfg, final_checkpoint(classifier_cfg, 0))
+    model = LitClassifier.load_for_inference(classifier_cfg, Run(classifier_cfg.experiment, 0).final_checkpoint(cfg=classifier_cfg))
     dm = ClassificationDataModule(classifier_cfg["data"], 0)
     dm.setup()
     dataset = dm.eval_dataset("oof").base  # detection items: the square's box in input pixels
@@ -135,7 +135,7 @@ def test_explain_command_writes_captioned_overlays_of_the_top_oof_images(classif
 @pytest.mark.slow
 def test_explain_named_test_image_and_class_needs_no_oof(classifier_cfg: Any, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from cxrdet.explain import explain
+    from cxrdet.tasks import explain
 
     with monkeypatch.context() as mp:  # no OOF file anywhere: named images and classes must not need one
         mp.setattr(paths, "predictions_path", lambda *_: tmp_path / "absent.parquet")
@@ -151,7 +151,7 @@ def test_explain_named_test_image_and_class_needs_no_oof(classifier_cfg: Any, tm
 
 
 def test_explain_refuses_a_detector_config() -> None:
-    from cxrdet.explain import explain
+    from cxrdet.tasks import explain
 
     cfg = load_config(paths.CONFIGS_DIR / "experiments" / "retinanet_mnv3s_128_tiny12e.py")
     with pytest.raises(ConfigError, match="Grad-CAM explains classifiers"):

@@ -15,7 +15,8 @@ from cxrdet import paths
 from cxrdet.config import load_config
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.models.lit_detector import LitDetector
-from cxrdet.predict import cap_predictions, fuse_passes, predict
+from cxrdet.predict import cap_predictions, fuse_passes
+from cxrdet.tasks import predict
 
 TINY = paths.CONFIGS_DIR / "experiments" / "retinanet_mnv3s_128_tiny12e.py"
 SIZE = 32

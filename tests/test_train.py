@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from cxrdet import paths
@@ -23,66 +22,17 @@ from cxrdet.config import load_config
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.io import file_sha256
 from cxrdet.models.lit_classifier import LitClassifier
-from cxrdet.models.lit_detector import LitDetector, load_checkpoint_file
-from cxrdet.train import final_checkpoint, resolve_stages, stage_config, train
-
-REPO = paths.REPO_ROOT
-TINY = REPO / "configs" / "experiments" / "retinanet_mnv3s_128_tiny12e.py"
-SIZE = 64
-ORIG = 1024
-N_TRAIN, N_TEST, K = 45, 4, 3
-
-
-def write_squares_dataset(folder: Path, seed: int = 0) -> dict[str, str]:
-    """A Kaggle-layout labels CSV, a prepare cache of 64-px PNGs and a 3-fold file: dark noisy images, two thirds
-    with one bright rectangle (the box), so a tiny detector learns it in a few epochs.
-
-    Returns:
-        `--cfg-options` values that point a config at it.
-    """
-    rng = np.random.default_rng(seed)
-    root, cache = folder / "root", folder / "cache"
-    root.mkdir(parents=True)
-    rows, meta = [], []
-    ids = [f"img{i:03d}" for i in range(N_TRAIN + N_TEST)]
-    for i, image_id in enumerate(ids):
-        split = "train" if i < N_TRAIN else "test"
-        pixels = rng.normal(40, 8, (SIZE, SIZE)).clip(0, 255)
-        if i % 3 != 2:
-            w, h = rng.integers(14, 26, 2)
-            x, y = rng.integers(2, SIZE - 28, 2)
-            pixels[y : y + h, x : x + w] = 210
-            box = [x * ORIG / SIZE, y * ORIG / SIZE, w * ORIG / SIZE, h * ORIG / SIZE]
-            if split == "train":
-                rows.append([image_id, *box, 1])
-        elif split == "train":
-            rows.append([image_id, None, None, None, None, 0])
-        png = paths.CacheLayout(cache).image(split, image_id)
-        png.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels.astype(np.uint8), mode="L").save(png)
-        meta.append({"image_id": image_id, "split": split, "orig_width": ORIG, "orig_height": ORIG, "bits_stored": 8,
-                     "photometric": "MONOCHROME2", "pixel_spacing_row": 0.14, "pixel_spacing_col": 0.14, "sex": "F",
-                     "age": 50, "view": "PA", "source": f"{image_id}.dcm", "cache": png.relative_to(cache).as_posix()})
-    pd.DataFrame(rows, columns=["patientId", "x", "y", "width", "height", "Target"]).to_csv(
-        paths.KaggleLayout(root).labels_csv, index=False)
-    pd.DataFrame(meta).to_parquet(paths.CacheLayout(cache).meta, index=False)
-    folds = folder / "squares_k3.csv"
-    train_ids = ids[:N_TRAIN]
-    pd.DataFrame({"image_id": train_ids, "patient_id": train_ids, "fold": [i % K for i in range(N_TRAIN)]}).to_csv(
-        folds, index=False)
-    return {"data.root": str(root), "data.cache": str(cache), "data.folds": str(folds)}
-
+from cxrdet.models.lit_detector import LitDetector
+from cxrdet.runs import load_checkpoint_file
+from cxrdet.runs import Run, resolve_stages
+from cxrdet.tasks import train
+from cxrdet.train import stage_config
+from tests.helpers.squares import K, N_TEST, REPO, SIZE, TINY, tiny_options, write_squares_dataset
+from tests.helpers.tasks import use_module
 
 @pytest.fixture(scope="module")
 def squares(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return write_squares_dataset(tmp_path_factory.mktemp("squares"))
-
-
-def tiny_options(data: dict[str, str], **extra: Any) -> list[str]:
-    """`--cfg-options` for a quick CPU run of the tiny config on the squares data."""
-    options = {**data, "data.size": SIZE, "data.batch_size": 4, "train.epochs": 1, "train.progress_bar": False,
-               "train.accelerator": "cpu", "train.log_every_n_steps": 1, **extra}
-    return [f"{k}={v}" for k, v in options.items()]
 
 
 @pytest.fixture(autouse=True)
@@ -143,13 +93,13 @@ class _DiesInSecondEpoch(LitDetector):
 
 def test_resume_continues_from_last_checkpoint(squares: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_config(TINY, tiny_options(squares, **{"train.epochs": 2, "train.limit_train_batches": 2}))
-    monkeypatch.setattr("cxrdet.train.LitDetector", _DiesInSecondEpoch)
+    use_module(monkeypatch, "detect", _DiesInSecondEpoch)
     with pytest.raises(_Killed):
         train(cfg, fold=2)
     last = paths.checkpoints_dir(cfg.experiment, 2) / "last.ckpt"
     assert load_checkpoint_file(last)["global_step"] == 2  # saved after epoch 0 (2 batches); epoch 1 died
 
-    monkeypatch.setattr("cxrdet.train.LitDetector", LitDetector)
+    use_module(monkeypatch, "detect", LitDetector)
     train(cfg, fold=2, resume=True)
     # Epoch 1 ran again from the checkpoint and epoch 0 was not repeated: 2 epochs x 2 batches = 4 steps.
     assert load_checkpoint_file(last)["global_step"] == 4
@@ -182,7 +132,7 @@ def test_stages_train_in_their_folders_from_the_previous_best(squares: dict[str,
     first = paths.checkpoints_dir(cfg.experiment, 0, "stage1_crops")
     second = paths.checkpoints_dir(cfg.experiment, 0, "stage2_full")
     assert started_from == [first / "best.ckpt"]
-    assert result.best_checkpoint == second / "best.ckpt" == final_checkpoint(cfg, 0)
+    assert result.best_checkpoint == second / "best.ckpt" == Run(cfg.experiment, 0).final_checkpoint(cfg=cfg)
     assert (first / "done.json").is_file() and (second / "done.json").is_file()
     # Each stage ran with its own view and learning rate.
     hparams = [load_checkpoint_file(d / "best.ckpt")["hyper_parameters"]["cfg"] for d in (first, second)]
@@ -238,14 +188,14 @@ class _ClassifierDiesInSecondEpoch(LitClassifier):
 def test_classifier_trains_logs_auroc_and_resumes(mixed_squares: dict[str, str], monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     cfg = load_config(CLS_TINY, cls_options(mixed_squares, **{"train.epochs": 2, "train.limit_train_batches": 2}))
-    monkeypatch.setattr("cxrdet.train.LitClassifier", _ClassifierDiesInSecondEpoch)
+    use_module(monkeypatch, "classify", _ClassifierDiesInSecondEpoch)
     with pytest.raises(_Killed):
         train(cfg, fold=0)
     assert "cls_regnetx002_128_tiny12e fold 0 epoch 1/2: train/loss " in capsys.readouterr().err
     last = paths.checkpoints_dir(cfg.experiment, 0) / "last.ckpt"
     assert load_checkpoint_file(last)["global_step"] == 2
 
-    monkeypatch.setattr("cxrdet.train.LitClassifier", LitClassifier)
+    use_module(monkeypatch, "classify", LitClassifier)
     result = train(cfg, fold=0, resume=True)
     assert load_checkpoint_file(last)["global_step"] == 4
     assert result.monitor == "val/auroc" and 0.0 <= result.best_score <= 1.0
@@ -271,7 +221,7 @@ class _GetsWorse(LitClassifier):
 def test_last_checkpoint_follows_every_epoch_even_without_improvement(mixed_squares: dict[str, str],
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_config(CLS_TINY, cls_options(mixed_squares, **{"train.epochs": 2, "train.limit_train_batches": 2}))
-    monkeypatch.setattr("cxrdet.train.LitClassifier", _GetsWorse)
+    use_module(monkeypatch, "classify", _GetsWorse)
     result = train(cfg, fold=2)
     assert result.best_score == 1.0 and load_checkpoint_file(result.best_checkpoint)["global_step"] == 2
     # Resume continues from the last epoch, not from the best one.
@@ -297,7 +247,7 @@ def test_unknown_task_is_a_config_error(squares: dict[str, str]) -> None:
 def test_final_checkpoint_says_to_train_first(squares: dict[str, str]) -> None:
     cfg = load_config(TINY, tiny_options(squares))
     with pytest.raises(CxrdetError, match="train first"):
-        final_checkpoint(cfg, 4)
+        Run(cfg.experiment, 4).final_checkpoint(cfg=cfg)
 
 
 @pytest.mark.slow

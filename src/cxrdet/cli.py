@@ -86,7 +86,7 @@ def synth_command(
     if fmt not in ("rsna", "nih"):
         raise ConfigError(f"--format {fmt!r}: expected rsna or nih")
     if fmt == "nih":
-        from cxrdet.data.synth_nih import DEFAULT_SIZE, generate_nih_dataset
+        from cxrdet.synth.nih import DEFAULT_SIZE, generate_nih_dataset
 
         target = out if out is not None else paths.demo_nih_data_dir()
         n = generate_nih_dataset(target, n_train, n_test, seed=seed, size=size or DEFAULT_SIZE, workers=workers,
@@ -97,7 +97,7 @@ def synth_command(
         return
     if size is not None and size != 1024:
         raise ConfigError(f"--size {size}: the RSNA format is 1024 x 1024 only (--size is for --format nih)")
-    from cxrdet.data.synth import generate_dataset
+    from cxrdet.synth.rsna import generate_dataset
 
     target = out if out is not None else paths.demo_data_dir()
     s = generate_dataset(target, n_train, n_test, seed=seed, workers=workers, labels_only=labels_only)
@@ -367,7 +367,7 @@ def train_command(
     (per curriculum stage in stage<i>_<name>/), tensorboard/ and csv/ logs.
     """
     from cxrdet.config import load_config
-    from cxrdet.train import train
+    from cxrdet.tasks import train
 
     overrides = list(cfg_options or [])
     for key, value in (("limit_train_batches", limit_train_batches), ("accelerator", accelerator),
@@ -404,10 +404,10 @@ def predict_command(
     per box, image_id, x1, y1, x2, y2 in original pixels, score, label. Classifiers (task='classify'): one row per
     image, image_id and one probability column per class; hflip TTA averages the two passes.
     """
-    from cxrdet.config import load_config
-    from cxrdet.predict import predict
+    from cxrdet.runs import run_config
+    from cxrdet.tasks import predict
 
-    cfg = load_config(config, cfg_options)
+    cfg = run_config(config, fold, cfg_options)
     for one in split or ["oof"]:
         typer.echo(str(predict(cfg, fold, split=one, tta=tta, checkpoint=checkpoint, device=device)))
 
@@ -431,7 +431,7 @@ def report_command(
     Reads the runs' configs, OOF predictions, CSV logs and checkpoint records (and, for an ensemble, params.json),
     the labels, fold file and prepare cache. Writes index.html, report.json and the PNGs to --out.
     """
-    from cxrdet.report import report
+    from cxrdet.tasks import report
 
     typer.echo(str(report(name, out)))
 
@@ -461,10 +461,10 @@ def explain_command(
     probabilities of the experiment's folds. Writes <image_id>_<class>.png and explain.csv (image_id, role, class,
     probability, truth, file, width, height, drawn_on) to --out.
     """
-    from cxrdet.config import load_config
-    from cxrdet.explain import explain
+    from cxrdet.runs import run_config
+    from cxrdet.tasks import explain
 
-    cfg = load_config(config, cfg_options)
+    cfg = run_config(config, fold, cfg_options)
     result = explain(cfg, fold, image_ids=image_id, n=n, classes=classes, out_dir=out, checkpoint=checkpoint)
     drawn = result.table["drawn_on"].value_counts().to_dict()
     typer.echo(f"{result.folder}: {len(result.table)} overlays of {result.table['image_id'].nunique()} images at "
@@ -492,10 +492,10 @@ def export_command(
     model.mlpackage) and model.json (input size and range, the pre-processing, normalisation, score floor, NMS IoU or
     the classifier's outputs, validation threshold, classes) to --out.
     """
-    from cxrdet.config import load_config
-    from cxrdet.export import export
+    from cxrdet.runs import run_config
+    from cxrdet.tasks import export
 
-    cfg = load_config(config, cfg_options)
+    cfg = run_config(config, fold, cfg_options)
     typer.echo(str(export(cfg, fold, fmt=fmt, checkpoint=checkpoint, out_dir=out)))
 
 
@@ -520,19 +520,14 @@ def infer_command(
     the reason; the others are still processed, and the exit status is 1 if any failed.
     """
     from cxrdet import paths
-    from cxrdet.infer import classify, infer, is_classifier, load_model
+    from cxrdet.tasks import infer, load_model
 
     out = out or paths.infer_dir()
     sources = [*(dicom or []), *(files or [])]
     if not sources:
         raise CxrdetError("no DICOM files: pass --dicom FILE (repeatable) or files after the options")
-    loaded = load_model(model)
-    if is_classifier(loaded):
-        result: Any = classify(loaded, sources, out)  # type: ignore[arg-type]
-        typer.echo(f"{out}: probabilities of {len(loaded.classes)} classes for {len(result.probabilities)} studies")
-    else:
-        result = infer(loaded, sources, out, threshold=threshold)  # type: ignore[arg-type]
-        typer.echo(f"{out}: {len(result.boxes)} boxes in {len(sources) - len(result.errors)} studies")
+    result = infer(load_model(model), sources, out, threshold=threshold)
+    typer.echo(result.summary(out, len(sources)))
     for message in result.errors.values():
         console.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     if result.errors:

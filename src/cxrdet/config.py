@@ -139,22 +139,6 @@ def load_config(path: str | Path, options: Sequence[str] | Mapping[str, Any] | N
     return cfg
 
 
-# The config's top-level `task` (absent = detect): a detector (boxes) or an image-level classifier.
-TASKS: tuple[str, ...] = ("detect", "classify")
-
-
-def task_of(cfg: Mapping[str, Any]) -> str:
-    """A config's `task`: `detect` (the default when absent) or `classify`.
-
-    Raises:
-        ConfigError: An unknown task.
-    """
-    task = cfg.get("task") or "detect"
-    if task not in TASKS:
-        raise ConfigError(f"task={task!r}: expected one of {list(TASKS)}")
-    return str(task)
-
-
 def to_dict(cfg: Config | Mapping[str, Any]) -> dict[str, Any]:
     """A plain nested dict of a config (what a LightningModule saves as hyper-parameters)."""
     return cfg.to_dict() if isinstance(cfg, Config) else _plain(cfg)

@@ -33,8 +33,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from cxrdet import paths
-from cxrdet.config import task_of
+from cxrdet.runs import Run
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.io import atomic_path, write_csv
 from cxrdet.models.classifier import Classifier
@@ -203,7 +202,7 @@ def explain(cfg: Mapping[str, Any], fold: int, image_ids: Sequence[str] | None =
         image_ids: Images to explain (cache ids, train or test split); default: picked from the fold's OOF images.
         n: Images to pick when `image_ids` is not given.
         classes: `auto` or class names.
-        out_dir: Output folder; default `cxrdet.paths.explain_dir(experiment, fold)`.
+        out_dir: Output folder; default `cxrdet.runs.Run.explain_dir`.
         checkpoint: `best`, `last` or a .ckpt path.
 
     Raises:
@@ -213,17 +212,14 @@ def explain(cfg: Mapping[str, Any], fold: int, image_ids: Sequence[str] | None =
     from cxrdet.data.classify import ClassificationDataModule
     from cxrdet.data.dataset import DetectionDataset, build_records
     from cxrdet.data.prepare import load_meta
-    from cxrdet.export import load_classifier
-    from cxrdet.metrics.classification import evaluate_experiment, read_probabilities
+    from cxrdet.models.lit_classifier import LitClassifier
     from cxrdet.progress import progress
-    from cxrdet.train import final_checkpoint
+    from cxrdet.report.data import evaluate_experiment, read_probabilities
 
-    if task_of(cfg) != "classify":
-        raise ConfigError(f"{cfg['experiment']}: task={cfg.get('task')!r}; Grad-CAM explains classifiers "
-                          "(task='classify')")
     experiment = cfg["experiment"]
+    run = Run(experiment, fold)
     all_classes = tuple(cfg["data"]["classes"])
-    oof_file = paths.predictions_path(experiment, fold, "oof")
+    oof_file = run.predictions_path("oof")
     needs_oof = not image_ids or (isinstance(classes, str) and classes.strip() == "auto")
     if needs_oof and not oof_file.is_file():
         raise CxrdetError(f"{oof_file} not found: choosing classes (auto) or images (none given) reads the fold's OOF "
@@ -233,7 +229,7 @@ def explain(cfg: Mapping[str, Any], fold: int, image_ids: Sequence[str] | None =
     chosen = choose_classes(ranked, all_classes, classes)
     ids = list(dict.fromkeys(image_ids)) if image_ids else pick_images(read_probabilities(oof_file, all_classes),
                                                                        chosen, n)
-    model = load_classifier(cfg, final_checkpoint(cfg, fold, checkpoint))
+    model = LitClassifier.load_for_inference(cfg, run.final_checkpoint(checkpoint, cfg=cfg))
 
     dm = ClassificationDataModule(cfg["data"], fold)
     dm.setup()
@@ -246,7 +242,7 @@ def explain(cfg: Mapping[str, Any], fold: int, image_ids: Sequence[str] | None =
                           "ids of its train or test split")
     oof_ids = set(dm.val_image_ids)
     truth = dm.truth
-    folder = Path(out_dir) if out_dir is not None else paths.explain_dir(experiment, fold)
+    folder = Path(out_dir) if out_dir is not None else run.explain_dir
     folder.mkdir(parents=True, exist_ok=True)
     class_index = [all_classes.index(c) for c in chosen]
     rows = []

@@ -113,12 +113,6 @@ def infer_dir() -> Path:
     return outputs_dir() / "infer"
 
 
-def report_dir(name: str) -> Path:
-    """Default folder of the HTML report of an experiment (`outputs/<experiment>/report`) or an ensemble."""
-    ens = ensemble_dir(name)
-    return (ens if ens.is_dir() else outputs_dir() / name) / "report"
-
-
 def explain_dir(experiment: str, fold: int) -> Path:
     """Default folder of `cxrdet explain`'s Grad-CAM overlays of one fold's classifier: `<report>/explain/fold<k>`."""
     return outputs_dir() / experiment / "report" / "explain" / f"fold{fold}"

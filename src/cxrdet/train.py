@@ -1,7 +1,8 @@
 """Train one experiment on one fold: data module + LightningModule + Trainer, callbacks, loggers, provenance, stages.
 
-`train(cfg, fold)` trains on every fold but `fold` and validates on `fold`. The run folder
-(`cxrdet.paths.run_dir(experiment, fold)`) receives the resolved config (`config.py`), `provenance.json` (git
+`fit(cfg, fold, module_cls, datamodule_cls)` trains on every fold but `fold` and validates on `fold`; it knows no
+task: the caller (`cxrdet.tasks.train`) passes the task's LightningModule and data module. The run folder
+(`cxrdet.runs.Run(experiment, fold)`) receives the resolved config (`config.py`), `provenance.json` (git
 revision, fold-file hash, versions, command) and, per stage, `checkpoints/{best,last}.ckpt`, a `done.json` marker
 and TensorBoard and CSV logs.
 
@@ -15,7 +16,6 @@ every epoch), so a killed run loses at most the epoch in progress.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import shutil
@@ -35,41 +35,15 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from cxrdet import paths
-from cxrdet.config import task_of, to_dict
-from cxrdet.errors import ConfigError, CxrdetError
-from cxrdet.io import file_sha256, write_json, write_text
+from cxrdet.config import to_dict
+from cxrdet.errors import CxrdetError
+from cxrdet.io import file_sha256
 from cxrdet.models.lit_base import LitBase
-from cxrdet.models.lit_classifier import LitClassifier
-from cxrdet.models.lit_detector import MONITOR, LitDetector, load_checkpoint_file
 from cxrdet.provenance import git_revision
+from cxrdet.runs import BEST, LAST, Run, Stage, checkpoint_record, resolve_stages
 
-BEST = "best"
-LAST = "last"
-DONE_FILE = "done.json"
 TENSORBOARD = "tensorboard"
 CSV = "csv"
-STAGE_KEYS: frozenset[str] = frozenset({"name", "epochs", "view", "lr", "data"})
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One curriculum stage (a whole single-stage run is one `Stage` with `name=None`).
-
-    Attributes:
-        index: Position in `train.stages`, from 0.
-        name: The stage's folder name under the run folder (`stage<i>_<name>`), None for a single-stage run.
-        epochs: Epochs of this stage.
-        view: Training view (`full`, `crops`); None keeps `data.view`.
-        lr: Learning rate of this stage; None keeps `optim.lr`.
-        data: Overrides of the `data` section for this stage (e.g. `batch_size`).
-    """
-
-    index: int
-    name: str | None
-    epochs: int
-    view: str | None = None
-    lr: float | None = None
-    data: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,51 +55,7 @@ class TrainResult:
     best_checkpoint: Path
     best_score: float
     best_threshold: float
-    monitor: str = MONITOR
-
-
-def task_module(cfg: Mapping[str, Any]) -> type[LitBase]:
-    """The LightningModule class that trains a config's `task`."""
-    return LitClassifier if task_of(cfg) == "classify" else LitDetector
-
-
-def task_datamodule(cfg: Mapping[str, Any]) -> type[pl.LightningDataModule]:
-    """The data module class of a config's `task`: detection boxes, or image-level labels for a classifier."""
-    if task_of(cfg) == "classify":
-        from cxrdet.data.classify import ClassificationDataModule
-
-        return ClassificationDataModule
-    from cxrdet.data.datamodule import DetectionDataModule
-
-    return DetectionDataModule
-
-
-def resolve_stages(cfg: Mapping[str, Any], source: str = "config") -> list[Stage]:
-    """The stages of a config: `train.stages`, or one stage of `train.epochs` epochs.
-
-    Raises:
-        ConfigError: A stage lacks `name` or `epochs`, has an unknown key, or two stages share a name.
-    """
-    stages = cfg["train"].get("stages")
-    if not stages:
-        return [Stage(0, None, int(cfg["train"]["epochs"]))]
-    if isinstance(stages, (str, Mapping)) or not all(isinstance(st, Mapping) for st in stages):
-        raise ConfigError(f"{source}: train.stages={stages!r}: expected a list of dicts such as "
-                          "[{'name': 'crops', 'view': 'crops', 'epochs': 2}, {'name': 'full', 'epochs': 10}]")
-    out = []
-    for i, st in enumerate(stages):
-        where = f"{source}: train.stages[{i}]"
-        unknown = sorted(set(st) - STAGE_KEYS)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(STAGE_KEYS)}")
-        if "name" not in st or "epochs" not in st:
-            raise ConfigError(f"{where}: expected `name` and `epochs`, got {dict(st)}")
-        out.append(Stage(i, f"stage{i + 1}_{st['name']}", int(st["epochs"]), st.get("view"),
-                         None if st.get("lr") is None else float(st["lr"]), dict(st.get("data") or {})))
-    names = [s.name for s in out]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{source}: train.stages has repeated names {names}")
-    return out
+    monitor: str
 
 
 def stage_config(cfg: Mapping[str, Any], stage: Stage) -> dict[str, Any]:
@@ -145,10 +75,9 @@ def write_provenance(cfg: Config | Mapping[str, Any], fold: int, folds_file: Pat
 
     A resumed run keeps the first start's record and appends the resume's under `resumes`.
     """
-    run = paths.run_dir(cfg["experiment"], fold)
-    text = cfg.pretty_text if isinstance(cfg, Config) else Config(dict(cfg)).pretty_text
-    write_text(run / "config.py", text)
-    record = {
+    run = Run(cfg["experiment"], fold)
+    run.write_config(cfg.pretty_text if isinstance(cfg, Config) else Config(dict(cfg)).pretty_text)
+    run.write_provenance({
         "experiment": cfg["experiment"],
         "fold": fold,
         "config_file": getattr(cfg, "filename", None),
@@ -160,12 +89,7 @@ def write_provenance(cfg: Config | Mapping[str, Any], fold: int, folds_file: Pat
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "lightning": pl.__version__},
-    }  # fmt: skip
-    path = run / "provenance.json"
-    if resumed and path.is_file():
-        first = json.loads(path.read_text(encoding="utf-8"))
-        record = {**first, "resumes": [*first.get("resumes", []), record]}
-    write_json(path, record)
+    }, resumed=resumed)  # fmt: skip
 
 
 def _precision(train_cfg: Mapping[str, Any]) -> str:
@@ -193,7 +117,7 @@ class _EpochLine(Callback):
     loss is averaged here from the batches because Lightning aggregates `train/loss_epoch` only after validation.
     """
 
-    def __init__(self, label: str, monitor: str = MONITOR) -> None:
+    def __init__(self, label: str, monitor: str) -> None:
         self.label = label
         self.monitor = monitor
         self._start = 0.0
@@ -226,7 +150,7 @@ class _EpochLine(Callback):
 class _StageRecord(Callback):
     """Stores the epoch's validation score and threshold in every checkpoint, so `best.ckpt` says which cut won."""
 
-    def __init__(self, monitor: str = MONITOR) -> None:
+    def __init__(self, monitor: str) -> None:
         self.monitor = monitor
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
@@ -237,13 +161,13 @@ class _StageRecord(Callback):
         }
 
 
-def build_trainer(cfg: Mapping[str, Any], experiment: str, fold: int, stage: Stage, monitor: str = MONITOR
-                  ) -> tuple[pl.Trainer, ModelCheckpoint]:
+def build_trainer(cfg: Mapping[str, Any], run: Run, stage: Stage, monitor: str) -> tuple[pl.Trainer, ModelCheckpoint]:
     """A Trainer for one stage: checkpoints (best by `monitor`, higher is better; last), early stopping on it, LR
     monitor, loggers."""
     train_cfg = cfg["train"]
-    folder = paths.stage_dir(experiment, fold, stage.name)
-    ckpt_dir = paths.checkpoints_dir(experiment, fold, stage.name)
+    experiment, fold = run.experiment, run.fold
+    folder = run.stage_dir(stage)
+    ckpt_dir = run.checkpoints_dir(stage)
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename=BEST, monitor=monitor, mode="max", save_top_k=1, enable_version_counter=False,
         auto_insert_metric_name=False,
@@ -288,51 +212,17 @@ def build_trainer(cfg: Mapping[str, Any], experiment: str, fold: int, stage: Sta
     return trainer, checkpoint
 
 
-def _read_done(folder: Path) -> dict[str, Any] | None:
-    marker = folder / DONE_FILE
-    return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
-
-
-def checkpoint_record(path: Path) -> dict[str, float]:
-    """The validation score and threshold stored in a checkpoint by this module (empty if absent)."""
-    return dict(load_checkpoint_file(path).get("cxrdet", {}))
-
-
-def final_checkpoint(cfg: Mapping[str, Any], fold: int, which: str = BEST) -> Path:
-    """The checkpoint prediction uses: `best` or `last` of the final stage, or an explicit file path.
-
-    Raises:
-        CxrdetError: The checkpoint does not exist (the run has not finished, or never started).
-    """
-    if which not in (BEST, LAST):
-        path = Path(which)
-        if not path.is_file():
-            raise CxrdetError(f"checkpoint {path} not found: expected 'best', 'last' or the path of a .ckpt file")
-        return path
-    stage = resolve_stages(cfg)[-1]
-    path = paths.checkpoints_dir(cfg["experiment"], fold, stage.name) / f"{which}.ckpt"
-    if not path.is_file():
-        raise CxrdetError(f"{path} not found: train first (`cxrdet train CONFIG --fold {fold}`), or finish the run "
-                          "with --resume")
-    return path
-
-
-def _existing_checkpoints(experiment: str, fold: int, stages: list[Stage]) -> list[Path]:
-    return [p for st in stages for p in sorted(paths.checkpoints_dir(experiment, fold, st.name).glob("*.ckpt"))]
-
-
-def train(cfg: Config | Mapping[str, Any], fold: int, resume: bool = False, overwrite: bool = False,
-          datamodule_cls: type[pl.LightningDataModule] | None = None) -> TrainResult:
-    """Train `cfg`'s model (detector, or classifier for `task='classify'`) on all folds but `fold`, validating on
-    `fold`, stage after stage.
+def fit(cfg: Config | Mapping[str, Any], fold: int, module_cls: type[LitBase], datamodule_cls: type[pl.LightningDataModule],
+        resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train `module_cls` on `cfg` on all folds but `fold`, validating on `fold`, stage after stage.
 
     Args:
         cfg: A resolved config (`cxrdet.config.load_config`).
         fold: The held-out fold.
+        module_cls: The task's LightningModule (`cxrdet.tasks.Task.module`), built from each stage's config.
+        datamodule_cls: The task's data module, taking `(data_cfg, fold, view=..., seed=...)`.
         resume: Skip finished stages and continue the unfinished one from its `last.ckpt`.
         overwrite: Delete this run's checkpoints and start again.
-        datamodule_cls: Data module class taking `(data_cfg, fold, view=..., seed=...)`; default by task
-            (`task_datamodule`).
 
     Returns:
         The run folder and the final stage's best checkpoint, score and threshold.
@@ -341,22 +231,17 @@ def train(cfg: Config | Mapping[str, Any], fold: int, resume: bool = False, over
         CxrdetError: The run already has checkpoints and neither `resume` nor `overwrite` is set; or a data or
             config problem.
     """
-    module_cls = task_module(cfg)
-    if datamodule_cls is None:
-        datamodule_cls = task_datamodule(cfg)
-
     experiment = cfg["experiment"]
     stages = resolve_stages(cfg, getattr(cfg, "filename", None) or experiment)
-    run = paths.run_dir(experiment, fold)
+    run = Run(experiment, fold)
     is_main = rank_zero_only.rank == 0  # DDP re-runs this function in every process; only rank 0 writes files
-    existing = _existing_checkpoints(experiment, fold, stages)
+    existing = run.existing_checkpoints(stages)
     if existing and not (resume or overwrite):
-        raise CxrdetError(f"{run} already has checkpoints ({existing[0].name}, ...): pass --resume to continue "
+        raise CxrdetError(f"{run.folder} already has checkpoints ({existing[0].name}, ...): pass --resume to continue "
                           "that run or --overwrite to start again")
     if overwrite and is_main:
         for st in stages:
-            folder = paths.stage_dir(experiment, fold, st.name)
-            for sub in (paths.checkpoints_dir(experiment, fold, st.name), folder / TENSORBOARD, folder / CSV):
+            for sub in (run.checkpoints_dir(st), run.stage_dir(st) / TENSORBOARD, run.stage_dir(st) / CSV):
                 shutil.rmtree(sub, ignore_errors=True)
 
     seed = int(cfg["train"].get("seed", 42))
@@ -364,8 +249,8 @@ def train(cfg: Config | Mapping[str, Any], fold: int, resume: bool = False, over
     record: dict[str, Any] = {}
     wrote_provenance = False
     for stage in stages:
-        ckpt_dir = paths.checkpoints_dir(experiment, fold, stage.name)
-        done = _read_done(ckpt_dir) if resume else None
+        ckpt_dir = run.checkpoints_dir(stage)
+        done = run.done(stage) if resume else None
         if done is not None:
             previous_best, record = ckpt_dir / done["best_checkpoint"], done
             continue
@@ -381,19 +266,19 @@ def train(cfg: Config | Mapping[str, Any], fold: int, resume: bool = False, over
         ckpt_path = str(last) if resume and last.is_file() else None
         if ckpt_path is None and previous_best is not None:
             module.init_from_checkpoint(previous_best)
-        trainer, checkpoint = build_trainer(scfg, experiment, fold, stage, module_cls.monitor)
+        trainer, checkpoint = build_trainer(scfg, run, stage, module_cls.monitor)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         if not checkpoint.best_model_path:
-            raise CxrdetError(f"stage {stage.name or 'train'} of {run} saved no best checkpoint: did validation run? "
-                              "(check limit_val_batches and the fold's images)")
+            raise CxrdetError(f"stage {stage.name or 'train'} of {run.folder} saved no best checkpoint: did validation "
+                              "run? (check limit_val_batches and the fold's images)")
         best = Path(checkpoint.best_model_path)
         score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else math.nan
         record = {"best_checkpoint": best.name, "best_score": score,
                   "best_threshold": checkpoint_record(best).get("val_threshold", math.nan),
                   "epochs_run": trainer.current_epoch, "stage": stage.name}
         if is_main:
-            write_json(ckpt_dir / DONE_FILE, record)
+            run.mark_done(stage, record)
         previous_best = best
     assert previous_best is not None  # resolve_stages returns at least one stage
-    return TrainResult(run, previous_best, float(record["best_score"]), float(record["best_threshold"]),
+    return TrainResult(run.folder, previous_best, float(record["best_score"]), float(record["best_threshold"]),
                        module_cls.monitor)

@@ -17,8 +17,7 @@ from cxrdet.config import load_config
 from cxrdet.data.classify import ClassificationDataModule, ClassificationDataset, collate_classification
 from cxrdet.data.folds import images_for_folds, make_folds
 from cxrdet.errors import ConfigError
-from cxrdet.predict import predict
-from cxrdet.train import train
+from cxrdet.tasks import predict, train
 
 SIZE = 32
 ORIG = 256

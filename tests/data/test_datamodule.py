@@ -236,7 +236,7 @@ def test_worker_seeding_makes_augmented_batches_reproducible(data_cfg: dict[str,
 def test_reads_a_cache_built_by_prepare_from_synthetic_dicoms(tmp_path: Path) -> None:
     from cxrdet.data.folds import images_for_folds, make_folds, write_folds
     from cxrdet.data.prepare import prepare_cache
-    from cxrdet.data.synth import generate_dataset
+    from cxrdet.synth.rsna import generate_dataset
 
     root = tmp_path / "data"
     generate_dataset(root, n_train=6, n_test=2, seed=0, workers=1, progress=False)
@@ -260,7 +260,7 @@ def test_reads_an_nih_root_built_by_synth_and_prepare(tmp_path: Path) -> None:
     from cxrdet.data.folds import images_for_folds, make_folds, write_folds
     from cxrdet.data.labels import NIH_FINDINGS
     from cxrdet.data.prepare import prepare_cache
-    from cxrdet.data.synth_nih import generate_nih_dataset
+    from cxrdet.synth.nih import generate_nih_dataset
     from cxrdet.paths import NihLayout
 
     root = tmp_path / "nih"

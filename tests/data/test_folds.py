@@ -306,7 +306,7 @@ def test_rarest_finding_by_hand() -> None:
 
 
 def test_synthetic_nih_folds_keep_patients_together(tmp_path: Path) -> None:
-    from cxrdet.data.synth_nih import generate_nih_dataset
+    from cxrdet.synth.nih import generate_nih_dataset
 
     root = tmp_path / "nih"
     generate_nih_dataset(root, 300, 60, seed=3, labels_only=True, progress=False)
@@ -325,7 +325,7 @@ def test_synthetic_nih_folds_keep_patients_together(tmp_path: Path) -> None:
 
 
 def test_cli_folds_on_a_synthetic_nih_table(tmp_path: Path) -> None:
-    from cxrdet.data.synth_nih import generate_nih_dataset
+    from cxrdet.synth.nih import generate_nih_dataset
 
     root = tmp_path / "nih"
     generate_nih_dataset(root, 80, 20, seed=4, labels_only=True, progress=False)

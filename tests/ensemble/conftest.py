@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from cxrdet import paths
-from cxrdet.ensemble.simulate import simulate_members
+from tests.helpers.simulate import simulate_members
 from cxrdet.io import write_csv, write_parquet
 
 EXPERIMENTS = ("det_a", "det_b")

@@ -13,9 +13,10 @@ from mmengine.config import Config
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from cxrdet import paths
+from cxrdet.data.classify import truth_table
 from cxrdet.errors import CxrdetError, TableError
-from cxrdet.metrics.classification import (auroc, best_f1, evaluate, evaluate_experiment, load_experiment_oof,
-                                           read_probabilities, roc_points, truth_table)
+from cxrdet.metrics.classification import auroc, best_f1, evaluate, roc_points
+from cxrdet.report.data import evaluate_experiment, load_experiment_oof, read_probabilities
 
 
 def test_auroc_by_hand_with_ties_and_one_label_value() -> None:

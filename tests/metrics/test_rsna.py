@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -12,24 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cxrdet import paths
 from cxrdet.errors import TableError
 from cxrdet.metrics.rsna import IOU_THRESHOLDS, RsnaEvaluator, rsna_score, score_vs_threshold
+from tests.helpers import reference
 
 GT_COLS = ["image_id", "x1", "y1", "x2", "y2"]
 PRED_COLS = [*GT_COLS, "score"]
 
 
-def _bench() -> ModuleType:
-    """benchmarks/bench_metric.py, which holds the independent plain-loop reference."""
-    spec = importlib.util.spec_from_file_location("bench_metric", paths.REPO_ROOT / "benchmarks" / "bench_metric.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-BENCH = _bench()
 
 
 def gt_df(*rows: tuple) -> pd.DataFrame:
@@ -218,7 +206,7 @@ def test_agrees_with_plain_loop_reference(seed: int, integer: bool) -> None:
     rng = np.random.default_rng(seed)
     gt, pred, ids = random_case(rng, n_images=200, integer=integer)
     res = rsna_score(gt, pred, ids)
-    ref_score, ref_per_image = BENCH.reference_rsna_score(gt, pred, ids)
+    ref_score, ref_per_image = reference.reference_rsna_score(gt, pred, ids)
     assert res.score == pytest.approx(ref_score, abs=1e-12)
     counted = res.per_image.dropna()
     assert set(counted.index) == set(ref_per_image)
@@ -230,9 +218,9 @@ def test_agrees_with_reference_on_real_labels(real_rsna_labels: Path) -> None:
     from cxrdet.data.labels import read_rsna_labels
 
     labels = read_rsna_labels(real_rsna_labels)
-    pred = BENCH.simulate_predictions(labels.boxes, labels.image_ids, seed=1)
+    pred = reference.simulate_predictions(labels.boxes, labels.image_ids, seed=1)
     res = rsna_score(labels.boxes, pred, labels.image_ids)
-    ref_score, _ = BENCH.reference_rsna_score(labels.boxes, pred, labels.image_ids)
+    ref_score, _ = reference.reference_rsna_score(labels.boxes, pred, labels.image_ids)
     assert res.score == pytest.approx(ref_score, abs=1e-12)
     assert 0.0 < res.score < 1.0
 
@@ -323,5 +311,20 @@ def test_scaling_all_coordinates_does_not_change_the_score(case, factor) -> None
 def test_property_cases_agree_with_reference(case) -> None:
     gt, pred, ids = case
     res = rsna_score(gt, pred, ids)
-    ref_score, _ = BENCH.reference_rsna_score(gt, pred, ids)
+    ref_score, _ = reference.reference_rsna_score(gt, pred, ids)
     assert res.score == pytest.approx(ref_score, abs=1e-12, nan_ok=True)
+
+
+def test_match_boxes_is_the_metrics_own_matching_with_its_tie_rule() -> None:
+    from cxrdet.metrics.rsna import match_boxes
+
+    # The prediction overlaps both true boxes equally (IoU 90/110): the metric takes the one first in ascending
+    # (x1, y1, x2, y2) order, whatever the rows' order; a first-in-row-order rule would follow the rows.
+    pred = pred_df(("a", 0, 0, 10, 10, 0.9))
+    right, left = ("a", 1, 0, 11, 10), ("a", -1, 0, 9, 10)
+    assert match_boxes(gt_df(right, left), pred, 0.4)[0].tolist() == [1]
+    assert match_boxes(gt_df(left, right), pred, 0.4)[0].tolist() == [0]
+    # And the matches are the ones the score counts: one TP at every threshold below 0.818, one FN.
+    pred_match, gt_match = match_boxes(gt_df(right, left), pred, 0.75)
+    assert pred_match.tolist() == [1] and gt_match.tolist() == [-1, 0]
+    assert rsna_score(gt_df(right, left), pred).score == pytest.approx(1 / 2)

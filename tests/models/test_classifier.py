@@ -112,7 +112,7 @@ def test_config_errors() -> None:
 
 
 def test_a_registered_builder_is_reachable_by_type(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(classifier_module, "_CLASSIFIERS", dict(classifier_module._CLASSIFIERS))
+    monkeypatch.setattr(classifier_module.CLASSIFIERS, "_entries", dict(classifier_module.CLASSIFIERS._entries))
 
     @register_classifier
     def _tiny_test_classifier(classes: tuple[str, ...]) -> Classifier:

@@ -132,4 +132,4 @@ def test_registering_a_builder_makes_it_available() -> None:
     finally:
         from cxrdet.models import factory
 
-        factory._DETECTORS.pop("_dummy_for_test")
+        factory.DETECTORS.unregister("_dummy_for_test")

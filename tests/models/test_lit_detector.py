@@ -13,14 +13,8 @@ import torch
 
 from cxrdet.config import load_config, to_dict
 from cxrdet.errors import ConfigError
-from cxrdet.models.lit_detector import (
-    LitDetector,
-    best_threshold,
-    cosine_warmup_factor,
-    detections_to_frame,
-    inference_state,
-    threshold_grid,
-)
+from cxrdet.models.lit_base import cosine_warmup_factor, inference_state
+from cxrdet.models.lit_detector import LitDetector, best_threshold, detections_to_frame, threshold_grid
 from cxrdet.paths import CONFIGS_DIR
 
 TINY = CONFIGS_DIR / "experiments" / "retinanet_mnv3s_128_tiny12e.py"

@@ -21,6 +21,7 @@ from cxrdet.config import load_config, to_dict
 from cxrdet.errors import ConfigError
 from cxrdet.models.factory import create_detector
 from cxrdet.paths import CONFIGS_DIR
+from tests.helpers import squares as squares_data
 
 HAS_MMDET = importlib.util.find_spec("mmdet") is not None and importlib.util.find_spec("mmcv") is not None
 needs_mmdet = pytest.mark.skipif(not HAS_MMDET, reason="mmdet is not installed: run `make mmdet` (builds mmcv once)")
@@ -43,19 +44,11 @@ def _few_threads() -> None:
     torch.set_num_threads(1)
 
 
-def _squares_module() -> Any:
-    """tests/test_train.py, for its tiny on-disk squares data set (as conftest's `tiny_run` loads it)."""
-    spec = importlib.util.spec_from_file_location("_squares", Path(__file__).parents[1] / "test_train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def squares(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """test_train's squares data, its fold 0 cut to 4 images (the others train): validation and OOF prediction of the
+    """The squares data (`tests.helpers.squares`), its fold 0 cut to 4 images (the others train): validation and OOF prediction of the
     big detectors stay short."""
-    options = _squares_module().write_squares_dataset(tmp_path_factory.mktemp("squares"))
+    options = squares_data.write_squares_dataset(tmp_path_factory.mktemp("squares"))
     folds = pd.read_csv(options["data.folds"])
     held_out = folds.index[folds["fold"] == 0]
     folds.loc[held_out[4:], "fold"] = 1
@@ -137,8 +130,7 @@ def _step_params() -> list[Any]:
 @pytest.mark.parametrize("path", _step_params())
 def test_config_trains_and_predicts_in_the_common_format(path: Path, squares: dict[str, str]) -> None:
     from cxrdet.models.lit_detector import PRED_COLUMNS, empty_predictions
-    from cxrdet.predict import predict
-    from cxrdet.train import train
+    from cxrdet.tasks import predict, train
 
     options = {**squares, "train.limit_train_batches": 2, "train.ema.enabled": False, **RUN_OPTIONS.get(path.stem, {})}
     cfg = tiny_cfg(path, **options)

@@ -8,7 +8,7 @@
 
 `data.classes` names some of the labels' classes, in any order. A class that is also a per-image column of the
 labels (the NIH findings: `Annotations.images[class]`) is read from it; any other (RSNA's `opacity`) means "the image
-has >= 1 box of that class": the rule of `cxrdet.metrics.classification.truth_table`.
+has >= 1 box of that class": the rule of `truth_table`.
 
 In the `crops` view (a curriculum's first stage) an item's label is read from the boxes in the crop: a crop around a
 box is positive for that box's class (and for any other box it holds), a random crop of a negative image is
@@ -31,9 +31,40 @@ from cxrdet.data.datamodule import DetectionDataModule
 from cxrdet.data.dataset import DetectionDataset, Meta, collate_detection
 from cxrdet.data.labels import Annotations
 from cxrdet.errors import ConfigError, CxrdetError
-from cxrdet.metrics.classification import truth_table
 
 ClassItem = tuple[torch.Tensor, torch.Tensor, Meta]
+
+
+def truth_table(images: pd.DataFrame, boxes: pd.DataFrame, label_classes: Sequence[str], classes: Sequence[str]
+                ) -> pd.DataFrame:
+    """Per-image 0/1 truth of `classes` from a label table (`cxrdet.data.labels.Annotations`).
+
+    Args:
+        images: `Annotations.images` (one row per image, negatives included).
+        boxes: `Annotations.boxes` (`image_id, label`, label indexing `label_classes`).
+        label_classes: `Annotations.classes`.
+        classes: The classifier's classes.
+
+    Returns:
+        `image_id`-indexed int64 table with one column per class: the images table's column of that name when it
+        has one (multi-label tables such as NIH), else 1 when the image has >= 1 box of that class.
+
+    Raises:
+        CxrdetError: A class is neither an image column nor a box class of the table.
+    """
+    ids = pd.Index(images["image_id"].astype(str), name="image_id")
+    out = pd.DataFrame(index=ids)
+    box_ids = boxes["image_id"].astype(str).to_numpy()
+    for name in classes:
+        if name in images.columns:
+            out[name] = images[name].fillna(0).to_numpy(dtype=np.int64)
+        elif name in label_classes:
+            with_box = set(box_ids[boxes["label"].to_numpy() == list(label_classes).index(name)])
+            out[name] = ids.isin(list(with_box)).astype(np.int64)
+        else:
+            raise CxrdetError(f"class {name!r}: the label table has no column of that name and no box class of that "
+                              f"name (box classes {', '.join(label_classes) or '-'}); expected a class of the table")
+    return out
 
 
 class ClassificationDataset(Dataset[ClassItem]):

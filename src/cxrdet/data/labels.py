@@ -27,6 +27,7 @@ import pandas as pd
 
 from cxrdet.boxes import xywh_to_xyxy
 from cxrdet.errors import TableError
+from cxrdet.registry import Registry
 
 RSNA_CLASSES: tuple[str, ...] = ("opacity",)
 RSNA_IMAGE_SIZE: tuple[int, int] = (1024, 1024)
@@ -248,22 +249,20 @@ class _Format:
     columns: tuple[str, ...]
 
 
-_FORMATS: dict[str, _Format] = {}
+FORMATS: Registry[_Format] = Registry("label format", key="format")
 
 
 def register_format(name: str, columns: Sequence[str]) -> Callable[[LabelReader], LabelReader]:
     """Register a label reader under `name`; `columns` are the header names that identify its tables."""
 
     def decorator(reader: LabelReader) -> LabelReader:
-        _FORMATS[name] = _Format(reader=reader, columns=tuple(columns))
+        FORMATS.register(_Format(reader=reader, columns=tuple(columns)), name=name)
         return reader
 
     return decorator
 
 
-def label_formats() -> list[str]:
-    """Names of the registered label formats."""
-    return sorted(_FORMATS)
+label_formats = FORMATS.names
 
 
 def detect_format(path: str | Path) -> str:
@@ -276,9 +275,9 @@ def detect_format(path: str | Path) -> str:
     if not path.exists():
         raise TableError(path, ["file not found: expected a CSV label table"])
     header = set(_read_header(path))
-    matches = [name for name, f in _FORMATS.items() if set(f.columns) <= header]
+    matches = [name for name, f in FORMATS.items() if set(f.columns) <= header]
     if len(matches) != 1:
-        known = "; ".join(f"{name}: {', '.join(f.columns)}" for name, f in sorted(_FORMATS.items()))
+        known = "; ".join(f"{name}: {', '.join(f.columns)}" for name, f in FORMATS.items())
         found = "none" if not matches else f"several ({', '.join(matches)})"
         raise TableError(path, [f"line 1: header matches {found} of the known label formats ({known})"])
     return matches[0]
@@ -297,9 +296,9 @@ def read_labels(path: str | Path, fmt: str = "auto") -> Annotations:
     path = Path(path)
     if fmt == "auto":
         fmt = detect_format(path)
-    if fmt not in _FORMATS:
+    if fmt not in FORMATS:
         raise TableError(path, [f"format {fmt!r} is unknown: expected 'auto' or one of {', '.join(label_formats())}"])
-    return _FORMATS[fmt].reader(path)
+    return FORMATS.get(fmt).reader(path)
 
 
 # ---- RSNA ----

@@ -24,6 +24,7 @@ from cxrdet.ensemble.postprocess import classifier_probs, postprocess
 from cxrdet.ensemble.spec import EnsembleParams, EnsembleSpec
 from cxrdet.errors import ConfigError, TableError
 from cxrdet.metrics.rsna import RsnaEvaluator
+from cxrdet.runs import Run
 
 _MAX_LISTED = 10
 
@@ -96,37 +97,42 @@ class DataSources:
 
 
 def member_config_path(experiment: str, folds: tuple[int, ...]) -> Path | None:
-    """The experiment's config: the resolved one a run wrote into its folder, else `configs/experiments/<name>.py`."""
+    """The experiment's config: the resolved one a run wrote into its folder, else `configs/experiments/<name>.py`
+    (prediction files made without a training run, e.g. simulated members)."""
     for k in folds:
-        resolved = paths.run_dir(experiment, k) / "config.py"
-        if resolved.is_file():
-            return resolved
+        if Run(experiment, k).has_config():
+            return Run(experiment, k).config_path
     committed = paths.CONFIGS_DIR / "experiments" / f"{experiment}.py"
     return committed if committed.is_file() else None
 
 
 def data_sources(spec: EnsembleSpec) -> DataSources:
-    """The fold file and labels of an ensemble: the config's `folds` / `labels`, else its members' experiment configs'
-    `data.folds` / `data.root`, which must agree.
+    """The fold file and labels of an ensemble: the config's `folds` / `labels`, else what the members' runs used
+    (the fold file their prediction sidecars record, else their written configs' `data.folds`; their `data.root`),
+    which must agree.
 
     Raises:
-        ConfigError: Neither the ensemble nor the members' configs name them, or the members disagree.
+        ConfigError: Neither the ensemble nor the members' runs name them, or the members disagree.
     """
     configs = {m.name: member_config_path(m.experiment, m.folds) for m in spec.members}
     folds_names, roots = set(), set()
-    for path in configs.values():
-        if path is None:
-            continue
-        data = _read_data_section(path)
-        folds_names.add(str(paths.folds_file(data["folds"]).resolve()) if data.get("folds") else None)
-        roots.add(str(data.get("root")) if data.get("root") else None)
+    for m in spec.members:
+        recorded = {Run(m.experiment, k).sidecar("oof").get("folds_file") for k in m.folds} - {None}
+        path = configs[m.name]
+        data = _read_data_section(path) if path is not None else {}
+        if recorded:
+            folds_names |= {str(Path(f).resolve()) for f in recorded}
+        elif path is not None:
+            folds_names.add(str(paths.folds_file(data["folds"]).resolve()) if data.get("folds") else None)
+        if path is not None:
+            roots.add(str(data.get("root")) if data.get("root") else None)
     if spec.folds is not None:
         folds = paths.folds_file(spec.folds)
     elif len(folds_names) == 1 and None not in folds_names:
         folds = Path(folds_names.pop())
     else:
         raise ConfigError(f"{spec.path}: cannot tell the fold file: set folds=... in the ensemble config (the members' "
-                          f"experiment configs give {sorted(map(str, folds_names)) or 'none'})")
+                          f"runs give {sorted(map(str, folds_names)) or 'none'})")
     if spec.labels is not None:
         labels = Path(spec.labels)
     elif len(roots) <= 1:
@@ -147,25 +153,6 @@ def _read_data_section(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot be read as an mmengine config: {err}") from err
 
 
-def read_predictions(experiment: str, fold: int, split: str) -> pd.DataFrame:
-    """One fold model's prediction table (`image_id, x1, y1, x2, y2, score, label` or, for a classifier,
-    `image_id` and one probability column per class).
-
-    Raises:
-        TableError: The file is missing or unreadable.
-    """
-    path = paths.predictions_path(experiment, fold, split)
-    if not path.is_file():
-        raise TableError(path, [f"file not found: predict {split} boxes of {experiment} fold {fold} first "
-                                f"(cxrdet predict ... --fold {fold} --split {split})"])
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as err:  # pyarrow raises several types for a broken file
-        raise TableError(path, [f"cannot be read as parquet: {err}"]) from err
-    frame["image_id"] = frame["image_id"].astype(str)
-    return frame
-
-
 def require_predictions(spec: EnsembleSpec, split: str) -> None:
     """Check that every prediction file of the ensemble on `split` exists (members and classifier, every fold).
 
@@ -173,8 +160,8 @@ def require_predictions(spec: EnsembleSpec, split: str) -> None:
         TableError: Listing every missing file at once.
     """
     experiments = [m.experiment for m in spec.members] + ([spec.classifier["experiment"]] if spec.classifier else [])
-    missing = [str(paths.predictions_path(e, k, split)) for e in experiments for k in spec.folds_used
-               if not paths.predictions_path(e, k, split).is_file()]
+    missing = [str(Run(e, k).predictions_path(split)) for e in experiments for k in spec.folds_used
+               if not Run(e, k).has_predictions(split)]
     if missing:
         raise TableError("OOF predictions" if split == "oof" else f"{split} predictions",
                          [f"missing {p}" for p in missing])
@@ -212,11 +199,11 @@ def load_oof(spec: EnsembleSpec) -> OofData:
     for m in spec.members:
         parts = []
         for k in spec.folds_used:
-            part = read_predictions(m.experiment, k, "oof")
+            part = Run(m.experiment, k).read_predictions("oof")
             wrong = fold_of.reindex(part["image_id"]).to_numpy() != k
             if wrong.any():
                 ids = pd.unique(part["image_id"][wrong])
-                problems.append(f"{paths.predictions_path(m.experiment, k, 'oof')}: {len(ids)} image(s) not in fold "
+                problems.append(f"{Run(m.experiment, k).predictions_path('oof')}: {len(ids)} image(s) not in fold "
                                 f"{k} of {sources.folds}, e.g. {list(ids[:_MAX_LISTED])}")
             parts.append(part)
         members[m.name] = pd.concat(parts, ignore_index=True)
@@ -226,7 +213,7 @@ def load_oof(spec: EnsembleSpec) -> OofData:
     prob = None
     if spec.classifier is not None:
         exp = spec.classifier["experiment"]
-        frame = pd.concat([read_predictions(exp, k, "oof") for k in spec.folds_used], ignore_index=True)
+        frame = pd.concat([Run(exp, k).read_predictions("oof") for k in spec.folds_used], ignore_index=True)
         prob = classifier_probs(frame, image_ids, f"OOF probabilities of {exp}", spec.classifier.get("column"))
     problem = EnsembleProblem(inp, gt, prob, spec.engine)
     return OofData(problem, folds["fold"].to_numpy(dtype=np.int64), sources, members)

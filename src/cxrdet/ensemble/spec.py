@@ -3,7 +3,7 @@
 An ensemble config is an mmengine Python config with these keys (see `configs/ensembles/` for examples):
 
 - `members`: list of `dict(experiment=NAME, folds=[0, 1, ...], weight=1.0, name=NAME)`; `weight` and `name` are
-  optional. Prediction files derive from the experiment name and fold (`cxrdet.paths.predictions_path`), never
+  optional. Prediction files derive from the experiment name and fold (`cxrdet.runs.Run.predictions_path`), never
   from paths in the config. Every member must list the same folds (the OOF boxes are pooled over them).
 - `fusion`: `FusionParams` fields (`method`, `iou_thr`, `skip_box_thr`, `conf_type`, ...) plus `engine`
   (`fast` or `library`) and `test_fold_merge` (`before`: each member's fold models are merged on the test set first,

@@ -12,7 +12,6 @@ git revision, the ensemble config, the member configs and fold-file hashes, the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,11 +23,12 @@ import pandas as pd
 from cxrdet import paths
 from cxrdet.ensemble.fuse import BoxSet, FusionInput, FusionParams
 from cxrdet.ensemble.postprocess import classifier_probs, drop_non_finite, postprocess, scale_by_votes
-from cxrdet.ensemble.problem import DataSources, data_sources, read_predictions, require_predictions
+from cxrdet.ensemble.problem import DataSources, data_sources, require_predictions
 from cxrdet.ensemble.spec import EnsembleParams, EnsembleSpec, resolve
 from cxrdet.errors import ConfigError
 from cxrdet.io import file_sha256, write_json
 from cxrdet.provenance import git_revision
+from cxrdet.runs import EnsembleRun, Run
 
 
 @dataclass(frozen=True)
@@ -40,18 +40,6 @@ class SubmitResult:
     n_rows: int
     n_boxes: int
     n_empty: int
-
-
-def load_params(spec: EnsembleSpec) -> dict[str, Any]:
-    """The ensemble's `params.json` record.
-
-    Raises:
-        ConfigError: No tuning result yet.
-    """
-    path = paths.ensemble_dir(spec.name) / "params.json"
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: tune the ensemble first (cxrdet tune {spec.path})")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def load_test_image_ids(spec: EnsembleSpec, sources: DataSources) -> list[str]:
@@ -86,13 +74,13 @@ def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str
     ids = pd.Index(image_ids)
     folds = spec.folds_used
     require_predictions(spec, "test")
-    frames = {m.name: [read_predictions(m.experiment, k, "test") for k in folds] for m in spec.members}
+    frames = {m.name: [Run(m.experiment, k).read_predictions("test") for k in folds] for m in spec.members}
     size = spec.image_size
     merge = FusionParams(method="wbf", iou_thr=params.fusion.iou_thr, conf_type=spec.test_fold_conf_type)
     prob = None
     if spec.classifier is not None:
         exp = spec.classifier["experiment"]
-        table = pd.concat([read_predictions(exp, k, "test") for k in folds], ignore_index=True)
+        table = pd.concat([Run(exp, k).read_predictions("test") for k in folds], ignore_index=True)
         prob = classifier_probs(table, ids, f"test probabilities of {exp}", spec.classifier.get("column"))
     n_members = len(spec.members)
 
@@ -123,9 +111,8 @@ def member_provenance(spec: EnsembleSpec, sources: DataSources) -> list[dict[str
         config = sources.member_configs.get(m.name)
         runs = {}
         for k in m.folds:
-            record = paths.run_dir(m.experiment, k) / "provenance.json"
-            if record.is_file():
-                data = json.loads(record.read_text(encoding="utf-8"))
+            data = Run(m.experiment, k).provenance()
+            if data:
                 runs[str(k)] = {"folds_file": data.get("folds_file"), "folds_sha256": data.get("folds_sha256"),
                                 "git": data.get("git")}
         out.append({
@@ -145,9 +132,10 @@ def submit(spec: EnsembleSpec, out: str | Path | None = None) -> SubmitResult:
     """
     from cxrdet.submission import validate_submission, write_submission
 
-    record = load_params(spec)
+    ensemble = EnsembleRun(spec.name)
+    record = ensemble.read_params()
     if record.get("config_sha256") not in (None, file_sha256(spec.path)):
-        raise ConfigError(f"{spec.path} changed since it was tuned ({paths.ensemble_dir(spec.name)}/params.json "
+        raise ConfigError(f"{spec.path} changed since it was tuned ({ensemble.params_path} "
                           "records another hash): tune again")
     params = resolve(spec, record["params"])
     sources = data_sources(spec)
@@ -168,8 +156,7 @@ def submit(spec: EnsembleSpec, out: str | Path | None = None) -> SubmitResult:
         "members": member_provenance(spec, sources),
         "folds": {"file": str(sources.folds), "sha256": file_sha256(sources.folds)},
         "params": record["params"], "scores": record["scores"], "test_fold_merge": spec.test_fold_merge,
-        "params_json": {"path": str(paths.ensemble_dir(spec.name) / "params.json"),
-                        "sha256": file_sha256(paths.ensemble_dir(spec.name) / "params.json")},
+        "params_json": {"path": str(ensemble.params_path), "sha256": file_sha256(ensemble.params_path)},
         "stats": {"n_rows": stats.n_rows, "n_boxes": stats.n_boxes, "n_empty": stats.n_empty,
                   "n_dropped": written.n_dropped, "n_test_images": len(image_ids),
                   "mean_boxes_per_image": float(np.float64(stats.n_boxes) / max(stats.n_rows, 1))},

@@ -38,12 +38,12 @@ from optuna.samplers import BaseSampler, TPESampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from cxrdet import paths
 from cxrdet.ensemble.problem import EnsembleProblem, OofData, load_oof
 from cxrdet.ensemble.spec import EnsembleSpec, expanded_space, fixed_params, flat_params, resolve
 from cxrdet.errors import ConfigError
-from cxrdet.io import file_sha256, write_json
+from cxrdet.io import file_sha256
 from cxrdet.provenance import git_revision
+from cxrdet.runs import EnsembleRun
 
 STALE_AFTER_S = 600.0  # a RUNNING trial of another host older than this is taken as killed
 YOUNG_S = 60.0  # a RUNNING trial without an owner yet (just created) counts as alive this long
@@ -57,9 +57,9 @@ def storage_url(spec: EnsembleSpec, url: str | None = None) -> str:
     url = url or spec.storage
     if url:
         return url
-    folder = paths.ensemble_dir(spec.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'study.db'}"
+    db = EnsembleRun(spec.name).study_db
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
@@ -403,7 +403,7 @@ def tune(spec: EnsembleSpec, n_trials: int | None = None, storage: str | None = 
             per_fold[int(k)] = oof.problem.subset(oof.image_fold == k).score(resolve(spec, best_values(sub)[0]))
     members = member_scores(oof)
     result = TuneResult(
-        params_path=paths.ensemble_dir(spec.name) / "params.json", best_params=best, optimistic=optimistic,
+        params_path=EnsembleRun(spec.name).params_path, best_params=best, optimistic=optimistic,
         honest=float(np.mean(list(per_fold.values()))) if per_fold else None, honest_per_fold=per_fold,
         members=members, n_complete=n_complete(study), importances=importances(study),
     )  # fmt: skip
@@ -435,7 +435,7 @@ def write_params(spec: EnsembleSpec, result: TuneResult, oof: OofData, url: str)
         "git": git_revision(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    return write_json(result.params_path, record)
+    return EnsembleRun(spec.name).write_params(record)
 
 
 def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,10 +4,12 @@ and for a binary task the F1 at its best threshold.
 Inputs are tables aligned on `image_id`:
 
 - probabilities: `image_id` plus one float column per class name (sigmoid outputs in [0, 1]), the format of a
-  classifier's prediction files (`cxrdet.paths.predictions_path(experiment, fold, split)`);
-- truth: `image_id` plus one 0/1 column per class (`truth_table` builds it from a label table: a class of the table's
-  image columns, e.g. an NIH finding, is that column; any other class is "the image has >= 1 box of that class",
-  e.g. RSNA's `opacity`).
+  classifier's prediction files (`cxrdet.runs.Run.predictions_path`);
+- truth: `image_id` plus one 0/1 column per class (`cxrdet.data.classify.truth_table` builds it from a label table:
+  a class of the table's image columns, e.g. an NIH finding, is that column; any other class is "the image has >= 1
+  box of that class", e.g. RSNA's `opacity`).
+
+Pure functions: no file is read here (`cxrdet.report.data` loads an experiment's OOF files).
 
 AUROC is the Mann-Whitney statistic: the probability that a random positive image scores above a random negative
 one, ties counting one half. It is computed for all classes at once from ranks (ties share their average rank),
@@ -22,19 +24,12 @@ probability is tried as t and the one of highest F1 wins (the highest such t on 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from scipy.stats import rankdata
-
-from cxrdet import paths
-from cxrdet.errors import CxrdetError, TableError
-
-_MAX_LISTED = 10
 
 
 @dataclass(frozen=True)
@@ -155,38 +150,6 @@ def best_f1(truth: npt.ArrayLike, scores: npt.ArrayLike) -> F1Point:
                    recall=float(tp[i] / n_pos))
 
 
-def truth_table(images: pd.DataFrame, boxes: pd.DataFrame, label_classes: Sequence[str], classes: Sequence[str]
-                ) -> pd.DataFrame:
-    """Per-image 0/1 truth of `classes` from a label table (`cxrdet.data.labels.Annotations`).
-
-    Args:
-        images: `Annotations.images` (one row per image, negatives included).
-        boxes: `Annotations.boxes` (`image_id, label`, label indexing `label_classes`).
-        label_classes: `Annotations.classes`.
-        classes: The classifier's classes.
-
-    Returns:
-        `image_id`-indexed int64 table with one column per class: the images table's column of that name when it
-        has one (multi-label tables such as NIH), else 1 when the image has >= 1 box of that class.
-
-    Raises:
-        CxrdetError: A class is neither an image column nor a box class of the table.
-    """
-    ids = pd.Index(images["image_id"].astype(str), name="image_id")
-    out = pd.DataFrame(index=ids)
-    box_ids = boxes["image_id"].astype(str).to_numpy()
-    for name in classes:
-        if name in images.columns:
-            out[name] = images[name].fillna(0).to_numpy(dtype=np.int64)
-        elif name in label_classes:
-            with_box = set(box_ids[boxes["label"].to_numpy() == list(label_classes).index(name)])
-            out[name] = ids.isin(list(with_box)).astype(np.int64)
-        else:
-            raise CxrdetError(f"class {name!r}: the label table has no column of that name and no box class of that "
-                              f"name (box classes {', '.join(label_classes) or '-'}); expected a class of the table")
-    return out
-
-
 def evaluate(probs: pd.DataFrame, truth: pd.DataFrame, image_fold: pd.Series | None = None) -> ClassificationResult:
     """Score OOF probabilities against the truth.
 
@@ -228,122 +191,3 @@ def evaluate(probs: pd.DataFrame, truth: pd.DataFrame, image_fold: pd.Series | N
 def _nanmean(values: npt.NDArray[np.float64]) -> float:
     kept = values[~np.isnan(values)]
     return float(kept.mean()) if len(kept) else math.nan
-
-
-# ---- reading an experiment's files ----
-
-
-def read_probabilities(path: str | Path, classes: Sequence[str]) -> pd.DataFrame:
-    """A classifier prediction file as an `image_id`-indexed table of the class columns, in `classes` order.
-
-    Raises:
-        TableError: Listing every problem: missing columns, duplicate image ids, probabilities that are not finite
-            numbers in [0, 1].
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise TableError(path, ["file not found: run `cxrdet predict CONFIG --fold k --split oof` first"])
-    frame = pd.read_parquet(path)
-    missing = [c for c in ("image_id", *classes) if c not in frame.columns]
-    if missing:
-        expected = f"expected image_id and one probability column per class ({', '.join(classes)})"
-        raise TableError(path, [f"missing column(s) {', '.join(map(repr, missing))}: {expected}"])
-    problems = []
-    ids = frame["image_id"].astype(str)
-    dup = ids[ids.duplicated()].unique().tolist()
-    if dup:
-        problems.append(f"{len(dup)} image id(s) repeat, e.g. {', '.join(map(repr, dup[:_MAX_LISTED]))}: expected "
-                        "one row per image")
-    values = frame[list(classes)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    bad_rows, bad_cols = np.nonzero(~((values >= 0) & (values <= 1)))  # NaN fails both comparisons
-    for r, c in list(zip(bad_rows, bad_cols, strict=True))[:_MAX_LISTED]:
-        problems.append(f"row {r + 1} (image_id {ids.iloc[r]!r}): {classes[c]}={frame[classes[c]].iloc[r]}: "
-                        "expected a probability in [0, 1]")
-    if len(bad_rows) > _MAX_LISTED:
-        problems.append(f"... and {len(bad_rows) - _MAX_LISTED} more values outside [0, 1]")
-    if problems:
-        raise TableError(path, problems)
-    return pd.DataFrame(values, index=pd.Index(ids, name="image_id"), columns=list(classes))
-
-
-@dataclass(frozen=True)
-class ExperimentOof:
-    """The pooled OOF probabilities of a classifier experiment, with what they are scored against.
-
-    Attributes:
-        experiment: Its name.
-        cfg: The resolved config of its first fold's run (`config.py` in the run folder).
-        runs: (fold, run folder) of the folds with OOF predictions.
-        probs: `image_id`-indexed probabilities of every fold's OOF file, one column per class.
-        image_fold: Fold of each image.
-        truth: `image_id`-indexed 0/1 truth of those images (`truth_table`).
-    """
-
-    experiment: str
-    cfg: dict
-    runs: list[tuple[int, Path]]
-    probs: pd.DataFrame
-    image_fold: pd.Series
-    truth: pd.DataFrame
-
-
-def run_config(run: Path) -> dict:
-    """The resolved config a run wrote next to its checkpoints, as a plain dict."""
-    from cxrdet.config import load_config, to_dict
-
-    return to_dict(load_config(run / "config.py"))
-
-
-def is_classifier_run(run: Path) -> bool:
-    """Whether the run folder's written config is a classifier's (`task='classify'`)."""
-    from cxrdet.config import task_of
-
-    return (run / "config.py").is_file() and task_of(run_config(run)) == "classify"
-
-
-def load_experiment_oof(experiment: str) -> ExperimentOof:
-    """Every fold's OOF probabilities of a classifier experiment, and their truth from the data root's label table.
-
-    Raises:
-        CxrdetError: No fold has OOF predictions. TableError: A prediction file is malformed or holds images the label
-            table does not have.
-    """
-    from cxrdet.data.labels import read_labels
-    from cxrdet.report import experiment_runs
-
-    runs = experiment_runs(experiment)
-    if not runs:
-        raise CxrdetError(f"{paths.run_dir(experiment, 0).parent}: no fold<k>/oof.parquet; train and predict first "
-                          "(cxrdet train / cxrdet predict CONFIG --fold k --split oof)")
-    cfg = run_config(runs[0][1])
-    classes = tuple(cfg["data"]["classes"])
-    frames, folds = [], []
-    for k, _ in runs:
-        frame = read_probabilities(paths.predictions_path(experiment, k, "oof"), classes)
-        frames.append(frame)
-        folds.append(pd.Series(k, index=frame.index))
-    probs = pd.concat(frames)
-    image_fold = pd.concat(folds)
-    root = cfg["data"].get("root") or paths.data_root()
-    labels_csv = paths.dataset_layout(root).labels_csv  # RSNA Kaggle or NIH layout
-    labels = read_labels(labels_csv)
-    truth = truth_table(labels.images, labels.boxes, labels.classes, classes)
-    unknown = probs.index.difference(truth.index)
-    dup = probs.index[probs.index.duplicated()].unique()
-    problems = []
-    if len(unknown):
-        problems.append(f"{len(unknown)} OOF image id(s) are not in the label table {labels_csv}, e.g. "
-                        f"{', '.join(map(repr, unknown[:_MAX_LISTED].tolist()))}")
-    if len(dup):
-        problems.append(f"{len(dup)} image id(s) are predicted by more than one fold, e.g. "
-                        f"{', '.join(map(repr, dup[:_MAX_LISTED].tolist()))}: expected each image in one fold")
-    if problems:
-        raise TableError(paths.run_dir(experiment, 0).parent, problems)
-    return ExperimentOof(experiment=experiment, cfg=cfg, runs=runs, probs=probs, image_fold=image_fold,
-                         truth=truth.loc[probs.index])
-
-
-def evaluate_experiment(experiment: str) -> ClassificationResult:
-    """Pooled and per-fold OOF metrics of a classifier experiment (`load_experiment_oof` then `evaluate`)."""
-    oof = load_experiment_oof(experiment)
-    return evaluate(oof.probs, oof.truth, oof.image_fold)

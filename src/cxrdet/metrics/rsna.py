@@ -70,7 +70,9 @@ class _Matched:
 
     image: npt.NDArray[np.int64]  # image index of each prediction
     score: npt.NDArray[np.float64]  # its confidence
-    hit: npt.NDArray[np.bool_]  # (P, 8): True where it is a TP at that threshold
+    hit: npt.NDArray[np.bool_]  # (P, T): True where it is a TP at that threshold
+    row: npt.NDArray[np.int64]  # its positional row in the prediction table
+    gt: npt.NDArray[np.int64]  # (P, T): the ground-truth row (positional, in the table given) it matched, or -1
 
 
 def _table_problems(df: pd.DataFrame, name: str, with_score: bool) -> list[str]:
@@ -155,6 +157,7 @@ class RsnaEvaluator:
                                               f"{list(unknown[:_MAX_LISTED])}"])
         boxes = gt[BOX_COLUMNS].to_numpy(dtype=np.float64)
         order = _gt_order(gt_image, boxes)
+        self._gt_row = order  # sorted position -> positional row of `gt`
         self._gt_boxes = boxes[order]
         self._n_gt = np.bincount(gt_image, minlength=len(ids)).astype(np.int64)
         self._gt_start = np.cumsum(self._n_gt) - self._n_gt
@@ -164,8 +167,8 @@ class RsnaEvaluator:
         """Ground-truth boxes per image, aligned with `image_ids`."""
         return self._n_gt
 
-    def _match(self, pred: pd.DataFrame) -> _Matched:
-        """Sort `pred` in visiting order and run the greedy matching at all thresholds."""
+    def _match(self, pred: pd.DataFrame, thresholds: npt.NDArray[np.float64] = IOU_THRESHOLDS) -> _Matched:
+        """Sort `pred` in visiting order and run the greedy matching at every IoU threshold of `thresholds`."""
         problems = _table_problems(pred, "predictions", with_score=True)
         if problems:
             raise TableError("predictions", problems)
@@ -178,14 +181,16 @@ class RsnaEvaluator:
         score = pred["score"].to_numpy(dtype=np.float64)
         order = _pred_order(image, score)
         image, boxes, score = image[order], boxes[order], score[order]
-        n_thr = len(IOU_THRESHOLDS)
+        thresholds = np.asarray(thresholds, dtype=np.float64)
+        n_thr = len(thresholds)
         hit = np.zeros((len(image), n_thr), dtype=bool)
+        gt_of = np.full((len(image), n_thr), -1, dtype=np.int64)
 
         # Only predictions on images with ground truth can match; the rest are FPs by construction.
         n_gt_of_pred = self._n_gt[image]
         cand = np.flatnonzero(n_gt_of_pred > 0)
         if len(cand) == 0:
-            return _Matched(image, score, hit)
+            return _Matched(image, score, hit, order, gt_of)
         first_of_image = np.r_[True, image[1:] != image[:-1]]
         start = np.maximum.accumulate(np.where(first_of_image, np.arange(len(image)), 0))
         rank = (np.arange(len(image)) - start)[cand]
@@ -212,14 +217,16 @@ class RsnaEvaluator:
             # IoU against still-unmatched GT only; matched GT get -1 so they can never be chosen.
             val = np.where(matched[pg], -1.0, iou[lo:hi, None])
             best = np.maximum.reduceat(val, seg_start, axis=0)
-            is_best = (val == best[seg_of_pair]) & (best[seg_of_pair] > IOU_THRESHOLDS)
+            is_best = (val == best[seg_of_pair]) & (best[seg_of_pair] > thresholds)
             # The first best pair of each prediction (lowest GT position in the image's sorted GT).
             pos = np.where(is_best, np.arange(hi - lo)[:, None], hi - lo)
             first = np.minimum.reduceat(pos, seg_start, axis=0)
             seg_hit, thr_hit = np.nonzero(first < hi - lo)
-            matched[pg[first[seg_hit, thr_hit]], cols[thr_hit]] = True
+            chosen_gt = pg[first[seg_hit, thr_hit]]
+            matched[chosen_gt, cols[thr_hit]] = True
             hit[cand[pp[seg_start[seg_hit]]], thr_hit] = True
-        return _Matched(image, score, hit)
+            gt_of[cand[pp[seg_start[seg_hit]]], thr_hit] = self._gt_row[chosen_gt]
+        return _Matched(image, score, hit, order, gt_of)
 
     def _result(self, image: npt.NDArray[np.int64], hit: npt.NDArray[np.bool_]) -> RsnaResult:
         """Aggregate per-prediction hits of the kept predictions into per-image and overall scores."""
@@ -301,6 +308,35 @@ def rsna_score(gt: pd.DataFrame, pred: pd.DataFrame, image_ids: Sequence[str] | 
     if image_ids is None:
         image_ids = pd.Index(pd.unique(pd.concat([gt["image_id"], pred["image_id"]], ignore_index=True)))
     return RsnaEvaluator(gt, image_ids).score(pred)
+
+
+def match_boxes(gt: pd.DataFrame, pred: pd.DataFrame, iou_thr: float) -> tuple[np.ndarray, np.ndarray]:
+    """The metric's own greedy matching at one IoU threshold, as pairs of rows (for reports: precision-recall curves,
+    error analysis, box-size ratios).
+
+    Predictions of an image are visited in descending score (ties in row order); each takes the unmatched
+    ground-truth box of highest IoU if that IoU is strictly above `iou_thr`, ties going to the box first in ascending
+    `(x1, y1, x2, y2)` order: the rules of `RsnaEvaluator`, by the same code.
+
+    Args:
+        gt: `image_id, x1, y1, x2, y2` (xyxy, pixels of the original image).
+        pred: `image_id, x1, y1, x2, y2, score`, same units.
+        iou_thr: The IoU a match must exceed.
+
+    Returns:
+        For each row of `pred`, the positional index of its matched `gt` row or -1; for each row of `gt`, the
+        positional index of its matching `pred` row or -1.
+    """
+    ids = pd.Index(pd.unique(pd.concat([gt["image_id"].astype(str), pred["image_id"].astype(str)],
+                                       ignore_index=True)))
+    evaluator = RsnaEvaluator(gt.assign(image_id=gt["image_id"].astype(str)), ids)
+    matched = evaluator._match(pred.assign(image_id=pred["image_id"].astype(str)), np.array([float(iou_thr)]))
+    pred_match = np.full(len(pred), -1, dtype=np.int64)
+    gt_match = np.full(len(gt), -1, dtype=np.int64)
+    hit = matched.gt[:, 0] >= 0
+    pred_match[matched.row[hit]] = matched.gt[hit, 0]
+    gt_match[matched.gt[hit, 0]] = matched.row[hit]
+    return pred_match, gt_match
 
 
 def score_vs_threshold(evaluator: RsnaEvaluator, pred: pd.DataFrame,

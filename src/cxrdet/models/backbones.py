@@ -32,23 +32,16 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from cxrdet.errors import ConfigError
+from cxrdet.registry import Registry
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 BackboneBuilder = Callable[..., nn.Module]
-_BACKBONES: dict[str, BackboneBuilder] = {}
-
-
-def register_backbone(fn: BackboneBuilder) -> BackboneBuilder:
-    """Register a backbone builder under its function name (the `model.backbone.type` of a config)."""
-    _BACKBONES[fn.__name__] = fn
-    return fn
-
-
-def list_backbones() -> list[str]:
-    """Names of the registered backbone builders."""
-    return sorted(_BACKBONES)
+# Builders by name (the `model.backbone.type` of a config).
+BACKBONES: Registry[BackboneBuilder] = Registry("backbone", key="model.backbone.type")
+register_backbone = BACKBONES.register
+list_backbones = BACKBONES.names
 
 
 def create_backbone(cfg: Mapping[str, Any], strides: Sequence[int], extra: str | None) -> nn.Module:
@@ -70,11 +63,9 @@ def create_backbone(cfg: Mapping[str, Any], strides: Sequence[int], extra: str |
     kwargs = dict(cfg)
     name = kwargs.pop("type", None)
     init_from = kwargs.pop("init_from", None)
-    if name not in _BACKBONES:
-        raise ConfigError(f"model.backbone.type={name!r} is not a registered backbone; expected one of "
-                          f"{list_backbones()}")
+    builder = BACKBONES.get(name)
     try:
-        backbone = _BACKBONES[name](strides=tuple(strides), extra=extra, **kwargs)
+        backbone = builder(strides=tuple(strides), extra=extra, **kwargs)
     except TypeError as err:
         raise ConfigError(f"model.backbone ({name}): {err}") from err
     if init_from:

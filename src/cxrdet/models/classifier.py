@@ -31,6 +31,7 @@ from torch import nn
 
 from cxrdet.errors import ConfigError
 from cxrdet.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from cxrdet.registry import Registry
 
 IN_CHANS: tuple[int, ...] = (1, 3)
 
@@ -111,18 +112,10 @@ class Classifier(nn.Module):
 
 
 ClassifierBuilder = Callable[..., Classifier]
-_CLASSIFIERS: dict[str, ClassifierBuilder] = {}
-
-
-def register_classifier(fn: ClassifierBuilder) -> ClassifierBuilder:
-    """Register a classifier builder under its function name (the `model.type` of a classifier config)."""
-    _CLASSIFIERS[fn.__name__] = fn
-    return fn
-
-
-def list_classifiers() -> list[str]:
-    """Names of the registered classifier builders."""
-    return sorted(_CLASSIFIERS)
+# Builders by name (the `model.type` of a classifier config).
+CLASSIFIERS: Registry[ClassifierBuilder] = Registry("classifier", key="model.type")
+register_classifier = CLASSIFIERS.register
+list_classifiers = CLASSIFIERS.names
 
 
 def create_classifier(cfg: Mapping[str, Any]) -> Classifier:
@@ -135,14 +128,12 @@ def create_classifier(cfg: Mapping[str, Any]) -> Classifier:
     """
     kwargs = dict(cfg["model"])
     name = kwargs.pop("type", None)
-    if name not in _CLASSIFIERS:
-        raise ConfigError(f"model.type={name!r} is not a registered classifier; expected one of "
-                          f"{list_classifiers()}")
+    builder = CLASSIFIERS.get(name)
     classes = tuple(cfg["data"]["classes"])
     if not classes:
         raise ConfigError("data.classes is empty: a classifier needs at least one class")
     try:
-        return _CLASSIFIERS[name](classes, **kwargs)
+        return builder(classes, **kwargs)
     except TypeError as err:
         raise ConfigError(f"model ({name}): {err}") from err
 

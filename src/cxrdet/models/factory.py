@@ -1,12 +1,7 @@
 """Detector factory: tiny registered builders and one public `create_detector(cfg)` (timm's `_registry.py` style).
 
 Every builder turns a config's `model` section into a torchvision detector wrapped in `Detector`, the one interface
-the training and prediction code sees:
-
-- input: images `[B, 3, S, S]` in [0, 1] (normalisation happens inside, with the backbone's mean/std) and, when
-  training, targets `{'boxes': [N, 4] xyxy pixels of the S x S input, 'labels': [N] class index from 0}`;
-- training output: a dict of losses; inference output: per image `{'boxes': xyxy pixels of the input,
-  'scores', 'labels': class index from 0}`.
+the training and prediction code sees (the contract is in `cxrdet.models.detector`).
 
 torchvision's two-stage and SSD heads reserve label 0 for the background, its sigmoid heads (RetinaNet, FCOS) do
 not: each builder states its `label_offset`, and `Detector` adds and removes it.
@@ -31,7 +26,6 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-import torch
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
@@ -43,72 +37,17 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from cxrdet.errors import ConfigError
 from cxrdet.models.backbones import create_backbone
-
-# Boxes thinner than this (pixels of the network input) are dropped from training targets: torchvision refuses
-# zero-area boxes, and a crop can cut a box down to a sliver.
-MIN_TARGET_SIDE = 1.0
+from cxrdet.models.detector import Detector
+from cxrdet.registry import Registry
 # Box regression losses torchvision's RetinaNet head implements (`det_utils._box_loss`).
 BOX_LOSSES: tuple[str, ...] = ("l1", "smooth_l1", "giou", "ciou", "diou")
 
 
-class Detector(nn.Module):
-    """A torchvision detector behind the cxrdet batch contract (see the module docstring).
-
-    Args:
-        net: A torchvision detection model (`RetinaNet`, `FasterRCNN`, `FCOS`, `SSD`, ...).
-        label_offset: Added to 0-based class indices before they reach `net` (1 where the head reserves 0 for the
-            background), removed from its outputs.
-    """
-
-    def __init__(self, net: nn.Module, label_offset: int) -> None:
-        super().__init__()
-        self.net = net
-        self.label_offset = label_offset
-
-    def forward(
-        self, images: torch.Tensor, targets: Sequence[Mapping[str, torch.Tensor]] | None = None
-    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
-        """Losses (training) or detections (eval); boxes are xyxy pixels of the `[S, S]` input."""
-        if self.training:
-            if targets is None:
-                raise ValueError("training needs targets")
-            shifted = []
-            for t in targets:
-                boxes = t["boxes"].float()
-                sides = boxes[:, 2:] - boxes[:, :2]
-                keep = (sides >= MIN_TARGET_SIDE).all(dim=1)
-                shifted.append({"boxes": boxes[keep], "labels": t["labels"][keep].long() + self.label_offset})
-            return self.net(list(images), shifted)
-        outputs = self.net(list(images))
-        result = []
-        for out in outputs:
-            labels = out["labels"] - self.label_offset
-            keep = labels >= 0
-            result.append({"boxes": out["boxes"][keep], "scores": out["scores"][keep], "labels": labels[keep]})
-        return result
-
-    def set_postprocess(self, score_thresh: float, nms_thresh: float, detections_per_img: int) -> None:
-        """Set the inference score floor, NMS IoU and per-image cap of the wrapped head."""
-        # Faster R-CNN keeps these on its RoI heads; RetinaNet, FCOS and SSD on the model itself, under the same names.
-        owner = getattr(self.net, "roi_heads", self.net)
-        owner.score_thresh = score_thresh
-        owner.nms_thresh = nms_thresh
-        owner.detections_per_img = detections_per_img
-
-
 DetectorBuilder = Callable[[Mapping[str, Any], int, int], Detector]
-_DETECTORS: dict[str, DetectorBuilder] = {}
-
-
-def register_detector(fn: DetectorBuilder) -> DetectorBuilder:
-    """Register a detector builder under its function name (the `model.type` of a config)."""
-    _DETECTORS[fn.__name__] = fn
-    return fn
-
-
-def list_detectors() -> list[str]:
-    """Names of the registered detector builders."""
-    return sorted(_DETECTORS)
+# Builders by name (the `model.type` of a config).
+DETECTORS: Registry[DetectorBuilder] = Registry("detector", key="model.type")
+register_detector = DETECTORS.register
+list_detectors = DETECTORS.names
 
 
 def create_detector(cfg: Mapping[str, Any]) -> Detector:
@@ -122,7 +61,7 @@ def create_detector(cfg: Mapping[str, Any]) -> Detector:
     """
     model_cfg = cfg["model"]
     name = model_cfg.get("type")
-    builder = _DETECTORS.get(name) or _mmdet_builder(name)
+    builder = DETECTORS.get(name) if name in DETECTORS else _mmdet_builder(name)
     size = int(cfg["data"]["size"])
     num_classes = len(cfg["data"]["classes"])
     try:
@@ -140,8 +79,8 @@ def _mmdet_builder(name: Any) -> DetectorBuilder:
     Raises:
         ConfigError: mmdet is not installed, or `name` is neither a registered builder nor an mmdet detector.
     """
-    unknown = (f"model.type={name!r} is not a registered detector; expected one of {list_detectors()} or an mmdet "
-               "detector type (e.g. 'RetinaNet', 'FasterRCNN', 'CascadeRCNN')")
+    unknown = (f"{DETECTORS.unknown(name)} or an mmdet detector type (e.g. 'RetinaNet', 'FasterRCNN', "
+               "'CascadeRCNN')")
     try:
         from cxrdet.models import mmdet_models
     except ImportError as err:

@@ -9,16 +9,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from timm.optim import param_groups_weight_decay
 from timm.utils import ModelEmaV3
 from torch import nn
 
 from cxrdet.config import to_dict
 from cxrdet.errors import ConfigError
+from cxrdet.runs import load_checkpoint_file
+
+T = TypeVar("T")
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 
@@ -79,9 +83,16 @@ def inference_state(checkpoint: Mapping[str, Any], source: str = "checkpoint", w
     raise ConfigError(f"{source}: no {what} weights (keys 'ema.module.*' or 'model.*'); is it a cxrdet checkpoint?")
 
 
-def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """Read a Lightning checkpoint written by cxrdet (a trusted local file: it also holds the config)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+def from_all_ranks(local: T) -> list[T]:
+    """`local` of every rank, in rank order, under DDP (`all_gather_object`); `[local]` in a single process.
+
+    Validation gathers its per-image outputs with this so that every rank scores the whole fold.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, local)
+        return parts
+    return [local]
 
 
 class LitBase(pl.LightningModule):

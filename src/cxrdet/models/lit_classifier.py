@@ -17,13 +17,12 @@ checkpoint monitor), `val/auroc/<class>` per class, `val/loss`, and for a binary
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 from torchvision.ops import sigmoid_focal_loss
@@ -31,7 +30,7 @@ from torchvision.ops import sigmoid_focal_loss
 from cxrdet.errors import ConfigError
 from cxrdet.metrics.classification import auroc, best_f1
 from cxrdet.models.classifier import Classifier, create_classifier
-from cxrdet.models.lit_base import LitBase
+from cxrdet.models.lit_base import LitBase, from_all_ranks
 
 MONITOR = "val/auroc"
 LOSSES: tuple[str, ...] = ("bce", "focal")
@@ -100,6 +99,14 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, loss_cfg: M
     return loss.mean()
 
 
+def probabilities_frame(logits: torch.Tensor, metas: Sequence[Mapping[str, Any]], classes: Sequence[str]
+                        ) -> pd.DataFrame:
+    """One batch of logits `[B, K]` as a table: `image_id` plus one float64 sigmoid probability column per class."""
+    probs = torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64).reshape(len(metas), len(classes))
+    return pd.concat([pd.DataFrame({"image_id": pd.Series([str(m["image_id"]) for m in metas], dtype=str)}),
+                      pd.DataFrame(probs, columns=list(classes))], axis=1)
+
+
 class LitClassifier(LitBase):
     """Trains one image-level classifier on the training folds and scores it (AUROC) on the held-out fold.
 
@@ -163,10 +170,7 @@ class LitClassifier(LitBase):
         local = ([i for part in self._val for i in part[0]],
                  np.concatenate([p[1] for p in self._val]) if self._val else np.zeros((0, k)),
                  np.concatenate([p[2] for p in self._val]) if self._val else np.zeros((0, k)))
-        parts: list[Any] = [local]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, local)
+        parts = from_all_ranks(local)
         ids = pd.Index([i for part in parts for i in part[0]])
         # A distributed sampler pads the last batches with repeated images: keep each image's first copy.
         first = ~ids.duplicated(keep="first")

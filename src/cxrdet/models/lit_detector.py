@@ -15,19 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 
 from cxrdet.boxes import hflip_xyxy, rescale_xyxy
 from cxrdet.errors import ConfigError
 from cxrdet.metrics.rsna import RsnaEvaluator
-from cxrdet.models.factory import Detector, create_detector
-from cxrdet.models.lit_base import (  # noqa: F401 -- re-exported: the detector modules' historical home
-    OPTIMIZERS,
-    LitBase,
-    cosine_warmup_factor,
-    inference_state,
-    load_checkpoint_file,
-)
+from cxrdet.models.detector import Detector
+from cxrdet.models.factory import create_detector
+from cxrdet.models.lit_base import LitBase, from_all_ranks
 
 PRED_COLUMNS: tuple[str, ...] = ("image_id", "x1", "y1", "x2", "y2", "score", "label")
 MONITOR = "val/rsna"
@@ -143,18 +137,14 @@ class LitDetector(LitBase):
         """This epoch's validation predictions of all ranks, each image once (a distributed sampler pads with
         repeats)."""
         frames = [f for f in self._val_frames if len(f)]
-        local = pd.concat(frames, ignore_index=True) if frames else empty_predictions()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts: list[pd.DataFrame | None] = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, local)
-            seen: set[str] = set()
-            kept = []
-            for part in parts:
-                ids = set(part["image_id"]) - seen
-                kept.append(part[part["image_id"].isin(ids)])
-                seen |= ids
-            local = pd.concat(kept, ignore_index=True)
-        return local
+        parts = from_all_ranks(pd.concat(frames, ignore_index=True) if frames else empty_predictions())
+        seen: set[str] = set()
+        kept = []
+        for part in parts:
+            ids = set(part["image_id"]) - seen
+            kept.append(part[part["image_id"].isin(ids)])
+            seen |= ids
+        return pd.concat(kept, ignore_index=True)
 
     def on_validation_epoch_end(self) -> None:
         pred = self.gathered_predictions()

@@ -48,7 +48,7 @@ from torch import nn
 from cxrdet.config import to_dict
 from cxrdet.errors import ConfigError
 from cxrdet.models.backbones import create_timm_body, load_checkpoint, load_fitting_state
-from cxrdet.models.factory import MIN_TARGET_SIDE, Detector
+from cxrdet.models.detector import MIN_TARGET_SIDE, Detector
 
 # Sections of an mmdet model dict that hold a detection head's `num_classes` (the RPN's single class is not ours).
 NOT_CLASS_HEADS: frozenset[str] = frozenset({"rpn_head"})

@@ -26,9 +26,9 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
-from cxrdet import paths
 from cxrdet.errors import ConfigError
-from cxrdet.models.lit_base import inference_state, load_checkpoint_file
+from cxrdet.models.lit_base import inference_state
+from cxrdet.runs import Run, load_checkpoint_file
 
 INIT_KEYS: frozenset[str] = frozenset({"checkpoint"})
 _RUN = re.compile(r"^(?P<experiment>[^/\\]+)[/\\](?:fold)?(?P<fold>\d+)$")
@@ -47,15 +47,12 @@ def resolve_classifier_checkpoint(spec: str | Path) -> Path:
     if match is None:
         raise ConfigError(f"model.backbone.init_from.checkpoint={str(spec)!r}: file not found; expected a .ckpt file "
                           "or EXPERIMENT/FOLD of a trained classifier run")
-    from cxrdet.config import load_config  # late: cxrdet.train imports the model modules
-    from cxrdet.train import final_checkpoint
-
     experiment, fold = match["experiment"], int(match["fold"])
-    written = paths.run_dir(experiment, fold) / "config.py"
-    if not written.is_file():
-        raise ConfigError(f"model.backbone.init_from.checkpoint={str(spec)!r}: no run at {written.parent}; train the "
+    run = Run(experiment, fold)
+    if not run.has_config():
+        raise ConfigError(f"model.backbone.init_from.checkpoint={str(spec)!r}: no run at {run.folder}; train the "
                           f"classifier first (cxrdet train configs/experiments/{experiment}.py --fold {fold})")
-    return final_checkpoint(load_config(written), fold)
+    return run.final_checkpoint()
 
 
 def _flat(name: str) -> str:

@@ -14,8 +14,10 @@ from typer.testing import CliRunner
 
 from cxrdet.cli import app
 from cxrdet.errors import CxrdetError
-from cxrdet.report import (FIGURES, box_ratios, figure_sizes, lung_zone, match_boxes, precision_recall, report,
-                           shrink_factor, size_group, training_logs)
+from cxrdet.metrics.rsna import match_boxes
+from cxrdet.report.detection import box_ratios, lung_zone, precision_recall, shrink_factor, size_group
+from cxrdet.report.figures import FIGURES, figure_sizes, training_logs
+from cxrdet.tasks import report
 
 
 def boxes(rows: list[tuple[Any, ...]], scored: bool = False) -> pd.DataFrame:
@@ -52,7 +54,7 @@ def test_size_and_zone_groups() -> None:
 
 
 def test_box_ratio_and_the_shrink_factor_that_removes_it() -> None:
-    from cxrdet.report import ReportData
+    from cxrdet.report.data import ReportData
 
     gt = boxes([("a", 0, 0, 100, 100), ("b", 0, 0, 100, 200)])
     pred = boxes([("a", 0, 0, 120, 110, 0.9), ("b", 0, 0, 110, 220, 0.9), ("b", 500, 500, 600, 600, 0.1)],
@@ -109,7 +111,7 @@ def test_report_of_a_tuned_ensemble_shows_members_and_the_fused_boxes(tiny_run: 
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from cxrdet.ensemble.spec import load_ensemble
     from cxrdet.ensemble.tune import tune
-    from cxrdet.report import load_report_data
+    from cxrdet.report.data import load_report_data
 
     monkeypatch.setenv("CXRDET_OUTPUTS", str(tiny_run["outputs"]))
     config = tmp_path / "tiny_pair.py"
@@ -139,7 +141,8 @@ seed = 3
 
 
 def test_gallery_picks_best_worst_and_most_false_positives() -> None:
-    from cxrdet.report import ReportData, gallery_picks
+    from cxrdet.report.data import ReportData
+    from cxrdet.report.detection import gallery_picks
 
     gt = boxes([("hit", 0, 0, 10, 10), ("miss", 0, 0, 10, 10), ("miss2", 0, 0, 10, 10), ("miss2", 50, 50, 60, 60)])
     pred = boxes([("hit", 0, 0, 10, 10, 0.9), ("neg", 0, 0, 5, 5, 0.9), ("fp3", 0, 0, 5, 5, 0.9),
@@ -197,7 +200,7 @@ def test_classifier_report_renders_roc_tables_curves_and_histograms(classes: lis
     from sklearn.metrics import roc_auc_score
 
     from cxrdet import paths
-    from cxrdet.report import classifier_figure_sizes
+    from cxrdet.report.classification import classifier_figure_sizes
 
     truth = write_classifier_runs(tmp_path / "data", "cls_tiny", classes)
     out = tmp_path / "report"
@@ -230,7 +233,7 @@ def test_classifier_report_renders_roc_tables_curves_and_histograms(classes: lis
 @pytest.mark.slow
 def test_report_of_a_tiny_classifier_run(tiny_classifier_run: dict[str, Any], tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from cxrdet.report import classifier_figure_sizes
+    from cxrdet.report.classification import classifier_figure_sizes
 
     monkeypatch.setenv("CXRDET_OUTPUTS", str(tiny_classifier_run["outputs"]))
     result = CliRunner().invoke(app, ["report", tiny_classifier_run["experiment"], "--out", str(tmp_path)])
@@ -241,11 +244,12 @@ def test_report_of_a_tiny_classifier_run(tiny_classifier_run: dict[str, Any], tm
             assert image.format == "PNG" and image.size == size
         assert f'src="{name}.png"' in page
     # Both trained folds, each with the AUROC its best checkpoint recorded on validation.
-    from cxrdet.metrics.classification import evaluate_experiment
-    from cxrdet.report import classifier_fold_table, experiment_runs
+    from cxrdet.report.classification import classifier_fold_table
+    from cxrdet.report.data import evaluate_experiment
+    from cxrdet.runs import Experiment
 
     experiment = tiny_classifier_run["experiment"]
-    folds = classifier_fold_table(evaluate_experiment(experiment), experiment_runs(experiment), "val/auroc")
+    folds = classifier_fold_table(evaluate_experiment(experiment), Experiment(experiment).runs("oof"), "val/auroc")
     assert folds["fold"].tolist() == [0, 1] and folds["images"].tolist() == [15, 15]
     assert folds["val/auroc (best checkpoint)"].between(0, 1).all()
     assert "<th>val/auroc (best checkpoint)</th>" in page and "<td>15</td>" in page
@@ -253,7 +257,6 @@ def test_report_of_a_tiny_classifier_run(tiny_classifier_run: dict[str, Any], tm
     assert meta["kind"] == "classifier" and 0.0 <= meta["auroc"]["opacity"] <= 1.0 and meta["f1"]["f1"] > 0
     # The training curves came from the runs' CSV logs: one loss and one val/auroc line per fold.
     from cxrdet import paths
-    from cxrdet.report import training_logs
 
     logs = training_logs(paths.run_dir(tiny_classifier_run["experiment"], 0), "val/auroc")
     assert logs["epoch"].tolist() == [1, 2, 3] and logs["val_auroc"].notna().all()

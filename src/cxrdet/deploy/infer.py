@@ -17,10 +17,10 @@ study, with the model, classes, threshold and the errors); no overlay.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,6 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from cxrdet.boxes import rescale_xyxy
-from cxrdet.config import task_of
 from cxrdet.data.dicom import read_dicom, to_uint8
 from cxrdet.data.prepare import resize_square
 from cxrdet.errors import CxrdetError, DicomError
@@ -43,135 +42,90 @@ OVERLAY_MAX_SIDE = 1024
 GREEN = (0, 200, 0)
 
 
-class Model(Protocol):
-    """What inference needs of a model: its input side, classes, default threshold, and a forward pass."""
+@dataclass
+class InferenceModel:
+    """A model ready for single studies: its input side, classes, default threshold, and a forward pass on float32
+    images `[N, 3, S, S]` in [0, 1]. Built from an exported `.onnx` (`from_onnx`, onnxruntime) or a cxrdet checkpoint
+    (`from_checkpoint`, PyTorch on the CPU); each task has its subclass (`BoxModel`, `ProbabilityModel`), which says
+    what the forward pass returns.
+    """
 
     size: int
     classes: list[str]
     threshold: float | None
     description: str
+    forward: Callable[[np.ndarray], Any]
 
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Boxes `[N, 4]` (xyxy pixels of the S x S input), scores `[N]`, labels `[N]` for one `[1, 3, S, S]`."""
-        ...
-
-
-class OnnxModel:
-    """An exported `.onnx` model and its sidecar, run with onnxruntime."""
-
-    def __init__(self, model_file: Path, threads: int = 0) -> None:
-        from cxrdet.export import OnnxDetector
-
-        self.runner = OnnxDetector(model_file, threads=threads)
-        self.size = self.runner.size
-        self.classes = list(self.runner.meta["classes"])
-        self.threshold = self.runner.meta.get("threshold")
-        self.description = f"onnx {model_file}"
-
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.runner(image)
+    def __call__(self, images: np.ndarray) -> Any:
+        return self.forward(images)
 
 
-class TorchModel:
-    """A cxrdet checkpoint (`.ckpt`, config inside) run with PyTorch on the CPU."""
+class BoxModel(InferenceModel):
+    """A detector: `model(image)` gives boxes `[N, 4]` (xyxy pixels of the S x S input), scores `[N]`, labels `[N]`
+    for one `[1, 3, S, S]` image."""
 
-    def __init__(self, checkpoint: Path, loaded: dict[str, Any] | None = None) -> None:
-        from cxrdet.export import load_detector
-        from cxrdet.models.lit_detector import load_checkpoint_file
+    @classmethod
+    def from_onnx(cls, model_file: Path, threads: int = 0) -> BoxModel:
+        from cxrdet.deploy.export import OnnxDetector
 
-        ckpt = loaded if loaded is not None else load_checkpoint_file(checkpoint)
-        cfg = ckpt.get("hyper_parameters", {}).get("cfg")
-        if cfg is None:
-            raise CxrdetError(f"{checkpoint}: no config in the checkpoint (hyper_parameters.cfg); is it a cxrdet "
-                              "checkpoint?")
-        self.detector = load_detector(cfg, checkpoint)
-        self.size = int(cfg["data"]["size"])
-        self.classes = list(cfg["data"]["classes"])
-        self.threshold = ckpt.get("cxrdet", {}).get("val_threshold")
-        self.description = f"checkpoint {checkpoint}"
+        runner = OnnxDetector(model_file, threads=threads)
+        return cls(runner.size, list(runner.meta["classes"]), runner.meta.get("threshold"), f"onnx {model_file}",
+                   runner)
 
-    @torch.inference_mode()
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        out = self.detector(torch.from_numpy(image))[0]
-        return out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy()
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Path, cfg: dict[str, Any], record: dict[str, Any]) -> BoxModel:
+        from cxrdet.models.lit_detector import LitDetector
 
+        detector = LitDetector.load_for_inference(cfg, checkpoint)
 
-class ClassifierModel(Protocol):
-    """What study classification needs of a classifier: its input side, classes, threshold, and a forward pass."""
+        @torch.inference_mode()
+        def forward(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            out = detector(torch.from_numpy(image))[0]
+            return out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy()
 
-    size: int
-    classes: list[str]
-    threshold: float | None
-    description: str
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Sigmoid probabilities `[N, K]` of float32 images `[N, 3, S, S]` in [0, 1]."""
-        ...
+        return cls(int(cfg["data"]["size"]), list(cfg["data"]["classes"]), record.get("val_threshold"),
+                   f"checkpoint {checkpoint}", forward)
 
 
-class OnnxClassifierModel:
-    """An exported classifier `.onnx` and its sidecar, run with onnxruntime."""
+class ProbabilityModel(InferenceModel):
+    """A classifier: `model(images)` gives sigmoid probabilities `[N, K]` of float32 images `[N, 3, S, S]`."""
 
-    def __init__(self, model_file: Path, threads: int = 0) -> None:
-        from cxrdet.export import OnnxClassifier
+    @classmethod
+    def from_onnx(cls, model_file: Path, threads: int = 0) -> ProbabilityModel:
+        from cxrdet.deploy.export import OnnxClassifier
 
-        self.runner = OnnxClassifier(model_file, threads=threads)
-        self.size = self.runner.size
-        self.classes = self.runner.classes
-        self.threshold = self.runner.meta.get("threshold")
-        self.description = f"onnx {model_file}"
+        runner = OnnxClassifier(model_file, threads=threads)
+        return cls(runner.size, list(runner.classes), runner.meta.get("threshold"), f"onnx {model_file}",
+                   lambda images: runner(images)[1])
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.runner(images)[1]
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Path, cfg: dict[str, Any], record: dict[str, Any]) -> ProbabilityModel:
+        from cxrdet.models.lit_classifier import LitClassifier
 
+        classifier = LitClassifier.load_for_inference(cfg, checkpoint)
+        classes = list(classifier.classes)
 
-class TorchClassifierModel:
-    """A cxrdet classifier checkpoint (`.ckpt`, config inside) run with PyTorch on the CPU."""
+        @torch.inference_mode()
+        def forward(images: np.ndarray) -> np.ndarray:
+            return torch.sigmoid(classifier(torch.from_numpy(images))).numpy()
 
-    def __init__(self, checkpoint: Path, cfg: dict[str, Any], record: dict[str, Any]) -> None:
-        from cxrdet.export import load_classifier
-
-        self.classifier = load_classifier(cfg, checkpoint)
-        self.size = int(cfg["data"]["size"])
-        self.classes = list(self.classifier.classes)
-        self.threshold = record.get("val_threshold") if len(self.classes) == 1 else None
-        self.description = f"checkpoint {checkpoint}"
-
-    @torch.inference_mode()
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return torch.sigmoid(self.classifier(torch.from_numpy(images))).numpy()
+        return cls(int(cfg["data"]["size"]), classes, record.get("val_threshold") if len(classes) == 1 else None,
+                   f"checkpoint {checkpoint}", forward)
 
 
-def load_model(model: str | Path, threads: int = 0) -> Model | ClassifierModel:
-    """An `.onnx` export (onnxruntime) or a `.ckpt` checkpoint (PyTorch), of a detector or a classifier (the sidecar's
-    or the checkpoint config's `task`).
+def checkpoint_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config (`hyper_parameters.cfg`) and validation record a cxrdet checkpoint holds.
 
     Raises:
-        CxrdetError: The file is missing or neither kind.
+        CxrdetError: It holds no config (not a cxrdet checkpoint).
     """
-    path = Path(model)
-    if not path.is_file():
-        raise CxrdetError(f"model {path} not found: expected an exported .onnx file (cxrdet export) or a .ckpt file")
-    if path.suffix == ".onnx":
-        from cxrdet.export import read_sidecar
+    from cxrdet.runs import load_checkpoint_file
 
-        if read_sidecar(path).get("task") == "classify":
-            return OnnxClassifierModel(path, threads=threads)
-        return OnnxModel(path, threads=threads)
-    if path.suffix == ".ckpt":
-        from cxrdet.models.lit_detector import load_checkpoint_file
-
-        ckpt = load_checkpoint_file(path)
-        cfg = ckpt.get("hyper_parameters", {}).get("cfg") or {}
-        if task_of(cfg) == "classify":
-            return TorchClassifierModel(path, cfg, dict(ckpt.get("cxrdet", {})))
-        return TorchModel(path, loaded=ckpt)
-    raise CxrdetError(f"model {path}: expected a .onnx file (cxrdet export) or a .ckpt checkpoint, got '{path.suffix}'")
-
-
-def is_classifier(model: Model | ClassifierModel) -> bool:
-    """Whether `load_model` returned a classifier (probabilities per study) rather than a detector (boxes)."""
-    return isinstance(model, (OnnxClassifierModel, TorchClassifierModel))
+    ckpt = load_checkpoint_file(path)
+    cfg = ckpt.get("hyper_parameters", {}).get("cfg")
+    if cfg is None:
+        raise CxrdetError(f"{path}: no config in the checkpoint (hyper_parameters.cfg); is it a cxrdet checkpoint?")
+    return cfg, dict(ckpt.get("cxrdet", {}))
 
 
 def preprocess(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -181,7 +135,7 @@ def preprocess(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(small, (1, 3, size, size)))
 
 
-def detect(model: Model, pixels: np.ndarray, threshold: float) -> pd.DataFrame:
+def detect(model: BoxModel, pixels: np.ndarray, threshold: float) -> pd.DataFrame:
     """Boxes of one image with score >= `threshold`.
 
     Args:
@@ -226,6 +180,18 @@ def draw_overlay(pixels: np.ndarray, boxes: pd.DataFrame, classes: Sequence[str]
     return out
 
 
+def readable_studies(dicoms: Sequence[str | Path], errors: dict[str, str], desc: str) -> Iterator[tuple[str, Any]]:
+    """`(source, image)` of every DICOM the reader accepts (`read_dicom`), with a progress bar; the reader's reason
+    for each one it refuses goes into `errors` by file, and the loop goes on."""
+    for source in progress(list(dicoms), desc=desc, unit="study"):
+        try:
+            image = read_dicom(source)
+        except DicomError as err:
+            errors[str(source)] = str(err)
+            continue
+        yield str(source), image
+
+
 @dataclass
 class InferResult:
     """What `infer` found: the boxes of the studies it could read, and the reader's reason for each it could not."""
@@ -234,13 +200,17 @@ class InferResult:
     errors: dict[str, str] = field(default_factory=dict)
     written: list[Path] = field(default_factory=list)
 
+    def summary(self, out: Path, n_sources: int) -> str:
+        """One line for the console."""
+        return f"{out}: {len(self.boxes)} boxes in {n_sources - len(self.errors)} studies"
 
-def infer(model: Model, dicoms: Sequence[str | Path], out_dir: str | Path, threshold: float | None = None
+
+def infer(model: BoxModel, dicoms: Sequence[str | Path], out_dir: str | Path, threshold: float | None = None
           ) -> InferResult:
     """Run `model` on each DICOM file; write `boxes.csv`, `boxes.json` and one overlay PNG per readable study.
 
     Args:
-        model: From `load_model`.
+        model: From `cxrdet.tasks.load_model`.
         dicoms: DICOM files; one that cannot be read is reported in `errors` and skipped.
         out_dir: Output folder (created).
         threshold: Keep boxes with score >= this; default the model's validation threshold, else 0.5.
@@ -254,12 +224,7 @@ def infer(model: Model, dicoms: Sequence[str | Path], out_dir: str | Path, thres
     cut = float(threshold if threshold is not None else (model.threshold if model.threshold is not None
                                                            else DEFAULT_THRESHOLD))
     frames, studies, errors, written = [], [], {}, []
-    for source in progress(list(dicoms), desc="infer", unit="study"):
-        try:
-            image = read_dicom(source)
-        except DicomError as err:
-            errors[str(source)] = str(err)
-            continue
+    for source, image in readable_studies(dicoms, errors, "infer"):
         found = detect(model, image.pixels, cut)
         found.insert(0, "source", str(source))
         found.insert(0, "image_id", image.image_id)
@@ -292,14 +257,21 @@ class ClassifyResult:
     errors: dict[str, str] = field(default_factory=dict)
     written: list[Path] = field(default_factory=list)
 
+    def summary(self, out: Path, n_sources: int) -> str:
+        """One line for the console."""
+        n_classes = len(self.probabilities.columns) - 2  # after image_id and source
+        return f"{out}: probabilities of {n_classes} classes for {len(self.probabilities)} studies"
 
-def classify(model: ClassifierModel, dicoms: Sequence[str | Path], out_dir: str | Path) -> ClassifyResult:
+
+def classify(model: ProbabilityModel, dicoms: Sequence[str | Path], out_dir: str | Path,
+             threshold: float | None = None) -> ClassifyResult:
     """Run a classifier on each DICOM file; write `probabilities.csv` and `probabilities.json`.
 
     Args:
-        model: A classifier from `load_model`.
+        model: A classifier from `cxrdet.tasks.load_model`.
         dicoms: DICOM files; one that cannot be read is reported in `errors` and skipped.
         out_dir: Output folder (created).
+        threshold: Not used: a classifier writes probabilities, not decisions (the same call as `infer`).
 
     Returns:
         `image_id, source` and one probability column per class, per readable study; the errors by file; the files.
@@ -307,12 +279,7 @@ def classify(model: ClassifierModel, dicoms: Sequence[str | Path], out_dir: str 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, errors = [], {}
-    for source in progress(list(dicoms), desc="classify", unit="study"):
-        try:
-            image = read_dicom(source)
-        except DicomError as err:
-            errors[str(source)] = str(err)
-            continue
+    for source, image in readable_studies(dicoms, errors, "classify"):
         probs = np.asarray(model(preprocess(image.pixels, model.size)), dtype=np.float64)[0]
         rows.append({"image_id": image.image_id, "source": str(source), **dict(zip(model.classes, probs.tolist(),
                                                                                    strict=True))})

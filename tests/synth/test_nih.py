@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cxrdet.cli import app
-from cxrdet.data import synth_nih
+from cxrdet.synth import nih as synth_nih
 from cxrdet.data.labels import NIH_FINDINGS, read_labels
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.paths import NihLayout

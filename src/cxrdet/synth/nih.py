@@ -1,7 +1,7 @@
 """Synthetic NIH ChestX-ray14-format data: the NIH download layout, 8-bit PNGs, 14 findings drawn visibly.
 
 The image-level (multi-label) path needs NIH-format images, which cannot be downloaded here. Three layers, as in
-`cxrdet.data.synth` (whose chest renderer draws every image):
+`cxrdet.synth.rsna` (whose chest renderer draws every image):
 
 - `sample_nih_images`: the label table alone, drawn patient by patient: how many images a patient has, sex, age,
   and per image the view and the 14 findings, from a Gaussian copula calibrated on the real
@@ -36,22 +36,20 @@ import pandas as pd
 
 from cxrdet import io as cio
 from cxrdet.data.labels import NIH_FINDINGS, NIH_NO_FINDING
-from cxrdet.data.synth import (
-    AGE_LEVELS,
-    DISTRACTOR_PROBS,
+from cxrdet.errors import ConfigError, CxrdetError
+from cxrdet.paths import NihLayout
+from cxrdet.synth.render import (
     IMAGE_SIZE,
     Anatomy,
     Canvas,
     Layers,
     LungField,
     child_rng,
-    cholesky_psd,
     render_image,
     smooth_noise,
     smoothstep,
 )
-from cxrdet.errors import ConfigError, CxrdetError
-from cxrdet.paths import NihLayout
+from cxrdet.synth.rsna import AGE_LEVELS, DISTRACTOR_PROBS, cholesky_psd
 
 # The columns of the real table as a CSV reader splits its header: the two bracketed names hold unquoted commas, so
 # the header line written from them is the real one, `...,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]`.
@@ -433,7 +431,7 @@ def sample_nih_labels(n_images: int, seed: int = 0) -> pd.DataFrame:
 
 
 # ---- rendering: one sign per finding ----
-# Geometry in pixels of the 1024 x 1024 chest (`cxrdet.data.synth`); arrays on the render grid of the `Canvas`.
+# Geometry in pixels of the 1024 x 1024 chest (`cxrdet.synth.rsna`); arrays on the render grid of the `Canvas`.
 # A lung's relative position: u = 0 at its medial edge, 1 at its lateral edge; v = 0 at its apex, 1 at its
 # costophrenic angle.
 
@@ -480,7 +478,7 @@ def _grid_box(c: Canvas, rows: slice, cols: slice, mask: npt.NDArray[np.bool_]) 
 
 
 class FindingSigns:
-    """The NIH findings of one image, drawn into the RSNA renderer's chest (a `cxrdet.data.synth.Signs`).
+    """The NIH findings of one image, drawn into the RSNA renderer's chest (a `cxrdet.synth.render.Signs`).
 
     Atelectasis: a plate-like band at the base and a raised hemidiaphragm. Cardiomegaly: a heart 30-45% wider.
     Effusion: basal fluid under a meniscus that climbs the lateral wall, blunting the costophrenic angle. Infiltration:
@@ -781,7 +779,7 @@ class FindingSigns:
 
 @dataclass
 class _Draft:
-    """The layers being drawn (see `cxrdet.data.synth.Layers`)."""
+    """The layers being drawn (see `cxrdet.synth.render.Layers`)."""
 
     density: npt.NDArray[np.float32]
     fill: npt.NDArray[np.float32]

@@ -12,7 +12,8 @@ from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 from typer.testing import CliRunner
 
 from cxrdet.cli import app
-from cxrdet.data import synth
+from cxrdet.synth import render
+from cxrdet.synth import rsna as synth
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.paths import KaggleLayout
 
@@ -62,7 +63,7 @@ def test_dicom_reads_back_with_plain_pydicom(dataset: KaggleLayout) -> None:
     assert pixels.shape == (1024, 1024) and pixels.dtype == np.uint8
     # Lossy JPEG: close to, not equal to, what the renderer drew.
     labels = synth.sample_image_labels(SEED, 0)
-    drawn = synth.render_image(labels.boxes, labels.view, labels.sex, labels.age, labels.distractors,
+    drawn = render.render_image(labels.boxes, labels.view, labels.sex, labels.age, labels.distractors,
                                np.random.SeedSequence([SEED, 0, 1]))  # fmt: skip
     assert np.abs(pixels.astype(int) - drawn).mean() < 2.0
 
@@ -132,13 +133,13 @@ def _positive_image(seed: int) -> synth.ImageLabels:
 def test_opacity_brightens_the_box_and_its_margin_only() -> None:
     labels = _positive_image(3)
     args = (labels.boxes, labels.view, labels.sex, labels.age, (), np.random.SeedSequence([3, labels.index, 1]))
-    diff = synth.render_image(*args).astype(int) - synth.render_image(*args, opacity_strength=0.0).astype(int)
+    diff = render.render_image(*args).astype(int) - render.render_image(*args, opacity_strength=0.0).astype(int)
     near = np.zeros(diff.shape, bool)
     for x, y, w, h in labels.boxes:
         x, y, w, h = int(x), int(y), int(w), int(h)
         inside = diff[y : y + h, x : x + w].mean()
         # The visible extent is 1 / 0.875 of the box: the strip just outside the box is brighter too, less so.
-        pad_x, pad_y = int(w * (1 / synth.BOX_TO_VISIBLE - 1) / 2), int(h * (1 / synth.BOX_TO_VISIBLE - 1) / 2)
+        pad_x, pad_y = int(w * (1 / render.BOX_TO_VISIBLE - 1) / 2), int(h * (1 / render.BOX_TO_VISIBLE - 1) / 2)
         ring = np.zeros(diff.shape, bool)
         ring[max(0, y - pad_y) : y + h + pad_y, max(0, x - pad_x) : x + w + pad_x] = True
         ring[y : y + h, x : x + w] = False
@@ -155,7 +156,7 @@ def test_opacities_are_brighter_on_average_over_images() -> None:
         labels = _positive_image(seed)
         args = (labels.boxes, labels.view, labels.sex, labels.age, labels.distractors,
                 np.random.SeedSequence([seed, labels.index, 1]))  # fmt: skip
-        with_opacity, without = synth.render_image(*args), synth.render_image(*args, opacity_strength=0.0)
+        with_opacity, without = render.render_image(*args), render.render_image(*args, opacity_strength=0.0)
         for x, y, w, h in labels.boxes:
             sl = np.s_[int(y) : int(y + h), int(x) : int(x + w)]
             gains.append(with_opacity[sl].astype(float).mean() - without[sl].astype(float).mean())
@@ -163,9 +164,9 @@ def test_opacities_are_brighter_on_average_over_images() -> None:
 
 
 def test_opacity_field_reaches_past_the_box_to_the_visible_extent() -> None:
-    canvas = synth._Canvas(512)  # 2 output pixels per grid pixel
+    canvas = render.Canvas(512)  # 2 output pixels per grid pixel
     box = np.array([[300.0, 300.0, 500.0, 600.0]])  # xyxy pixels of 1024: grid rows 150..300, cols 150..250
-    field = synth._opacities(canvas, box, np.random.default_rng(0))
+    field = render._opacities(canvas, box, np.random.default_rng(0))
     peak = field.max()
     # Visible half-extents: 100 / 0.875 = 114.3 and 150 / 0.875 = 171.4 output pixels around the centre (400, 450).
     assert field[225, 150] > 0.2 * peak and field[225, 249] > 0.2 * peak  # left and right box edges, centre row
@@ -175,11 +176,11 @@ def test_opacity_field_reaches_past_the_box_to_the_visible_extent() -> None:
     assert field[: int((450 - 171.4) / 2) - 1].max() == 0 and field[int((450 + 171.4) / 2) + 2 :].max() == 0
 
 
-@pytest.mark.parametrize("kind", synth.DISTRACTORS)
+@pytest.mark.parametrize("kind", render.DISTRACTORS)
 def test_each_distractor_changes_the_image(kind: str) -> None:
     args = ((), "AP", "M", 50)
-    base = synth.render_image(*args, (), seed=5)
-    with_kind = synth.render_image(*args, (kind,), seed=5)
+    base = render.render_image(*args, (), seed=5)
+    with_kind = render.render_image(*args, (kind,), seed=5)
     assert (base != with_kind).mean() > 0.0005, kind
 
 
@@ -201,7 +202,7 @@ def test_sample_labels_statistics_follow_the_calibration() -> None:
     assert ((boxes["y"] + boxes["height"]) <= 1024).all() and (boxes[["width", "height"]] > 0).all().all()
     assert abs(boxes["width"].median() - 217) < 25 and abs(boxes["height"].median() - 298) < 60
     present = set(";".join(images["distractors"]).split(";")) - {""}
-    assert present == set(synth.DISTRACTORS)
+    assert present == set(render.DISTRACTORS)
 
 
 def test_sample_labels_is_prefix_stable() -> None:
@@ -240,9 +241,9 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict[str, int], message: str) -> 
 
 def test_render_rejects_unknown_inputs() -> None:
     with pytest.raises(ConfigError, match="view"):
-        synth.render_image((), "LL", "M")
+        render.render_image((), "LL", "M")
     with pytest.raises(ConfigError, match="unknown distractors"):
-        synth.render_image((), "PA", "M", distractors=("pacemaker",))
+        render.render_image((), "PA", "M", distractors=("pacemaker",))
 
 
 def test_cli_writes_the_tables(tmp_path: Path) -> None:

@@ -33,21 +33,19 @@ import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from cxrdet import paths
-from cxrdet.config import task_of
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.io import atomic_path, file_sha256, write_json
 from cxrdet.models.classifier import Classifier
-from cxrdet.models.factory import Detector
-from cxrdet.models.lit_detector import LitDetector
+from cxrdet.models.detector import Detector
+from cxrdet.models.lit_base import LitBase
 from cxrdet.provenance import git_revision
-from cxrdet.train import checkpoint_record, final_checkpoint
+from cxrdet.runs import Run, checkpoint_record
 
 FORMATS: tuple[str, ...] = ("onnx", "coreml")
 # Opset 17: NonMaxSuppression, TopK and RoiAlign as torchvision exports them; supported by every onnxruntime >= 1.11.
@@ -81,11 +79,6 @@ class SingleImageDetector(nn.Module):
         return out["boxes"], out["scores"], out["labels"]
 
 
-def load_detector(cfg: Mapping[str, Any], checkpoint: str | Path) -> Detector:
-    """The validated (EMA when present) weights of a cxrdet checkpoint in a CPU `Detector` in eval mode."""
-    return LitDetector.load_for_inference(cfg, checkpoint)
-
-
 def coreml_unavailable_reason() -> str:
     """Why `--format coreml` cannot export a detector in this environment (checked with coremltools 9.0 and
     torch 2.14)."""
@@ -96,26 +89,108 @@ def coreml_unavailable_reason() -> str:
             "converter on macOS.")
 
 
-def sidecar(cfg: Mapping[str, Any], fold: int, checkpoint: Path, detector: Detector, model_file: Path
-            ) -> dict[str, Any]:
-    """What a consumer of the exported model needs besides the graph: input, pre-processing, outputs, thresholds."""
+class Exporter(Protocol):
+    """What `export` needs of a task (`cxrdet.tasks.Task` is one)."""
+
+    module: type[LitBase]
+
+    def refuse_format(self, fmt: str) -> str | None:
+        """Why the task cannot export `fmt` here, or None when it can."""
+
+    def write_model(self, model: nn.Module, size: int, folder: Path, fmt: str) -> Path:
+        """Write the exported model into `folder` (atomically) and return its path."""
+
+    def model_fields(self, cfg: Mapping[str, Any], model: nn.Module, record: Mapping[str, float], fmt: str
+                     ) -> dict[str, Any]:
+        """The task's own sidecar fields: model name, input shape, normalisation, outputs, threshold."""
+
+
+def sidecar(cfg: Mapping[str, Any], fold: int, checkpoint: Path, model_file: Path, fmt: str,
+            fields: Mapping[str, Any]) -> dict[str, Any]:
+    """What a consumer of an exported model needs besides the graph: the fields every export has (file, hash,
+    run, classes, pre-processing, checkpoint, versions) and the task's own (`Exporter.model_fields`)."""
     size = int(cfg["data"]["size"])
-    pred = cfg["predict"]
-    record = checkpoint_record(checkpoint)
-    transform = getattr(detector.net, "transform", None)
     return {
         "format_version": SIDECAR_VERSION,
+        "format": fmt,
         "model_file": model_file.name,
-        "model_sha256": file_sha256(model_file),
+        "model_sha256": tree_sha256(model_file),
         "experiment": cfg["experiment"],
         "fold": fold,
-        "detector": cfg["model"]["type"],
         "classes": list(cfg["data"]["classes"]),
+        "preprocessing": [step.format(size=size) for step in PREPROCESSING_STEPS],
+        **fields,
+        "checkpoint": str(checkpoint),
+        **({"opset": OPSET} if fmt == "onnx" else {"coreml_target": "macOS13 ML program (float16 compute)"}),
+        "torch": torch.__version__,
+        "git": git_revision(),
+    }  # fmt: skip
+
+
+def export(cfg: Mapping[str, Any], fold: int, task: Exporter, fmt: str = "onnx", checkpoint: str = "best",
+           out_dir: str | Path | None = None) -> Path:
+    """Export the fold-`fold` model of `cfg` with its task's exporter and write its sidecar `model.json`.
+
+    Args:
+        cfg: The run's resolved config.
+        fold: The fold whose model is exported.
+        task: The task's export pieces (`Exporter`).
+        fmt: `onnx` or `coreml`.
+        checkpoint: `best`, `last` or a .ckpt path.
+        out_dir: Folder of the model and `model.json`; default `cxrdet.runs.Run.export_dir`.
+
+    Returns:
+        The written model file (`model.onnx`, or `model.mlpackage` for a Core ML classifier).
+
+    Raises:
+        ConfigError: Unknown format. CxrdetError: A format the task cannot export (Core ML for a detector), or no
+            checkpoint.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={fmt!r}: expected one of {list(FORMATS)}")
+    refused = task.refuse_format(fmt)
+    if refused:
+        raise CxrdetError(refused)
+    run = Run(cfg["experiment"], fold)
+    ckpt = run.final_checkpoint(checkpoint, cfg=cfg)
+    folder = Path(out_dir) if out_dir is not None else run.export_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    model = task.module.load_for_inference(cfg, ckpt)
+    model_file = task.write_model(model, int(cfg["data"]["size"]), folder, fmt)
+    fields = task.model_fields(cfg, model, checkpoint_record(ckpt), fmt)
+    write_json(folder / "model.json", sidecar(cfg, fold, ckpt, model_file, fmt, fields))
+    return model_file
+
+
+# ---- detectors ----
+
+
+def refuse_detector_format(fmt: str) -> str | None:
+    """Core ML is refused for detectors, with the reason (`coreml_unavailable_reason`)."""
+    return coreml_unavailable_reason() if fmt == "coreml" else None
+
+
+def write_detector(detector: Detector, size: int, folder: Path, fmt: str) -> Path:
+    """A detector's export: `model.onnx` with its post-processing inside."""
+    if refuse_detector_format(fmt):
+        raise CxrdetError(refuse_detector_format(fmt))
+    return export_onnx(detector, size, folder / "model.onnx")
+
+
+def detector_fields(cfg: Mapping[str, Any], detector: Detector, record: Mapping[str, float], fmt: str
+                    ) -> dict[str, Any]:
+    """A detector export's own sidecar fields: input, normalisation and post-processing inside the graph, outputs,
+    the validation threshold."""
+    size = int(cfg["data"]["size"])
+    pred = cfg["predict"]
+    transform = getattr(detector.net, "transform", None)
+    return {
+        "task": "detect",
+        "detector": cfg["model"]["type"],
         "input": {
             "name": INPUT_NAME, "shape": [1, 3, size, size], "dtype": "float32", "range": [0.0, 1.0],
             "channels": "greyscale repeated on 3 channels",
         },
-        "preprocessing": [step.format(size=size) for step in PREPROCESSING_STEPS],
         "normalisation_inside_graph": {
             "mean": [float(m) for m in getattr(transform, "image_mean", [])],
             "std": [float(s) for s in getattr(transform, "image_std", [])],
@@ -133,11 +208,7 @@ def sidecar(cfg: Mapping[str, Any], fold: int, checkpoint: Path, detector: Detec
         "threshold": record.get("val_threshold"),
         "threshold_note": "confidence cut that maximised the RSNA metric on this fold's validation images",
         "val_rsna": record.get("val_score"),
-        "checkpoint": str(checkpoint),
-        "opset": OPSET,
-        "torch": torch.__version__,
-        "git": git_revision(),
-    }
+    }  # fmt: skip
 
 
 def export_onnx(detector: Detector, size: int, out: Path) -> Path:
@@ -156,37 +227,6 @@ def export_onnx(detector: Detector, size: int, out: Path) -> Path:
                           dynamic_axes={name: {0: "n"} for name in OUTPUT_NAMES})
     return out
 
-
-def export(cfg: Mapping[str, Any], fold: int, fmt: str = "onnx", checkpoint: str = "best",
-           out_dir: str | Path | None = None) -> Path:
-    """Export the fold-`fold` detector (or classifier, for `task='classify'`) of `cfg` and write its sidecar JSON.
-
-    Args:
-        cfg: The resolved experiment config.
-        fold: The fold whose model is exported.
-        fmt: `onnx` or `coreml`.
-        checkpoint: `best`, `last` or a .ckpt path.
-        out_dir: Folder of `model.onnx` and `model.json`; default `cxrdet.paths.export_dir(experiment, fold)`.
-
-    Returns:
-        The written model file (`model.onnx`, or `model.mlpackage` for a Core ML classifier).
-
-    Raises:
-        ConfigError: Unknown format. CxrdetError: Core ML requested for a detector (not available here), or no
-            checkpoint.
-    """
-    if fmt not in FORMATS:
-        raise ConfigError(f"format={fmt!r}: expected one of {list(FORMATS)}")
-    if task_of(cfg) == "classify":
-        return export_classifier(cfg, fold, fmt, checkpoint, out_dir)
-    if fmt == "coreml":
-        raise CxrdetError(coreml_unavailable_reason())
-    ckpt = final_checkpoint(cfg, fold, checkpoint)
-    folder = Path(out_dir) if out_dir is not None else paths.export_dir(cfg["experiment"], fold)
-    detector = load_detector(cfg, ckpt)
-    model_file = export_onnx(detector, int(cfg["data"]["size"]), folder / "model.onnx")
-    write_json(model_file.with_suffix(".json"), sidecar(cfg, fold, ckpt, detector, model_file))
-    return model_file
 
 
 def read_sidecar(model_file: str | Path) -> dict[str, Any]:
@@ -245,16 +285,6 @@ class ClassifierGraph(nn.Module):
         return logits, torch.sigmoid(logits)
 
 
-def load_classifier(cfg: Mapping[str, Any], checkpoint: str | Path) -> Classifier:
-    """The validated (EMA when present) weights of a classifier checkpoint in a CPU `Classifier` in eval mode.
-
-    The starting weights (`model.pretrained`, `model.checkpoint`) are switched off: the checkpoint holds every weight.
-    """
-    from cxrdet.models.lit_classifier import LitClassifier
-
-    return LitClassifier.load_for_inference(cfg, checkpoint)
-
-
 def export_classifier_onnx(classifier: Classifier, size: int, out: Path) -> Path:
     """Trace `classifier` on S x S images and write the ONNX graph atomically (the batch axis N is free)."""
     graph = ClassifierGraph(classifier).eval()
@@ -306,27 +336,26 @@ def tree_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def classifier_sidecar(cfg: Mapping[str, Any], fold: int, checkpoint: Path, classifier: Classifier, model_file: Path,
-                       fmt: str) -> dict[str, Any]:
-    """What a consumer of an exported classifier needs besides the graph: input, pre-processing, outputs, scores."""
+def write_classifier(classifier: Classifier, size: int, folder: Path, fmt: str) -> Path:
+    """A classifier's export: `model.onnx`, or `model.mlpackage` for Core ML."""
+    if fmt == "onnx":
+        return export_classifier_onnx(classifier, size, folder / "model.onnx")
+    return export_classifier_coreml(classifier, size, folder / "model.mlpackage")
+
+
+def classifier_fields(cfg: Mapping[str, Any], classifier: Classifier, record: Mapping[str, float], fmt: str
+                      ) -> dict[str, Any]:
+    """A classifier export's own sidecar fields: input, normalisation inside the graph, outputs, the validation
+    AUROC and (binary) threshold."""
     size = int(cfg["data"]["size"])
-    record = checkpoint_record(checkpoint)
     binary = len(classifier.classes) == 1
     return {
-        "format_version": SIDECAR_VERSION,
-        "format": fmt,
         "task": "classify",
-        "model_file": model_file.name,
-        "model_sha256": tree_sha256(model_file),
-        "experiment": cfg["experiment"],
-        "fold": fold,
         "classifier": cfg["model"].get("name", cfg["model"]["type"]),
-        "classes": list(classifier.classes),
         "input": {
             "name": INPUT_NAME, "shape": ["n" if fmt == "onnx" else 1, 3, size, size], "dtype": "float32",
             "range": [0.0, 1.0], "channels": "greyscale repeated on 3 channels",
         },
-        "preprocessing": [step.format(size=size) for step in PREPROCESSING_STEPS],
         "normalisation_inside_graph": {
             "in_chans": classifier.in_chans,
             "channels_read": "channel 0 only" if classifier.in_chans == 1 else "all 3",
@@ -340,31 +369,7 @@ def classifier_sidecar(cfg: Mapping[str, Any], fold: int, checkpoint: Path, clas
         "threshold_note": ("probability cut of best F1 on this fold's validation images" if binary else
                            "multi-label: no single cut; choose one per class for the use at hand"),
         "val_auroc": record.get("val_score"),
-        "checkpoint": str(checkpoint),
-        **({"opset": OPSET} if fmt == "onnx" else {"coreml_target": "macOS13 ML program (float16 compute)"}),
-        "torch": torch.__version__,
-        "git": git_revision(),
     }  # fmt: skip
-
-
-def export_classifier(cfg: Mapping[str, Any], fold: int, fmt: str = "onnx", checkpoint: str = "best",
-                      out_dir: str | Path | None = None) -> Path:
-    """Export the fold-`fold` classifier of `cfg` (`model.onnx` or `model.mlpackage`) and its `model.json` sidecar.
-
-    Raises:
-        CxrdetError: No checkpoint (train first).
-    """
-    ckpt = final_checkpoint(cfg, fold, checkpoint)
-    folder = Path(out_dir) if out_dir is not None else paths.export_dir(cfg["experiment"], fold)
-    folder.mkdir(parents=True, exist_ok=True)
-    classifier = load_classifier(cfg, ckpt)
-    size = int(cfg["data"]["size"])
-    if fmt == "onnx":
-        model_file = export_classifier_onnx(classifier, size, folder / "model.onnx")
-    else:
-        model_file = export_classifier_coreml(classifier, size, folder / "model.mlpackage")
-    write_json(folder / "model.json", classifier_sidecar(cfg, fold, ckpt, classifier, model_file, fmt))
-    return model_file
 
 
 class OnnxClassifier:

@@ -16,8 +16,11 @@ from cxrdet.cli import app
 from cxrdet.config import load_config
 from cxrdet.data.prepare import load_image
 from cxrdet.errors import ConfigError, CxrdetError
-from cxrdet.export import OnnxDetector, export, load_detector
-from cxrdet.train import checkpoint_record, final_checkpoint
+from cxrdet.deploy.export import OnnxDetector
+from cxrdet.models.lit_classifier import LitClassifier
+from cxrdet.models.lit_detector import LitDetector
+from cxrdet.runs import Run, checkpoint_record
+from cxrdet.tasks import export
 
 TINY = paths.CONFIGS_DIR / "experiments" / "retinanet_mnv3s_128_tiny12e.py"
 # Parity tolerances. Both runtimes compute in float32 with different convolution kernels (MLAS vs. oneDNN/ATen), so
@@ -43,7 +46,7 @@ def export_through_cli(run: dict[str, Any], out: Path, *extra: str) -> dict[str,
                                           *options])
         assert result.exit_code == 0, result.output
         cfg = load_config(run["config"], run["options"])
-        ckpt = final_checkpoint(cfg, 0)
+        ckpt = Run(cfg.experiment, 0).final_checkpoint(cfg=cfg)
     return {"model": out / "model.onnx", "cfg": cfg, "checkpoint": ckpt, "printed": result.output.strip()}
 
 
@@ -65,7 +68,7 @@ def test_sidecar_documents_input_preprocessing_and_postprocessing(exported: dict
 @pytest.mark.slow
 def test_onnxruntime_boxes_and_scores_match_pytorch(exported: dict[str, Any]) -> None:
     cfg, size = exported["cfg"], int(exported["cfg"]["data"]["size"])
-    detector = load_detector(cfg, exported["checkpoint"])
+    detector = LitDetector.load_for_inference(cfg, exported["checkpoint"])
     runner = OnnxDetector(exported["model"], threads=1)
     images = [load_image(cfg["data"]["cache"], "train", f"img{i:03d}") for i in range(6)]
     images.append(np.zeros((size, size), dtype=np.uint8))  # no box at all: the graph must return N = 0 cleanly
@@ -108,7 +111,7 @@ def test_onnx_without_sidecar_says_so(tmp_path: Path) -> None:
 @pytest.mark.parametrize("experiment", ["fcos_mnv3s_128_tiny12e", "retinanet_mnv3s_128_tiny12e"])
 def test_graph_of_each_tiny_detector_matches_pytorch(experiment: str, tmp_path: Path) -> None:
     from cxrdet.config import to_dict
-    from cxrdet.export import export_onnx
+    from cxrdet.deploy.export import export_onnx
     from cxrdet.models.factory import create_detector
 
     torch.set_num_threads(1)
@@ -166,10 +169,10 @@ def test_classifier_sidecar_documents_input_normalisation_and_outputs(classifier
 
 @pytest.mark.slow
 def test_onnxruntime_classifier_matches_pytorch_on_cached_images(classifier_export: dict[str, Any]) -> None:
-    from cxrdet.export import OnnxClassifier, load_classifier
+    from cxrdet.deploy.export import OnnxClassifier
 
     cfg = classifier_export["cfg"]
-    classifier = load_classifier(cfg, classifier_export["checkpoint"])
+    classifier = LitClassifier.load_for_inference(cfg, classifier_export["checkpoint"])
     runner = OnnxClassifier(classifier_export["model"], threads=1)
     pixels = [load_image(cfg["data"]["cache"], "train", f"img{i:03d}") for i in range(6)]
     pixels.append(np.zeros((64, 64), dtype=np.uint8))
@@ -185,7 +188,7 @@ def test_onnxruntime_classifier_matches_pytorch_on_cached_images(classifier_expo
 
 @pytest.mark.parametrize("name", ["mobilenetv3_small_100", "densenet121"])
 def test_graph_of_a_classifier_matches_pytorch_at_any_batch(name: str, tmp_path: Path) -> None:
-    from cxrdet.export import OnnxClassifier, export_classifier_onnx
+    from cxrdet.deploy.export import OnnxClassifier, export_classifier_onnx
     from cxrdet.models.classifier import create_classifier
 
     torch.set_num_threads(1)
@@ -208,7 +211,7 @@ def test_graph_of_a_classifier_matches_pytorch_at_any_batch(name: str, tmp_path:
 
 
 def test_onnx_classifier_refuses_a_detector_sidecar(tmp_path: Path) -> None:
-    from cxrdet.export import OnnxClassifier
+    from cxrdet.deploy.export import OnnxClassifier
 
     (tmp_path / "model.json").write_text('{"input": {"shape": [1, 3, 64, 64]}}')
     with pytest.raises(CxrdetError, match="describes a detector, not a classifier"):
@@ -234,10 +237,9 @@ def test_classifier_converts_to_a_core_ml_package(tiny_classifier_run: dict[str,
     assert [o.name for o in spec.description.output] == ["logits", "probabilities"]
     if platform.system() != "Darwin":
         return  # Core ML runs models on macOS only; the conversion itself is what this platform can check
-    from cxrdet.export import load_classifier
 
     image = np.broadcast_to(load_image(cfg["data"]["cache"], "train", "img000") / 255.0, (1, 3, 64, 64))
     out = ct.models.MLModel(str(package)).predict({"image": image.astype(np.float32)})
     with torch.inference_mode():
-        ref = torch.sigmoid(load_classifier(cfg, final_checkpoint(cfg, 0))(torch.from_numpy(image.astype(np.float32))))
+        ref = torch.sigmoid(LitClassifier.load_for_inference(cfg, Run(cfg.experiment, 0).final_checkpoint(cfg=cfg))(torch.from_numpy(image.astype(np.float32))))
     np.testing.assert_allclose(out["probabilities"], ref.numpy(), atol=1e-2)  # float16 compute on the device

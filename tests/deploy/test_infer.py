@@ -18,8 +18,9 @@ from cxrdet.config import load_config
 from cxrdet.data.dicom import read_dicom
 from cxrdet.data.prepare import resize_square
 from cxrdet.errors import CxrdetError, DicomError
-from cxrdet.infer import BOX_COLUMNS, GREEN, detect, draw_overlay, infer, load_model, preprocess
-from cxrdet.train import final_checkpoint
+from cxrdet.deploy.infer import BOX_COLUMNS, GREEN, detect, draw_overlay, infer, preprocess
+from cxrdet.runs import Run
+from cxrdet.tasks import load_model
 
 GOOD = ["CT_small.dcm", "JPEG2000.dcm"]  # 128 x 128 16-bit CT; 256 x 1024 JPEG 2000
 BAD = ["rtplan.dcm", "MR_truncated.dcm", "SC_rgb.dcm"]  # no pixel data; truncated; colour
@@ -103,7 +104,7 @@ def test_cli_runs_onnx_and_checkpoint_alike_and_exits_1_on_bad_files(tiny_run: d
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXRDET_OUTPUTS", str(tiny_run["outputs"]))
     cfg = load_config(tiny_run["config"], tiny_run["options"])
-    ckpt = final_checkpoint(cfg, 0)
+    ckpt = Run(cfg.experiment, 0).final_checkpoint(cfg=cfg)
     options = [a for o in tiny_run["options"] for a in ("-o", o)]
     runner = CliRunner()
     assert runner.invoke(app, ["export", str(tiny_run["config"]), "--fold", "0", "--out", str(tmp_path / "m"),
@@ -152,7 +153,7 @@ class FakeClassifier:
 
 
 def test_classify_writes_probabilities_per_study_and_the_readers_errors(dicoms: list[Path], tmp_path: Path) -> None:
-    from cxrdet.infer import classify
+    from cxrdet.deploy.infer import classify
 
     result = classify(FakeClassifier(), dicoms, tmp_path)
     assert result.errors == {str(p): reader_error(p) for p in dicoms if p.name in BAD}
@@ -179,7 +180,7 @@ def test_cli_classifies_with_an_onnx_export_and_a_checkpoint_alike(tiny_classifi
     assert runner.invoke(app, ["export", str(tiny_classifier_run["config"]), "--fold", "0", "--out",
                                str(tmp_path / "m"), *options]).exit_code == 0
     tables = {}
-    for kind, model in (("onnx", tmp_path / "m" / "model.onnx"), ("torch", final_checkpoint(cfg, 0))):
+    for kind, model in (("onnx", tmp_path / "m" / "model.onnx"), ("torch", Run(cfg.experiment, 0).final_checkpoint(cfg=cfg))):
         result = runner.invoke(app, ["infer", "--model", str(model), "--out", str(tmp_path / kind),
                                      "--dicom", *[str(p) for p in dicoms]])
         assert result.exit_code == 1  # three of the five files cannot be read

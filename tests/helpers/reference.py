@@ -1,0 +1,89 @@
+"""Independent references for the tests (and the metric benchmark): plain loops, written for clarity, not speed.
+
+`reference_rsna_score` is the RSNA metric as a per-image loop; `simulate_predictions` a realistic prediction set
+built from ground truth.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+REF_THRESHOLDS = (0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75)
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """IoU of two xyxy boxes, continuous pixel coordinates."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def reference_rsna_score(gt: pd.DataFrame, pred: pd.DataFrame,
+                         image_ids: Sequence[str]) -> tuple[float, dict[str, float]]:
+    """The RSNA metric as a plain loop over images, thresholds, predictions and ground-truth boxes.
+
+    Same rules and tie-breaks as `cxrdet.metrics.rsna`: predictions by descending score (stable), IoU strictly
+    above the threshold, the unmatched ground-truth box with the highest IoU (first in (x1, y1, x2, y2) order on
+    ties), images without ground truth and predictions left out. Boxes are xyxy pixels.
+
+    Returns:
+        The score and the per-image scores of the counted images.
+    """
+    gt_by_image: dict[str, list[tuple[float, ...]]] = defaultdict(list)
+    for r in gt.itertuples(index=False):
+        gt_by_image[r.image_id].append((r.x1, r.y1, r.x2, r.y2))
+    pred_by_image: dict[str, list[tuple[float, tuple[float, ...]]]] = defaultdict(list)
+    for r in pred.itertuples(index=False):
+        pred_by_image[r.image_id].append((r.score, (r.x1, r.y1, r.x2, r.y2)))
+
+    per_image = {}
+    for image_id in image_ids:
+        gts = sorted(gt_by_image.get(image_id, []))
+        preds = [box for _, box in sorted(pred_by_image.get(image_id, []), key=lambda p: -p[0])]
+        if not gts and not preds:
+            continue
+        total = 0.0
+        for t in REF_THRESHOLDS:
+            used = [False] * len(gts)
+            tp = 0
+            for box in preds:
+                best, best_j = -1.0, -1
+                for j, g in enumerate(gts):
+                    if not used[j]:
+                        v = _iou(box, g)
+                        if v > best:
+                            best, best_j = v, j
+                if best_j >= 0 and best > t:
+                    used[best_j] = True
+                    tp += 1
+            fp, fn = len(preds) - tp, len(gts) - tp
+            total += tp / (tp + fp + fn)
+        per_image[image_id] = total / len(REF_THRESHOLDS)
+    score = sum(per_image.values()) / len(per_image) if per_image else float("nan")
+    return score, per_image
+
+
+def simulate_predictions(gt: pd.DataFrame, image_ids: Sequence[str], seed: int = 0) -> pd.DataFrame:
+    """A realistic prediction set: each ground-truth box kept with p=0.8 and jittered (~10% of its size), plus
+    Poisson(1.5) random false positives per image, scores uniform in [0, 1]; xyxy pixels of a 1024 x 1024 image."""
+    rng = np.random.default_rng(seed)
+    keep = gt[rng.random(len(gt)) < 0.8]
+    xyxy = keep[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64)
+    size = np.repeat(xyxy[:, 2:] - xyxy[:, :2], 2, axis=0).reshape(-1, 4)
+    xyxy = xyxy + rng.normal(0.0, 0.1, xyxy.shape) * size
+    n_fp = rng.poisson(1.5, len(image_ids))
+    fp_ids = np.repeat(np.asarray(image_ids, dtype=object), n_fp)
+    corner = rng.uniform(0, 800, (len(fp_ids), 2))
+    fp = np.concatenate([corner, corner + rng.uniform(60, 300, (len(fp_ids), 2))], axis=1)
+    boxes = np.clip(np.concatenate([xyxy, fp]), 0, 1024)
+    boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1.0)
+    ids = np.concatenate([keep["image_id"].to_numpy(dtype=object), fp_ids])
+    pred = pd.DataFrame({"image_id": ids, "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2], "y2": boxes[:, 3]})
+    pred["score"] = rng.random(len(pred))
+    return pred
