@@ -84,7 +84,8 @@ def classifier_cfg(tiny_classifier_run: dict[str, Any], monkeypatch: pytest.Monk
 def test_the_heatmap_is_hotter_on_the_square_the_classifier_detects(classifier_cfg: Any) -> None:
     from cxrdet.data.classify import ClassificationDataModule
 
-    model = LitClassifier.load_for_inference(classifier_cfg, Run(classifier_cfg.experiment, 0).final_checkpoint(cfg=classifier_cfg))
+    checkpoint = Run(classifier_cfg.experiment, 0).final_checkpoint(cfg=classifier_cfg)
+    model = LitClassifier.load_for_inference(classifier_cfg, checkpoint)
     dm = ClassificationDataModule(classifier_cfg["data"], 0)
     dm.setup()
     dataset = dm.eval_dataset("oof").base  # detection items: the square's box in input pixels

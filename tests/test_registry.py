@@ -28,7 +28,8 @@ def test_register_get_and_list() -> None:
 def test_unknown_name_lists_the_known_ones() -> None:
     reg: Registry[object] = Registry("widget", key="model.widget")
     reg.register(len, name="sized")
-    with pytest.raises(ConfigError, match=r"model.widget='big' is not a registered widget; expected one of \['sized'\]"):
+    expected = r"model.widget='big' is not a registered widget; expected one of \['sized'\]"
+    with pytest.raises(ConfigError, match=expected):
         reg.get("big")
 
 

@@ -95,16 +95,18 @@ def _explain(*args: Any, **kwargs: Any) -> Any:
 TASKS.register(Task(
     name="detect", module=LitDetector, datamodule=DetectionDataModule,
     batch_frame=lambda model, outputs, metas, size: detections_to_frame(outputs, metas, size),
-    merge=lambda passes, sizes, pred_cfg: merge_box_passes(passes, sizes, pred_cfg), sidecar=_detection_sidecar,
-    refuse_format=exporting.refuse_detector_format, write_model=exporting.write_detector, model_fields=exporting.detector_fields, inference_model=inferring.BoxModel,
-    run_studies=inferring.infer, report_page=detection_report.write_page,
+    merge=merge_box_passes, sidecar=_detection_sidecar,
+    refuse_format=exporting.refuse_detector_format, write_model=exporting.write_detector,
+    model_fields=exporting.detector_fields, inference_model=inferring.BoxModel, run_studies=inferring.infer,
+    report_page=detection_report.write_page,
 ), name="detect")  # fmt: skip
 TASKS.register(Task(
     name="classify", module=LitClassifier, datamodule=ClassificationDataModule,
     batch_frame=lambda model, logits, metas, size: probabilities_frame(logits, metas, model.classes),
     merge=lambda passes, sizes, pred_cfg: mean_passes(passes), sidecar=_classification_sidecar,
-    refuse_format=lambda fmt: None, write_model=exporting.write_classifier, model_fields=exporting.classifier_fields,
-    inference_model=inferring.ProbabilityModel, run_studies=inferring.classify, report_page=classification_report.write_page, explain=_explain,
+    refuse_format=lambda fmt: None, write_model=exporting.write_classifier,
+    model_fields=exporting.classifier_fields, inference_model=inferring.ProbabilityModel,
+    run_studies=inferring.classify, report_page=classification_report.write_page, explain=_explain,
 ), name="classify")  # fmt: skip
 
 

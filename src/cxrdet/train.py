@@ -212,8 +212,8 @@ def build_trainer(cfg: Mapping[str, Any], run: Run, stage: Stage, monitor: str) 
     return trainer, checkpoint
 
 
-def fit(cfg: Config | Mapping[str, Any], fold: int, module_cls: type[LitBase], datamodule_cls: type[pl.LightningDataModule],
-        resume: bool = False, overwrite: bool = False) -> TrainResult:
+def fit(cfg: Config | Mapping[str, Any], fold: int, module_cls: type[LitBase],
+        datamodule_cls: type[pl.LightningDataModule], resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Train `module_cls` on `cfg` on all folds but `fold`, validating on `fold`, stage after stage.
 
     Args:

@@ -241,5 +241,6 @@ def test_classifier_converts_to_a_core_ml_package(tiny_classifier_run: dict[str,
     image = np.broadcast_to(load_image(cfg["data"]["cache"], "train", "img000") / 255.0, (1, 3, 64, 64))
     out = ct.models.MLModel(str(package)).predict({"image": image.astype(np.float32)})
     with torch.inference_mode():
-        ref = torch.sigmoid(LitClassifier.load_for_inference(cfg, Run(cfg.experiment, 0).final_checkpoint(cfg=cfg))(torch.from_numpy(image.astype(np.float32))))
+        classifier = LitClassifier.load_for_inference(cfg, Run(cfg.experiment, 0).final_checkpoint(cfg=cfg))
+        ref = torch.sigmoid(classifier(torch.from_numpy(image.astype(np.float32))))
     np.testing.assert_allclose(out["probabilities"], ref.numpy(), atol=1e-2)  # float16 compute on the device

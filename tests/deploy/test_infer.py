@@ -180,7 +180,8 @@ def test_cli_classifies_with_an_onnx_export_and_a_checkpoint_alike(tiny_classifi
     assert runner.invoke(app, ["export", str(tiny_classifier_run["config"]), "--fold", "0", "--out",
                                str(tmp_path / "m"), *options]).exit_code == 0
     tables = {}
-    for kind, model in (("onnx", tmp_path / "m" / "model.onnx"), ("torch", Run(cfg.experiment, 0).final_checkpoint(cfg=cfg))):
+    checkpoint = Run(cfg.experiment, 0).final_checkpoint(cfg=cfg)
+    for kind, model in (("onnx", tmp_path / "m" / "model.onnx"), ("torch", checkpoint)):
         result = runner.invoke(app, ["infer", "--model", str(model), "--out", str(tmp_path / kind),
                                      "--dicom", *[str(p) for p in dicoms]])
         assert result.exit_code == 1  # three of the five files cannot be read

@@ -46,8 +46,8 @@ def _few_threads() -> None:
 
 @pytest.fixture(scope="module")
 def squares(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The squares data (`tests.helpers.squares`), its fold 0 cut to 4 images (the others train): validation and OOF prediction of the
-    big detectors stay short."""
+    """The squares data (`tests.helpers.squares`), its fold 0 cut to 4 images (the others train): validation and OOF
+    prediction of the big detectors stay short."""
     options = squares_data.write_squares_dataset(tmp_path_factory.mktemp("squares"))
     folds = pd.read_csv(options["data.folds"])
     held_out = folds.index[folds["fold"] == 0]

@@ -251,22 +251,45 @@ def onnx_session(model_file: str | Path, threads: int = 0) -> Any:
     return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxDetector:
+class OnnxGraph:
     """An exported model and its sidecar, run with onnxruntime on the CPU.
 
     Args:
         model_file: The `.onnx` file; its sidecar is the same path with `.json`.
         threads: onnxruntime intra-op threads (0 = its default, all cores).
+
+    Raises:
+        CxrdetError: The sidecar describes another task's model.
     """
+
+    task: str = ""
+    what: str = "model"
+    outputs: tuple[str, ...] = ()
 
     def __init__(self, model_file: str | Path, threads: int = 0) -> None:
         self.meta: dict[str, Any] = read_sidecar(model_file)
+        found = self.meta.get("task", "detect")  # detector sidecars written before the task field were detectors
+        if found != self.task:
+            other = next((c.what for c in OnnxGraph.__subclasses__() if c.task == found), f"{found!r} model")
+            raise CxrdetError(f"{model_file}: its sidecar describes a {other}, not a {self.what} (task {found!r})")
         self.size = int(self.meta["input"]["shape"][-1])
+        self.classes = list(self.meta.get("classes", []))
         self.session = onnx_session(model_file, threads)
 
+    def run(self, images: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs (`outputs`, in that order) for float32 images `[N, 3, S, S]` in [0, 1]."""
+        return self.session.run(list(self.outputs), {INPUT_NAME: images.astype(np.float32)})
+
+
+class OnnxDetector(OnnxGraph):
+    """An exported detector: boxes (xyxy pixels of the S x S input), scores and labels of one `[1, 3, S, S]` image."""
+
+    task = "detect"
+    what = "detector"
+    outputs = OUTPUT_NAMES
+
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Boxes (xyxy pixels of the S x S input), scores and labels for one float32 `[1, 3, S, S]` image."""
-        boxes, scores, labels = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: image.astype(np.float32)})
+        boxes, scores, labels = self.run(image)
         return boxes, scores, labels
 
 
@@ -372,24 +395,13 @@ def classifier_fields(cfg: Mapping[str, Any], classifier: Classifier, record: Ma
     }  # fmt: skip
 
 
-class OnnxClassifier:
-    """An exported classifier and its sidecar, run with onnxruntime on the CPU.
+class OnnxClassifier(OnnxGraph):
+    """An exported classifier: logits and sigmoid probabilities `[N, K]` of float32 images `[N, 3, S, S]`."""
 
-    Args:
-        model_file: The `.onnx` file; its sidecar is the same path with `.json`.
-        threads: onnxruntime intra-op threads (0 = its default, all cores).
-    """
-
-    def __init__(self, model_file: str | Path, threads: int = 0) -> None:
-        self.meta: dict[str, Any] = read_sidecar(model_file)
-        if self.meta.get("task") != "classify":
-            raise CxrdetError(f"{model_file}: its sidecar describes a detector, not a classifier (task "
-                              f"{self.meta.get('task', 'detect')!r})")
-        self.size = int(self.meta["input"]["shape"][-1])
-        self.classes = list(self.meta["classes"])
-        self.session = onnx_session(model_file, threads)
+    task = "classify"
+    what = "classifier"
+    outputs = CLASSIFIER_OUTPUT_NAMES
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and sigmoid probabilities `[N, K]` of float32 images `[N, 3, S, S]` in [0, 1]."""
-        logits, probs = self.session.run(list(CLASSIFIER_OUTPUT_NAMES), {INPUT_NAME: images.astype(np.float32)})
+        logits, probs = self.run(images)
         return logits, probs
