@@ -18,8 +18,7 @@ from cxrdet.ensemble.tune import tune
 from cxrdet.errors import ConfigError, TableError
 from cxrdet.io import file_sha256, write_parquet
 from cxrdet.submission import read_submission, validate_submission
-
-from .conftest import write_config
+from tests.helpers.ensemble_world import write_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -23,8 +23,7 @@ from cxrdet import paths
 from cxrdet.ensemble.problem import load_oof
 from cxrdet.ensemble.spec import load_ensemble
 from cxrdet.ensemble.tune import member_scores, n_complete, open_storage, redact, run_study, tune
-
-from .conftest import write_config
+from tests.helpers.ensemble_world import write_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
