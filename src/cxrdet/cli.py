@@ -144,7 +144,8 @@ def prepare_command(
 @app.command("folds")
 @user_errors
 def folds_command(
-    labels: Annotated[Path, typer.Option("--labels", help="Label table: RSNA stage_2_train_labels.csv or NIH CSV.")],
+    labels: Annotated[Path, typer.Option("--labels", help="Label table: RSNA stage_2_train_labels.csv, VinBigData "
+                                         "train.csv or the NIH CSV.")],
     out: Annotated[Path, typer.Option("--out", help="Fold CSV to write (image_id,patient_id,fold), e.g. folds/x.csv.")],
     headers: Annotated[
         Path | None,
@@ -153,7 +154,7 @@ def folds_command(
             help="Per-image view/sex/age to stratify on: a DICOM header table (CSV/CSV.gz) or a prepare meta.parquet.",
         ),
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="Label format: auto, rsna or nih.")] = "auto",
+    fmt: Annotated[str, typer.Option("--format", help="Label format: auto, rsna, vinbigdata or nih.")] = "auto",
     k: Annotated[int, typer.Option("--k", help="Number of folds.", min=2)] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fold shuffle.")] = 42,
     strata: Annotated[
@@ -173,11 +174,15 @@ def folds_command(
     """
     from rich.console import Console as StdoutConsole
 
-    from cxrdet.data.folds import fold_summary, images_for_folds, make_folds, summary_table, write_folds
+    import cxrdet.competitions  # noqa: F401 -- registers the competitions' label formats (vinbigdata, ...)
+    from cxrdet.data.folds import (fold_summary, images_for_folds, label_classes, make_folds, multilabel_classes,
+                                   summary_table, write_folds)
 
     images = images_for_folds(labels, headers, fmt=fmt)
     columns = [c.strip() for c in strata.split(",") if c.strip()] if strata is not None else None
-    folds = make_folds(images, k=k, seed=seed, strata_columns=columns)
+    # A multi-label table with one image per patient (VinBigData) is stratified on all its classes at once.
+    multilabel = multilabel_classes(images, label_classes(labels, fmt)) if strata is None else None
+    folds = make_folds(images, k=k, seed=seed, strata_columns=columns, multilabel=multilabel)
     write_folds(folds, out)
     StdoutConsole().print(summary_table(fold_summary(folds, images), title=f"{out} (k={k}, seed={seed})"))
 
@@ -185,29 +190,42 @@ def folds_command(
 # ---- metric and submissions: score, validate-submission ----
 
 
+CompetitionOpt = Annotated[
+    str, typer.Option("--competition", help="rsna, vinbigdata, or auto (told by the file's header).")
+]
+
+
 @app.command("score")
 @user_errors
 def score_command(
-    labels: Annotated[Path, typer.Option("--labels", help="RSNA labels CSV (patientId,x,y,width,height,Target).")],
-    submission: Annotated[Path, typer.Option("--submission", help="Submission CSV (patientId,PredictionString).")],
+    labels: Annotated[Path, typer.Option("--labels", help="Label table: RSNA stage_2_train_labels.csv (or its test "
+                                         "labels) or a VinBigData train.csv-format table.")],
+    submission: Annotated[Path, typer.Option("--submission", help="Submission CSV of the same competition.")],
     metric: Annotated[
-        str, typer.Option("--metric", help="rsna (the competition metric) or coco (score = mAP@0.50:0.95).")
-    ] = "rsna",
+        str | None, typer.Option("--metric", help="RSNA: rsna (the competition metric, default) or coco (score = "
+                                 "mAP@0.50:0.95). VinBigData: voc (mAP at IoU > 0.4, the only one).")
+    ] = None,
+    competition: CompetitionOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the last line) instead.")] = False,
     allow_missing: Annotated[
         bool, typer.Option("--allow-missing", help="Labelled images without a submission row get no predictions.")
     ] = False,
 ) -> None:
-    """Score a submission against a labels file; the labels define the image set.
+    """Score a submission against a labels file with the competition's metric; the labels define the image set.
 
     Reads --labels and --submission (both validated, every problem listed); writes nothing. Submission ids that are
-    not labelled are an error; labelled ids without a row are an error unless --allow-missing.
+    not labelled are an error; labelled ids without a row are an error unless --allow-missing. VinBigData labels with
+    several readers per image are fused per class (WBF, IoU 0.4) into one ground truth; an image left without a box
+    is scored as "No finding" (class 14, box 0 0 1 1).
     """
     import json
 
-    from cxrdet.submission import score_submission
+    from cxrdet.competitions import competition_of_labels, get_competition
 
-    report = score_submission(labels, submission, metric=metric, allow_missing=allow_missing)
+    comp = competition_of_labels(labels) if competition == "auto" else get_competition(competition)
+    table = comp.read_labels(labels)
+    report = {"labels": str(labels), **comp.score(table, submission, table.image_ids, allow_missing, metric)}
+    metric = report["metric"]
     if report["n_missing"]:
         console.print(f"note: {report['n_missing']} labelled image(s) had no submission row and were scored as "
                       "having no predictions (--allow-missing)", highlight=False)
@@ -216,9 +234,12 @@ def score_command(
         return
     typer.echo(f"{metric} score {report['score']:.6f} over {report['n_images']} image(s) "
                f"({report['n_labelled_images']} labelled, {report['n_boxes']} predicted boxes)")
-    if metric == "rsna":
+    if "per_threshold" in report:
         for t, v in report["per_threshold"].items():
             typer.echo(f"  IoU > {t}: {v:.6f}")
+    elif "per_class" in report:
+        for name, ap in report["per_class"].items():
+            typer.echo(f"  AP {name}: {'-' if ap is None else f'{ap:.6f}'}")
     else:
         for key in ("map_50_95", "map_50", "map_40"):
             typer.echo(f"  {key}: {report[key]:.6f}")
@@ -227,18 +248,21 @@ def score_command(
 @app.command("validate-submission")
 @user_errors
 def validate_submission_command(
-    submission: Annotated[Path, typer.Argument(help="Submission CSV (patientId,PredictionString) to check.")],
-    sample: Annotated[Path, typer.Option("--sample", help="Sample submission whose patientIds are the test set.")],
-    image_size: Annotated[int, typer.Option("--image-size", help="Side of the square images, pixels.", min=1)] = 1024,
+    submission: Annotated[Path, typer.Argument(help="Submission CSV to check (RSNA or VinBigData format).")],
+    sample: Annotated[Path, typer.Option("--sample", help="Sample submission whose ids are the test set.")],
+    image_size: Annotated[int | None, typer.Option("--image-size", help="RSNA: side of the square images, pixels "
+                                                   "(default 1024).", min=1)] = None,
+    competition: CompetitionOpt = "auto",
 ) -> None:
     """Check a submission file against the sample submission's ids; list every problem with its line.
 
-    Reads SUBMISSION and --sample; writes nothing. Exit status 1 when any problem is found.
+    Reads SUBMISSION and --sample; writes nothing. Exit status 1 when any problem is found. The competition is told
+    by the sample submission's header unless --competition names it.
     """
-    from cxrdet.submission import read_image_ids, validate_submission
+    from cxrdet.competitions import competition_of_submission, get_competition
 
-    stats = validate_submission(submission, image_ids=read_image_ids(sample), image_size=image_size)
-    typer.echo(f"{submission}: OK: {stats.n_rows} rows, {stats.n_boxes} boxes, {stats.n_empty} empty rows")
+    comp = competition_of_submission(sample) if competition == "auto" else get_competition(competition)
+    typer.echo(f"{submission}: OK: {comp.validate(submission, comp.sample_ids(sample), image_size)}")
 
 
 # ---- ensemble: tune, submit ----

@@ -391,11 +391,17 @@ def score_submission(labels_path: str | Path, submission_path: str | Path, metri
 
     if metric not in ("rsna", "coco"):
         raise CxrdetError(f"metric {metric!r} is unknown: expected 'rsna' or 'coco'")
-    labels = read_rsna_labels(labels_path)
+    report = score_annotations(read_rsna_labels(labels_path), submission_path, metric, allow_missing)
+    return {"labels": str(labels_path), **report}
+
+
+def score_annotations(labels: Any, submission_path: str | Path, metric: str = "rsna", allow_missing: bool = False
+                      ) -> dict[str, Any]:
+    """`score_submission` against labels already read (`cxrdet.data.labels.read_rsna_labels`)."""
     ids = labels.image_ids
     sizes = dict(zip(ids, zip(labels.images["width"], labels.images["height"], strict=True), strict=True))
     pred, stats = _read_and_check(Path(submission_path), ids, sizes, allow_missing)
-    report: dict[str, Any] = {"metric": metric, "labels": str(labels_path), "submission": str(submission_path)}
+    report: dict[str, Any] = {"metric": metric, "submission": str(submission_path)}
     if metric == "rsna":
         from cxrdet.metrics.rsna import IOU_THRESHOLDS, rsna_score
 

@@ -87,3 +87,48 @@ def simulate_predictions(gt: pd.DataFrame, image_ids: Sequence[str], seed: int =
     pred = pd.DataFrame({"image_id": ids, "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2], "y2": boxes[:, 3]})
     pred["score"] = rng.random(len(pred))
     return pred
+
+
+def reference_voc_map(gt: pd.DataFrame, pred: pd.DataFrame, n_classes: int,
+                      iou_thr: float = 0.4) -> tuple[float, list[float]]:
+    """PASCAL VOC mAP as the devkit's loops (`VOCevaldet.m`, `VOCap.m`), with IoU strictly above `iou_thr` and
+    continuous pixel boxes: per class, predictions by descending score (stable); each takes the ground-truth box of
+    highest IoU in its image (first on ties); TP if above the threshold and that box is unmatched.
+
+    Returns:
+        The mAP over classes with ground truth (NaN if none) and the AP of every class (NaN without ground truth).
+    """
+    aps = []
+    for c in range(n_classes):
+        gts: dict[str, list[tuple[float, ...]]] = defaultdict(list)
+        for r in gt[gt["label"] == c].itertuples(index=False):
+            gts[r.image_id].append((r.x1, r.y1, r.x2, r.y2))
+        n_gt = sum(len(v) for v in gts.values())
+        if n_gt == 0:
+            aps.append(float("nan"))
+            continue
+        used = {k: [False] * len(v) for k, v in gts.items()}
+        ranked = sorted(pred[pred["label"] == c].itertuples(index=False), key=lambda r: -r.score)
+        tp, fp = [], []
+        for r in ranked:
+            best, best_j = -1.0, -1
+            for j, g in enumerate(gts.get(r.image_id, [])):
+                v = _iou((r.x1, r.y1, r.x2, r.y2), g)
+                if v > best:
+                    best, best_j = v, j
+            hit = best > iou_thr and not used[r.image_id][best_j]
+            if hit:
+                used[r.image_id][best_j] = True
+            tp.append(1 if hit else 0)
+            fp.append(0 if hit else 1)
+        rec, prec, t, f = [], [], 0, 0
+        for a, b in zip(tp, fp, strict=True):
+            t, f = t + a, f + b
+            rec.append(t / n_gt)
+            prec.append(t / (t + f))
+        mrec, mpre = [0.0, *rec, 1.0], [0.0, *prec, 0.0]
+        for i in range(len(mpre) - 2, -1, -1):
+            mpre[i] = max(mpre[i], mpre[i + 1])
+        aps.append(sum((mrec[i] - mrec[i - 1]) * mpre[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1]))
+    scored = [a for a in aps if a == a]
+    return (sum(scored) / len(scored) if scored else float("nan")), aps

@@ -8,10 +8,16 @@ The stratum of an image joins, in order of importance: positive or not, its rare
 NIH's), number of boxes (0/1/2/3+), view position, sex and age decade (the RSNA winners stratified on label, age
 decade, sex and view).
 
-Multi-label tables cannot be stratified on every label combination (NIH has hundreds, most seen once). Each image
-is keyed by the rarest of its findings instead (by the table's prevalence; 'none' without findings): a rare finding
-is what a fold most easily ends up without, and the common findings of the images keyed by it spread with them.
-Rare keys with fewer than K images are pooled like any rare stratum (`composite_strata`).
+Multi-label tables cannot be stratified on every label combination (NIH has hundreds, most seen once). Two ways:
+
+- One image per patient (VinBigData, whose images carry no patient id: each image is its own group): iterative
+  multi-label stratification (Sechidis, Tsoumakas and Vlahavas, ECML PKDD 2011; `iterative-stratification`'s
+  `MultilabelStratifiedKFold`) balances every class's presence over the folds at once, rare classes first, with "no
+  finding" as one more label (`make_folds(..., multilabel=classes)`).
+- Several images per patient (NIH): the iterative method knows no groups, so each image is keyed by the rarest of its
+  findings instead (by the table's prevalence; 'none' without findings): a rare finding is what a fold most easily
+  ends up without, and the common findings of the images keyed by it spread with them. Rare keys with fewer than K
+  images are pooled like any rare stratum (`composite_strata`).
 """
 
 from __future__ import annotations
@@ -123,7 +129,8 @@ def composite_strata(images: pd.DataFrame, columns: Sequence[str], k: int) -> pd
     return strata
 
 
-def make_folds(images: pd.DataFrame, k: int, seed: int, strata_columns: Sequence[str] | None = None) -> pd.DataFrame:
+def make_folds(images: pd.DataFrame, k: int, seed: int, strata_columns: Sequence[str] | None = None,
+               multilabel: Sequence[str] | None = None) -> pd.DataFrame:
     """Assign every image to one of `k` folds, grouped by patient and stratified.
 
     Args:
@@ -132,15 +139,21 @@ def make_folds(images: pd.DataFrame, k: int, seed: int, strata_columns: Sequence
         seed: Seed of the shuffle; the same inputs and seed give the same folds whatever the row order.
         strata_columns: Columns to stratify on, most important first; None takes those of `DEFAULT_STRATA`
             (positive, finding, n_boxes, view, sex, age) that `images` has.
+        multilabel: The 0/1 class columns of a multi-label table with one image per patient: then the folds are
+            made by iterative multi-label stratification of those classes (and "no finding") instead, and
+            `strata_columns` is not used.
 
     Returns:
         `image_id, patient_id, fold` sorted by image id; all images of a patient share a fold.
 
     Raises:
-        ConfigError: When k is out of range or a named stratification column is missing.
+        ConfigError: When k is out of range or a named stratification column is missing, or `multilabel` is given
+            for a table with several images per patient.
         TableError: When image ids repeat.
     """
     require_columns(Path("<images table>"), images, ["image_id", "patient_id"])
+    if multilabel is not None:
+        return _multilabel_folds(images, k, seed, list(multilabel))
     if strata_columns is None:
         strata_columns = [c for c in DEFAULT_STRATA if c in images.columns]
     missing = [c for c in strata_columns if c not in images.columns]
@@ -167,6 +180,39 @@ def make_folds(images: pd.DataFrame, k: int, seed: int, strata_columns: Sequence
     return pd.DataFrame(
         {"image_id": table["image_id"].astype(str), "patient_id": table["patient_id"].astype(str), "fold": fold}
     )
+
+
+def _multilabel_folds(images: pd.DataFrame, k: int, seed: int, classes: list[str]) -> pd.DataFrame:
+    """`make_folds` by iterative multi-label stratification (see the module docstring)."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    require_columns(Path("<images table>"), images, classes)
+    if images["image_id"].duplicated().any():
+        ids = images.loc[images["image_id"].duplicated(), "image_id"].tolist()
+        raise TableError("<images table>", [f"image_id={i!r} appears more than once" for i in ids])
+    if images["patient_id"].duplicated().any():
+        raise ConfigError("multi-label stratification needs one image per patient; this table has patients with "
+                          "several images: stratify on the rarest finding instead (leave multilabel out)")
+    if not 2 <= k <= len(images):
+        raise ConfigError(f"k={k}: expected 2 <= k <= the number of images ({len(images)})")
+    table = images.sort_values("image_id", kind="stable").reset_index(drop=True)
+    y = table[classes].to_numpy(dtype=np.int64)
+    y = np.column_stack([y, (y.sum(axis=1) == 0).astype(np.int64)])  # "no finding" is a label too
+    fold = np.full(len(table), -1, dtype=np.int64)
+    splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for f, (_, test_idx) in enumerate(splitter.split(np.zeros(len(table)), y)):
+        fold[test_idx] = f
+    return pd.DataFrame(
+        {"image_id": table["image_id"].astype(str), "patient_id": table["patient_id"].astype(str), "fold": fold}
+    )
+
+
+def multilabel_classes(images: pd.DataFrame, classes: Sequence[str]) -> list[str] | None:
+    """The class columns to stratify `images` on by iterative multi-label stratification, or None where that does
+    not apply: a table without one 0/1 column per class (RSNA), or with several images per patient (NIH)."""
+    if len(classes) < 2 or not set(classes) <= set(images.columns) or images["patient_id"].duplicated().any():
+        return None
+    return list(classes)
 
 
 def fold_summary(folds: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
@@ -311,3 +357,10 @@ def images_for_folds(labels: str | Path, headers: str | Path | None = None, fmt:
     if set(annotations.classes) <= set(images.columns):
         images = images.assign(finding=rarest_finding(images, annotations.classes))
     return images
+
+
+def label_classes(labels: str | Path, fmt: str = "auto") -> tuple[str, ...]:
+    """The classes of a label table (its format's reader's `classes`)."""
+    from cxrdet.data.labels import detect_format
+
+    return read_labels(labels, fmt=detect_format(labels) if fmt == "auto" else fmt).classes

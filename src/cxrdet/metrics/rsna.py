@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from cxrdet.boxes import paired_iou
 from cxrdet.errors import TableError
 
 IOU_THRESHOLDS: npt.NDArray[np.float64] = np.array([0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75])
@@ -116,17 +117,6 @@ def _image_index(ids: pd.Index, image_id: pd.Series) -> npt.NDArray[np.int64]:
     return ids.get_indexer(image_id)
 
 
-def _paired_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """IoU of row i of `a` with row i of `b`; xyxy, continuous pixel coordinates; 0 when the union is empty."""
-    iw = (np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])).clip(0.0)
-    ih = (np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])).clip(0.0)
-    inter = iw * ih
-    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    out = np.zeros_like(inter)
-    np.divide(inter, union, out=out, where=union > 0)
-    return out
-
-
 class RsnaEvaluator:
     """Scores prediction sets against one fixed ground truth (grouped once, so repeated calls are cheap).
 
@@ -200,7 +190,7 @@ class RsnaEvaluator:
         pair_pred = np.repeat(np.arange(len(cand)), per_pred)
         within = np.arange(len(pair_pred)) - np.repeat(np.cumsum(per_pred) - per_pred, per_pred)
         pair_gt = self._gt_start[image[cand]][pair_pred] + within
-        iou = _paired_iou(boxes[cand][pair_pred], self._gt_boxes[pair_gt])
+        iou = paired_iou(boxes[cand][pair_pred], self._gt_boxes[pair_gt])
 
         # Regroup by rank within image (stable, so each prediction's pairs stay together and in GT order).
         by_rank = np.argsort(rank[pair_pred], kind="stable")

@@ -1,0 +1,18 @@
+"""The competitions cxrdet serves, one module each, registered in `COMPETITIONS`.
+
+Importing this package registers them all: `rsna` (RSNA Pneumonia 2018) and `vinbigdata` (VinBigData Chest X-ray
+Abnormalities Detection 2020-21). Ask it: `get_competition(name)`, `detect(data_root)`, `competition_of_labels(csv)`.
+"""
+
+from cxrdet.competitions import rsna, vinbigdata  # noqa: F401 -- each registers its Competition
+from cxrdet.competitions.base import (
+    COMPETITIONS,
+    Competition,
+    competition_of_labels,
+    competition_of_submission,
+    detect,
+    get_competition,
+)
+
+__all__ = ["COMPETITIONS", "Competition", "competition_of_labels", "competition_of_submission", "detect",
+           "get_competition"]
