@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.helpers
 from tests.helpers.reference import reference_rsna_score, simulate_predictions  # noqa: E402
+
 
 def main() -> None:
     from cxrdet import paths
