@@ -4,7 +4,7 @@ layer, and no modules import each other in a circle.
 The layers, lowest first (the README's layout section states the same line):
 
     core (errors, registry, io, paths, boxes, progress, provenance, config, runs)
-    -> data, metrics, submission -> synth, models, ensemble -> train, predict -> report, explain, deploy
+    -> data, metrics, submission -> synth, competitions, models, ensemble -> train, predict -> report, explain, deploy
     -> tasks -> cli
 """
 
