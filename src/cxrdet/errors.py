@@ -45,3 +45,12 @@ class TableError(CxrdetError):
 
 class ConfigError(CxrdetError):
     """A config file or option has a missing or invalid value."""
+
+
+class CheckpointError(CxrdetError):
+    """A checkpoint file cannot be used: unreadable, or holding objects that only arbitrary code can rebuild."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")

@@ -36,7 +36,7 @@ import pandas as pd
 
 from cxrdet import paths
 from cxrdet.config import get_key, load_config, parse_options
-from cxrdet.errors import ConfigError, CxrdetError, TableError
+from cxrdet.errors import CheckpointError, ConfigError, CxrdetError, TableError
 from cxrdet.io import write_json, write_parquet, write_text
 
 CONFIG_FILE = "config.py"
@@ -109,10 +109,37 @@ def resolve_stages(cfg: Mapping[str, Any], source: str = "config") -> list[Stage
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """Read a Lightning checkpoint written by cxrdet (a trusted local file: it also holds the config)."""
+    """Read a cxrdet (Lightning) checkpoint without running code: `torch.load(weights_only=True)`.
+
+    A checkpoint is a pickle, and an unrestricted pickle runs whatever code it names the moment it is read; one shared
+    by someone else must not. cxrdet's own checkpoints hold only tensors and plain containers (the config is a plain
+    dict), which the restricted unpickler reads; anything else is refused.
+
+    Raises:
+        CheckpointError: The file is missing, not a checkpoint, or holds objects beyond tensors and plain containers
+            (the message names the first one and says why it is refused).
+    """
+    import pickle
+
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=False)
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message advises loading with weights_only=False: cxrdet never does; it names only the object.
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(err))
+        if found is None:
+            raise CheckpointError(path, "cannot be read as a checkpoint: not a torch checkpoint of tensors and plain "
+                                  "containers") from err
+        raise CheckpointError(path, f"refused: it holds {found[1]}, an object that only code could rebuild, and cxrdet "
+                              "reads checkpoints without running code (torch.load(weights_only=True)); a cxrdet "
+                              "checkpoint holds tensors and plain containers only: is it from a trusted "
+                              "source?") from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(path, f"cannot be read as a checkpoint ({err})") from err
 
 
 def checkpoint_record(path: str | Path) -> dict[str, float]:

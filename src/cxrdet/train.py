@@ -40,7 +40,7 @@ from cxrdet.errors import CxrdetError
 from cxrdet.io import file_sha256
 from cxrdet.models.lit_base import LitBase
 from cxrdet.provenance import git_revision
-from cxrdet.runs import BEST, LAST, Run, Stage, checkpoint_record, resolve_stages
+from cxrdet.runs import BEST, LAST, Run, Stage, checkpoint_record, load_checkpoint_file, resolve_stages
 
 TENSORBOARD = "tensorboard"
 CSV = "csv"
@@ -264,10 +264,12 @@ def fit(cfg: Config | Mapping[str, Any], fold: int, module_cls: type[LitBase],
             wrote_provenance = True
         last = ckpt_dir / f"{LAST}.ckpt"
         ckpt_path = str(last) if resume and last.is_file() else None
+        if ckpt_path is not None:
+            load_checkpoint_file(last)  # refuses a checkpoint that would run code, with cxrdet's message
         if ckpt_path is None and previous_best is not None:
             module.init_from_checkpoint(previous_best)
         trainer, checkpoint = build_trainer(scfg, run, stage, module_cls.monitor)
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         if not checkpoint.best_model_path:
             raise CxrdetError(f"stage {stage.name or 'train'} of {run.folder} saved no best checkpoint: did validation "
                               "run? (check limit_val_batches and the fold's images)")
