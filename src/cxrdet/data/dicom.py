@@ -7,10 +7,17 @@ lossless, JPEG-LS and JPEG 2000 through pydicom 3's pixel backends (pylibjpeg pl
 
 Every failure -- a missing, truncated or non-DICOM file, no pixel data, a colour or multi-frame image, a decoder or
 LUT error -- is raised as a `DicomError` naming the file and the reason; no pydicom traceback leaks out.
+
+A file whose header claims more pixel data than a chest radiograph has (`max_image_bytes`: rows x columns x frames x
+samples x bytes per sample) is refused from its header, before anything is decoded: a few bytes of compressed data
+can declare gigabytes. The limit is sized for the largest real chest radiographs (about 4,300 x 4,300 pixels at 16
+bits: 4,400 x 4,400 x 2 bytes, 38.7 MB) and moved with `CXRDET_MAX_IMAGE_BYTES`.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -24,9 +31,12 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_voi_lut, apply_windowing
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from cxrdet.errors import DicomError
+from cxrdet.errors import CxrdetError, DicomError
 
 GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
+# The largest real chest radiographs are about 4,300 x 4,300 pixels at up to 16 bits.
+DEFAULT_MAX_IMAGE_BYTES = 4400 * 4400 * 2
+MAX_IMAGE_BYTES_ENV = "CXRDET_MAX_IMAGE_BYTES"
 _AGE = re.compile(r"^\s*(\d+)\s*([DWMY]?)\s*$", re.IGNORECASE)
 _DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
 
@@ -219,16 +229,50 @@ def _header(path: Path, ds: Dataset) -> DicomHeader:
             # pydicom warns on an invalid value (NumberOfFrames '1A') before int() fails; the error says it all.
             warnings.simplefilter("ignore")
             return _header_fields(path, ds)
-    except DicomError:
+    except CxrdetError:  # a DicomError, or a bad CXRDET_MAX_IMAGE_BYTES: already says what to fix
         raise
     except Exception as err:  # e.g. NumberOfFrames '1A': a malformed value, named in the reason
         raise DicomError(path, f"malformed image header value: {_describe(err)}") from err
+
+
+def max_image_bytes() -> int:
+    """The most pixel data a header may declare: `CXRDET_MAX_IMAGE_BYTES`, else `DEFAULT_MAX_IMAGE_BYTES`.
+
+    Raises:
+        ConfigError: The variable is not a positive integer.
+    """
+    from cxrdet.errors import ConfigError
+
+    raw = os.environ.get(MAX_IMAGE_BYTES_ENV)
+    if raw is None:
+        return DEFAULT_MAX_IMAGE_BYTES
+    if not raw.strip().isdigit() or int(raw) <= 0:
+        raise ConfigError(f"{MAX_IMAGE_BYTES_ENV}={raw!r}: expected a positive integer number of bytes")
+    return int(raw)
+
+
+def check_declared_size(path: Path, width: int, height: int, frames: int = 1, samples: int = 1,
+                        bits_allocated: int = 16) -> None:
+    """Refuse an image whose header declares more pixel data than `max_image_bytes`, before it is decoded.
+
+    Raises:
+        DicomError: Naming the file, the declared size and the limit.
+    """
+    declared = width * height * frames * samples * math.ceil(bits_allocated / 8)
+    limit = max_image_bytes()
+    if declared > limit:
+        raise DicomError(path, f"the header declares {width} x {height} pixels x {frames} frame(s) x {samples} "
+                         f"sample(s) at {bits_allocated} bits = {declared:,} bytes of pixel data, over the limit of "
+                         f"{limit:,} bytes (the largest chest radiographs are about 4,300 x 4,300 x 16 bits; raise "
+                         f"{MAX_IMAGE_BYTES_ENV} for larger images); refused before decoding")
 
 
 def _header_fields(path: Path, ds: Dataset) -> DicomHeader:
     """The checks and conversions of `_header`, which turns their unexpected exceptions into DicomErrors."""
     if "Rows" not in ds or "Columns" not in ds:
         raise DicomError(path, f"not an image: Rows/Columns missing{_kind(ds)}")
+    check_declared_size(path, int(ds.Columns), int(ds.Rows), int(ds.get("NumberOfFrames", 1) or 1),
+                        int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("BitsAllocated", 16) or 16))
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if not photometric:
         raise DicomError(path, "PhotometricInterpretation (0028,0004) missing")

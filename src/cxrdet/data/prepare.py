@@ -35,7 +35,7 @@ import pandas as pd
 from PIL import Image
 
 from cxrdet import io, paths
-from cxrdet.data.dicom import read_dicom, to_uint8
+from cxrdet.data.dicom import check_declared_size, read_dicom, to_uint8
 from cxrdet.errors import ConfigError, CxrdetError, DicomError
 from cxrdet.progress import progress as progress_bar
 
@@ -405,7 +405,12 @@ def read_png(path: str | Path) -> tuple[np.ndarray, int, str]:
         PngError: The file is missing, not an image, or truncated.
     """
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only; Pillow's own bomb check stays on
+            bits = 16 if image.mode in _DEEP_MODES else 8
+            try:
+                check_declared_size(Path(path), image.width, image.height, 1, len(image.getbands()), bits)
+            except DicomError as err:
+                raise PngError(path, err.reason) from err
             image.load()
             mode = image.mode
             if mode in _DEEP_MODES:
