@@ -19,6 +19,26 @@ FOLDS_DIR = REPO_ROOT / "folds"
 SUBMISSIONS_DIR = REPO_ROOT / "submissions"
 
 
+def component(value: object, what: str) -> str:
+    """`value` as one plain path component (a folder or file name) that cannot lead outside its parent folder.
+
+    Every name that becomes part of an output path (an experiment, an ensemble, a curriculum stage, an image id) goes
+    through this, so that a config, a `-o` option or a label table can never make cxrdet write elsewhere.
+
+    Raises:
+        ConfigError: Empty, `.` or `..`, or holding a path separator, a NUL or a drive/absolute prefix; names `what`
+            and the value.
+    """
+    from cxrdet.errors import ConfigError
+
+    text = str(value)
+    if text in ("", ".", "..") or any(c in text for c in ("/", "\\", "\0")) or Path(text).is_absolute() or \
+            (len(text) > 1 and text[1] == ":"):
+        raise ConfigError(f"{what}={text!r}: expected a plain name (no '/', '\\', '..', absolute path or drive): it "
+                          "names a folder or file inside cxrdet's output folder")
+    return text
+
+
 def outputs_dir() -> Path:
     """Root of all run outputs (gitignored)."""
     return Path(os.environ.get("CXRDET_OUTPUTS", REPO_ROOT / "outputs"))
@@ -84,13 +104,13 @@ def cache_dir(data_root: str | Path, size: int) -> Path:
 
 def run_dir(experiment: str, fold: int) -> Path:
     """Run folder of one experiment on one fold: `outputs/<experiment>/fold<k>`."""
-    return outputs_dir() / experiment / f"fold{fold}"
+    return outputs_dir() / component(experiment, "experiment") / f"fold{int(fold)}"
 
 
 def stage_dir(experiment: str, fold: int, stage: str | None = None) -> Path:
     """Folder of one training stage: the run folder itself for a single-stage run, else `<run>/<stage>`."""
     run = run_dir(experiment, fold)
-    return run if stage is None else run / stage
+    return run if stage is None else run / component(stage, "train.stages name")
 
 
 def checkpoints_dir(experiment: str, fold: int, stage: str | None = None) -> Path:
@@ -115,12 +135,12 @@ def infer_dir() -> Path:
 
 def explain_dir(experiment: str, fold: int) -> Path:
     """Default folder of `cxrdet explain`'s Grad-CAM overlays of one fold's classifier: `<report>/explain/fold<k>`."""
-    return outputs_dir() / experiment / "report" / "explain" / f"fold{fold}"
+    return outputs_dir() / component(experiment, "experiment") / "report" / "explain" / f"fold{int(fold)}"
 
 
 def ensemble_dir(name: str) -> Path:
     """Folder of one ensemble's study, parameters and reports."""
-    return outputs_dir() / "ensembles" / name
+    return outputs_dir() / "ensembles" / component(name, "ensemble name")
 
 
 @dataclass(frozen=True)
@@ -287,4 +307,4 @@ class CacheLayout:
 
     def image(self, split: str, image_id: str) -> Path:
         """Cached 8-bit greyscale PNG of one image."""
-        return self.images_dir(split) / f"{image_id}.png"
+        return self.images_dir(split) / f"{component(image_id, 'image_id')}.png"

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrdet import paths
 from cxrdet.ensemble.fuse import CONF_TYPES, FusionParams
 from cxrdet.ensemble.postprocess import PostParams
 from cxrdet.errors import ConfigError
@@ -169,6 +170,10 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
                             "class name)")
         else:
             classifier = {"column": None, **dict(classifier)}
+    try:
+        paths.component(raw.get("name", path.stem), "ensemble name")  # it names the ensemble's output folder
+    except ConfigError as err:
+        problems.append(str(err))
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
     spec = EnsembleSpec(
