@@ -74,6 +74,22 @@ def parse_options(options: Sequence[str] | Mapping[str, Any] | None) -> dict[str
     return parsed
 
 
+def merge_options(cfg: Config, overrides: Mapping[str, Any], source: str | Path) -> None:
+    """Apply `{'a.b': value}` overrides to `cfg` in place (mmengine's `merge_from_dict`).
+
+    Raises:
+        ConfigError: An override mmengine cannot apply (a key under a value that is not a dict, such as
+            `data.size.x=0`, a list index out of range, ...), naming the options and mmengine's reason.
+    """
+    if not overrides:
+        return
+    try:
+        cfg.merge_from_dict(dict(overrides))
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as err:
+        given = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+        raise ConfigError(f"{source}: the option(s) {given} cannot be applied: {err}") from err
+
+
 def get_key(cfg: Mapping[str, Any], dotted: str) -> Any:
     """Value at a dotted key (`'data.size'`); raises KeyError naming the first missing part."""
     node: Any = cfg
@@ -130,9 +146,7 @@ def load_config(path: str | Path, options: Sequence[str] | Mapping[str, Any] | N
         raise ConfigError(f"{path}: cannot be read as an mmengine config: {err}") from err
     for key in MMENGINE_RUNNER_KEYS:
         cfg.pop(key, None)
-    overrides = parse_options(options)
-    if overrides:
-        cfg.merge_from_dict(overrides)
+    merge_options(cfg, parse_options(options), path)
     if "experiment" not in cfg:
         cfg.experiment = path.stem
     validate(cfg, path)

@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from cxrdet import paths
-from cxrdet.config import get_key, load_config, parse_options
+from cxrdet.config import get_key, load_config, merge_options, parse_options
 from cxrdet.errors import CheckpointError, ConfigError, CxrdetError, TableError
 from cxrdet.io import write_json, write_parquet, write_text
 
@@ -238,9 +238,7 @@ class Run:
         if not self.has_config():
             raise CxrdetError(f"{self.config_path} not found: train first (`cxrdet train CONFIG --fold {self.fold}`)")
         written = load_config(self.config_path)
-        allowed = check_overrides(written, options, self.config_path)
-        if allowed:
-            written.merge_from_dict(allowed)
+        merge_options(written, check_overrides(written, options, self.config_path), self.config_path)
         return written
 
     def provenance(self) -> dict[str, Any]:

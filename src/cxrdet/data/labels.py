@@ -148,11 +148,17 @@ def read_str_csv(path: Path) -> pd.DataFrame:
 
     The index is the 0-based position among the file's data lines, blank lines included but dropped, so that
     `index + 2` is the 1-based file line of each row (the header is line 1).
+
+    Raises:
+        TableError: The file is missing or not a CSV table, or rows have more or fewer fields than the header
+            (each named by its line): pandas would otherwise take a first extra field as the index, silently.
     """
     if not path.exists():
         raise TableError(path, ["file not found"])
+    _check_field_counts(path)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False,
+                         index_col=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         problem = f"cannot parse as CSV ({err}): expected a comma-separated table with a header"
         raise TableError(path, [problem]) from err
@@ -160,6 +166,31 @@ def read_str_csv(path: Path) -> pd.DataFrame:
     for col in df.columns:
         df[col] = df[col].str.strip()
     return df[~(df == "").all(axis=1)]
+
+
+def _check_field_counts(path: Path, max_listed: int = 20) -> None:
+    """Every non-blank row has as many fields as the header (a CSV reader's count: quotes respected)."""
+    import csv
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    problems = []
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as f:
+            rows = csv.reader(f)
+            header = next(rows, None)
+            if header is None:
+                return  # pandas names an empty file
+            for i, row in enumerate(rows):
+                if row and len(row) != len(header) and any(v.strip() for v in row):
+                    problems.append(f"line {i + 2}: {len(row)} fields, expected {len(header)} (the header's "
+                                    f"{', '.join(h.strip() for h in header)})")
+    except (UnicodeDecodeError, csv.Error, OSError, EOFError) as err:
+        raise TableError(path, [f"cannot parse as CSV ({err}): expected a comma-separated UTF-8 table with a "
+                                "header"]) from err
+    if problems:
+        more = len(problems) - max_listed
+        raise TableError(path, problems[:max_listed] + ([f"... and {more} more rows of the wrong width"]
+                                                        if more > 0 else []))
 
 
 def require_columns(path: Path, df: pd.DataFrame, required: Sequence[str]) -> None:

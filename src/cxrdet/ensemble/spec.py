@@ -26,7 +26,7 @@ An ensemble config is an mmengine Python config with these keys (see `configs/en
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,18 +129,58 @@ def load_ensemble(path: str | Path) -> EnsembleSpec:
     return parse_ensemble(raw, path)
 
 
+def _section(raw: Mapping[str, Any], key: str, problems: list[str]) -> dict[str, Any]:
+    """`raw[key]` as a dict (absent or None: empty); anything else is a problem."""
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.append(f"{key}={value!r}: expected a dict")
+        return {}
+    return {str(k): v for k, v in value.items()}
+
+
+def _integer(raw: Mapping[str, Any], key: str, default: int | None, problems: list[str], low: int) -> int | None:
+    """`raw[key]` as an integer >= `low` (absent: `default`); anything else is a problem."""
+    value = raw.get(key, default)
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        problems.append(f"{key}={value!r}: expected an integer >= {low}")
+        return default
+    return int(value)
+
+
+def _image_size(value: Any, problems: list[str]) -> tuple[float, float]:
+    """`image_size`: one side (square images) or (width, height), in pixels."""
+    pair = (value, value) if np.isscalar(value) else value
+    try:
+        width, height = (float(v) for v in pair)
+        if width > 0 and height > 0:
+            return width, height
+    except (TypeError, ValueError):
+        pass
+    problems.append(f"image_size={value!r}: expected a number of pixels or (width, height)")
+    return 1024.0, 1024.0
+
+
 def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
-    """Build an `EnsembleSpec` from a config's dict; `path` names it (its stem is the ensemble name)."""
+    """Build an `EnsembleSpec` from a config's dict; `path` names it (its stem is the ensemble name).
+
+    Raises:
+        ConfigError: Naming the file and every problem found (an unknown key, a section of the wrong type, a bad
+            member, search-space entry, count or size).
+    """
     problems: list[str] = []
-    unknown = sorted(k for k in raw if k not in TOP_KEYS and not str(k).startswith("_"))
+    unknown = sorted(str(k) for k in raw if k not in TOP_KEYS and not str(k).startswith("_"))
     if unknown:
         problems.append(f"unknown key(s) {unknown}; expected some of {list(TOP_KEYS)}")
     members = _parse_members(raw.get("members"), problems)
-    fusion = dict(raw.get("fusion") or {})
+    fusion = _section(raw, "fusion", problems)
     engine = str(fusion.pop("engine", "fast"))
     merge = str(fusion.pop("test_fold_merge", "before"))
     fold_conf = str(fusion.pop("test_fold_conf_type", "avg"))
-    post = dict(raw.get("postprocess") or {})
+    post = _section(raw, "postprocess", problems)
     if engine not in ENGINES:
         problems.append(f"fusion.engine={engine!r}: expected one of {list(ENGINES)}")
     if merge not in FOLD_MERGES:
@@ -153,16 +193,20 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
     for key in post:
         if key not in (*POST_KEYS, "member_thr"):
             problems.append(f"postprocess.{key}: unknown key; expected some of {[*POST_KEYS, 'member_thr']}")
-    space = {str(k): dict(v) for k, v in (raw.get("search_space") or {}).items()}
+    space = {}
+    for key, entry in _section(raw, "search_space", problems).items():
+        if isinstance(entry, Mapping):
+            space[key] = dict(entry)
+        else:
+            problems.append(f"search_space.{key}={entry!r}: expected dict(type=..., low=..., high=...) or "
+                            "dict(type='categorical', choices=[...])")
     names = [m.name for m in members]
     for key, entry in space.items():
         problems += _space_problems(key, entry, names)
-    n_trials = int(raw.get("n_trials", 100))
-    honest = raw.get("honest_trials")
-    size = raw.get("image_size", 1024)
-    image_size = (float(size), float(size)) if np.isscalar(size) else (float(size[0]), float(size[1]))
-    if n_trials < 1:
-        problems.append(f"n_trials={n_trials}: expected an integer >= 1")
+    n_trials = _integer(raw, "n_trials", 100, problems, low=1)
+    honest = _integer(raw, "honest_trials", None, problems, low=1)
+    seed = _integer(raw, "seed", 0, problems, low=0)
+    image_size = _image_size(raw.get("image_size", 1024), problems)
     classifier = raw.get("classifier")
     if classifier is not None:
         if not isinstance(classifier, Mapping) or "experiment" not in classifier or set(classifier) - CLASSIFIER_KEYS:
@@ -170,6 +214,9 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
                             "class name)")
         else:
             classifier = {"column": None, **dict(classifier)}
+    for key in ("folds", "labels", "storage"):
+        if raw.get(key) is not None and not isinstance(raw[key], (str, Path)):
+            problems.append(f"{key}={raw[key]!r}: expected a file name or path")
     try:
         paths.component(raw.get("name", path.stem), "ensemble name")  # it names the ensemble's output folder
     except ConfigError as err:
@@ -179,27 +226,39 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
     spec = EnsembleSpec(
         name=str(raw.get("name", path.stem)), path=path, members=tuple(members), fusion=fusion, postprocess=post,
         classifier=dict(classifier) if classifier is not None else None, search_space=space, n_trials=n_trials,
-        honest_trials=int(honest) if honest is not None else n_trials, seed=int(raw.get("seed", 0)),
+        honest_trials=honest if honest is not None else n_trials, seed=seed,
         image_size=image_size, folds=raw.get("folds"), labels=raw.get("labels"), storage=raw.get("storage"),
         engine=engine, test_fold_merge=merge, test_fold_conf_type=fold_conf, raw=dict(raw),
     )  # fmt: skip
-    resolve(spec, {})  # the fixed values alone must make valid parameters
+    try:
+        resolve(spec, {})  # the fixed values alone must make valid parameters
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise ConfigError(f"{path}: the fixed fusion and postprocess values do not make valid parameters: "
+                          f"{type(err).__name__}: {err}") from err
     return spec
 
 
 def _parse_members(raw: Any, problems: list[str]) -> list[MemberSpec]:
     """Members from the config's list; problems appended."""
-    if not raw:
-        problems.append("members: expected a non-empty list of dict(experiment=NAME, folds=[...])")
+    if not raw or isinstance(raw, (str, Mapping)) or not isinstance(raw, Sequence):
+        problems.append(f"members={raw!r}: expected a non-empty list of dict(experiment=NAME, folds=[...])")
         return []
     members = []
     for i, m in enumerate(raw):
-        if "experiment" not in m or "folds" not in m:
-            problems.append(f"members[{i}]: expected dict(experiment=NAME, folds=[...]), got {dict(m)!r}")
+        if not isinstance(m, Mapping) or "experiment" not in m or "folds" not in m:
+            problems.append(f"members[{i}]: expected dict(experiment=NAME, folds=[...]), got {m!r}")
             continue
-        folds = tuple(sorted(int(k) for k in m["folds"]))
-        members.append(MemberSpec(str(m.get("name", m["experiment"])), str(m["experiment"]), folds,
-                                  float(m.get("weight", 1.0))))
+        folds_raw = m["folds"]
+        if isinstance(folds_raw, (str, Mapping)) or not isinstance(folds_raw, Sequence) or not folds_raw or not all(
+                isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 0 for k in folds_raw):
+            problems.append(f"members[{i}].folds={folds_raw!r}: expected a non-empty list of fold numbers >= 0")
+            continue
+        weight = m.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight):
+            problems.append(f"members[{i}].weight={weight!r}: expected a number")
+            continue
+        members.append(MemberSpec(str(m.get("name", m["experiment"])), str(m["experiment"]),
+                                  tuple(sorted(int(k) for k in folds_raw)), float(weight)))
     names = [m.name for m in members]
     if len(set(names)) != len(names):
         problems.append(f"members: names {names} repeat; give repeated experiments a distinct name=")
