@@ -30,7 +30,7 @@ import torch
 
 from cxrdet import paths
 from cxrdet.config import load_config, to_dict
-from cxrdet.deploy.export import OnnxClassifier, OnnxDetector, export_classifier_onnx, export_onnx
+from cxrdet.deploy.export import OnnxClassifier, OnnxDetector, export_classifier_onnx, export_onnx, write_manifest
 from cxrdet.deploy.infer import preprocess
 from cxrdet.models.classifier import create_classifier
 from cxrdet.models.factory import create_detector
@@ -80,6 +80,7 @@ def bench(name: str, pixels: Sequence[np.ndarray], threads: int, folder: Path) -
     if classify:
         sidecar.update(task="classify", classes=list(cfg["data"]["classes"]))
     model_file.with_suffix(".json").write_text(json.dumps(sidecar))
+    write_manifest(model_file.parent, [model_file, model_file.with_suffix(".json")])
     start = time.perf_counter()
     inputs = [preprocess(p, size) for p in pixels]
     prep = len(pixels) / (time.perf_counter() - start)

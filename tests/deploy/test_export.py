@@ -16,7 +16,7 @@ from cxrdet.cli import app
 from cxrdet.config import load_config
 from cxrdet.data.prepare import load_image
 from cxrdet.errors import ConfigError, CxrdetError
-from cxrdet.deploy.export import OnnxDetector
+from cxrdet.deploy.export import OnnxDetector, write_manifest
 from cxrdet.models.lit_classifier import LitClassifier
 from cxrdet.models.lit_detector import LitDetector
 from cxrdet.runs import Run, checkpoint_record
@@ -120,6 +120,7 @@ def test_graph_of_each_tiny_detector_matches_pytorch(experiment: str, tmp_path: 
     detector = create_detector(to_dict(cfg)).eval()  # random weights: many boxes pass the floor, NMS has work
     model = export_onnx(detector, 64, tmp_path / "model.onnx")
     (tmp_path / "model.json").write_text('{"input": {"shape": [1, 3, 64, 64]}}')
+    write_manifest(tmp_path, [model, tmp_path / "model.json"])
     runner = OnnxDetector(model, threads=1)
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -199,6 +200,7 @@ def test_graph_of_a_classifier_matches_pytorch_at_any_batch(name: str, tmp_path:
     model = export_classifier_onnx(classifier, 64, tmp_path / "model.onnx")
     (tmp_path / "model.json").write_text(json.dumps({"task": "classify", "classes": classes,
                                                      "input": {"shape": ["n", 3, 64, 64]}}))
+    write_manifest(tmp_path, [model, tmp_path / "model.json"])
     runner = OnnxClassifier(model, threads=1)
     for n in (1, 3):
         images = torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(n))
@@ -244,3 +246,21 @@ def test_classifier_converts_to_a_core_ml_package(tiny_classifier_run: dict[str,
         classifier = LitClassifier.load_for_inference(cfg, Run(cfg.experiment, 0).final_checkpoint(cfg=cfg))
         ref = torch.sigmoid(classifier(torch.from_numpy(image.astype(np.float32))))
     np.testing.assert_allclose(out["probabilities"], ref.numpy(), atol=1e-2)  # float16 compute on the device
+
+
+def test_an_export_lists_its_files_and_a_changed_file_is_named(exported: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(Path(exported["model"]).parent, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.onnx", "model.json"} and manifest["algorithm"] == "sha256"
+    OnnxDetector(folder / "model.onnx")  # intact: loads
+    with open(folder / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(CxrdetError, match=r"model.onnx: SHA-256 [0-9a-f]{64} does not match [0-9a-f]{64} in "
+                                          r"manifest.json: the file changed since it was exported"):
+        OnnxDetector(folder / "model.onnx")
+    (folder / "manifest.json").unlink()
+    with pytest.raises(CxrdetError, match="manifest.json not found"):
+        OnnxDetector(folder / "model.onnx")

@@ -140,7 +140,8 @@ def export(cfg: Mapping[str, Any], fold: int, task: Exporter, fmt: str = "onnx",
         out_dir: Folder of the model and `model.json`; default `cxrdet.runs.Run.export_dir`.
 
     Returns:
-        The written model file (`model.onnx`, or `model.mlpackage` for a Core ML classifier).
+        The written model file (`model.onnx`, or `model.mlpackage` for a Core ML classifier); beside it
+        `model.json` and `manifest.json` (the SHA-256 of every file, checked before a model is loaded).
 
     Raises:
         ConfigError: Unknown format. CxrdetError: A format the task cannot export (Core ML for a detector), or no
@@ -158,7 +159,8 @@ def export(cfg: Mapping[str, Any], fold: int, task: Exporter, fmt: str = "onnx",
     model = task.module.load_for_inference(cfg, ckpt)
     model_file = task.write_model(model, int(cfg["data"]["size"]), folder, fmt)
     fields = task.model_fields(cfg, model, checkpoint_record(ckpt), fmt)
-    write_json(folder / "model.json", sidecar(cfg, fold, ckpt, model_file, fmt, fields))
+    meta = write_json(folder / "model.json", sidecar(cfg, fold, ckpt, model_file, fmt, fields))
+    write_manifest(folder, [model_file, meta])
     return model_file
 
 
@@ -229,6 +231,53 @@ def export_onnx(detector: Detector, size: int, out: Path) -> Path:
 
 
 
+MANIFEST = "manifest.json"
+
+
+def _files_of(path: Path) -> list[Path]:
+    """A file, or every file of a folder (a Core ML `.mlpackage`), in path order."""
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def write_manifest(folder: Path, entries: list[Path]) -> Path:
+    """Write `manifest.json`: the SHA-256 of every file an export needs (the model, each file of a package, the
+    sidecar), by path relative to `folder`, so that a copy can be checked before it is loaded."""
+    files = {p.relative_to(folder).as_posix(): file_sha256(p) for entry in entries for p in _files_of(entry)}
+    return write_json(folder / MANIFEST, {"format_version": 1, "algorithm": "sha256", "files": files})
+
+
+def verify_manifest(folder: str | Path) -> None:
+    """Check every file `manifest.json` lists against its SHA-256, before anything is loaded from `folder`.
+
+    Raises:
+        CxrdetError: No manifest, or a listed file missing or changed (named, with both digests).
+    """
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise CxrdetError(f"{manifest} not found: an exported model is loaded only with the manifest of its files' "
+                          "SHA-256 that cxrdet export writes beside it")
+    try:
+        files = dict(json.loads(manifest.read_text(encoding="utf-8"))["files"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CxrdetError(f"{manifest}: not a cxrdet manifest ({err}); expected {{'files': {{name: sha256}}}}") from err
+    for name, expected in sorted(files.items()):
+        path = folder / _manifest_path(name)
+        if not path.is_file():
+            raise CxrdetError(f"{path}: listed in {manifest.name} but missing")
+        actual = file_sha256(path)
+        if actual != expected:
+            raise CxrdetError(f"{path}: SHA-256 {actual} does not match {expected} in {manifest.name}: the file "
+                              "changed since it was exported (tampered with or corrupted); export it again")
+
+
+def _manifest_path(name: str) -> Path:
+    """A manifest entry's relative path, each part a plain name (an entry cannot point outside its folder)."""
+    from cxrdet.paths import component
+
+    return Path(*(component(part, "manifest entry") for part in name.split("/")))
+
+
 def read_sidecar(model_file: str | Path) -> dict[str, Any]:
     """The sidecar JSON of an exported model (the model path with `.json`).
 
@@ -274,6 +323,7 @@ class OnnxGraph:
             raise CxrdetError(f"{model_file}: its sidecar describes a {other}, not a {self.what} (task {found!r})")
         self.size = int(self.meta["input"]["shape"][-1])
         self.classes = list(self.meta.get("classes", []))
+        verify_manifest(Path(model_file).parent)  # before the graph is read
         self.session = onnx_session(model_file, threads)
 
     def run(self, images: np.ndarray) -> list[np.ndarray]:
