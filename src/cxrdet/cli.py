@@ -501,8 +501,9 @@ def explain_command(
 def export_command(
     config: Annotated[Path, typer.Argument(help="Experiment config, e.g. configs/experiments/<name>.py.")],
     fold: Annotated[int, typer.Option("--fold", help="The fold whose model is exported (0-based).", min=0)],
-    fmt: Annotated[str, typer.Option("--format", help="onnx, or coreml (classifiers; refused for detectors, with "
-                                     "the reason).")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", help="onnx; coreml (classifiers; refused for detectors, with "
+                                     "the reason); or safetensors (the weights alone, no pickle, for sharing).")
+                   ] = "onnx",
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last or a .ckpt path.")] = "best",
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default outputs/<experiment>/fold<k>/"
                                              "export).")] = None,
@@ -513,8 +514,9 @@ def export_command(
     classifier (task='classify'), with logits and sigmoid probabilities as outputs.
 
     Reads the config and the run's checkpoint. Writes model.onnx (or, for a classifier with --format coreml,
-    model.mlpackage) and model.json (input size and range, the pre-processing, normalisation, score floor, NMS IoU or
-    the classifier's outputs, validation threshold, classes) to --out.
+    model.mlpackage; with --format safetensors, model.safetensors), model.json (input size and range, the
+    pre-processing, normalisation, score floor, NMS IoU or the classifier's outputs, validation threshold, classes;
+    for safetensors the config that rebuilds the network) and manifest.json (the SHA-256 of each file) to --out.
     """
     from cxrdet.runs import run_config
     from cxrdet.tasks import export
@@ -526,7 +528,8 @@ def export_command(
 @app.command("infer")
 @user_errors
 def infer_command(
-    model: Annotated[Path, typer.Option("--model", help="An exported model.onnx (cxrdet export) or a .ckpt file.")],
+    model: Annotated[Path, typer.Option("--model", help="An exported model.onnx or model.safetensors (cxrdet export) "
+                                        "or a .ckpt file.")],
     dicom: Annotated[list[Path] | None, typer.Option("--dicom", help="A DICOM file (repeatable); more may follow "
                                                      "as arguments: --dicom A.dcm B.dcm.")] = None,
     files: Annotated[list[Path] | None, typer.Argument(help="More DICOM files.", show_default=False)] = None,

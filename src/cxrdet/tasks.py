@@ -184,8 +184,9 @@ def report(name: str, out_dir: str | Path | None = None) -> Path:
 
 
 def load_model(model: str | Path, threads: int = 0) -> Any:
-    """An inference model of an `.onnx` export (onnxruntime; its sidecar says the task) or a `.ckpt` checkpoint
-    (PyTorch; its config says the task).
+    """An inference model of an `.onnx` export (onnxruntime; its sidecar says the task), a `.safetensors` export
+    (PyTorch, the network rebuilt from the sidecar's config) or a `.ckpt` checkpoint (PyTorch; its config says the
+    task).
 
     Raises:
         CxrdetError: The file is missing or neither kind.
@@ -195,10 +196,13 @@ def load_model(model: str | Path, threads: int = 0) -> Any:
         raise CxrdetError(f"model {path} not found: expected an exported .onnx file (cxrdet export) or a .ckpt file")
     if path.suffix == ".onnx":
         return get_task(exporting.read_sidecar(path)).inference_model.from_onnx(path, threads=threads)
+    if path.suffix == ".safetensors":
+        return get_task(exporting.read_sidecar(path)).inference_model.from_safetensors(path)
     if path.suffix == ".ckpt":
         cfg, record = inferring.checkpoint_config(path)
         return get_task(cfg).inference_model.from_checkpoint(path, cfg, record)
-    raise CxrdetError(f"model {path}: expected a .onnx file (cxrdet export) or a .ckpt checkpoint, got '{path.suffix}'")
+    raise CxrdetError(f"model {path}: expected a .onnx file (cxrdet export) or a .ckpt checkpoint, got "
+                      f"'{path.suffix}' (a model.safetensors export is read too)")
 
 
 def task_of_model(model: Any) -> Task:

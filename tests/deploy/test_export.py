@@ -95,7 +95,7 @@ def test_coreml_is_refused_with_the_reason() -> None:
 
 def test_unknown_format_and_missing_checkpoint() -> None:
     cfg = load_config(TINY)
-    with pytest.raises(ConfigError, match="format='tflite': expected one of \\['onnx', 'coreml'\\]"):
+    with pytest.raises(ConfigError, match="format='tflite': expected one of \\['onnx', 'coreml', 'safetensors'\\]"):
         export(cfg, 0, fmt="tflite")
     with pytest.raises(CxrdetError, match="train first"):
         export(cfg, 0)
@@ -264,3 +264,39 @@ def test_an_export_lists_its_files_and_a_changed_file_is_named(exported: dict[st
     (folder / "manifest.json").unlink()
     with pytest.raises(CxrdetError, match="manifest.json not found"):
         OnnxDetector(folder / "model.onnx")
+
+
+@pytest.mark.parametrize("which", ["detector", "classifier"])
+def test_safetensors_weights_carry_no_pickle_and_infer_like_the_checkpoint(which: str, request: pytest.FixtureRequest,
+                                                                          tmp_path: Path) -> None:
+    from cxrdet.tasks import load_model
+
+    run = request.getfixturevalue("tiny_run" if which == "detector" else "tiny_classifier_run")
+    done = export_through_cli(run, tmp_path / "weights", "--format", "safetensors")
+    weights = tmp_path / "weights" / "model.safetensors"
+    assert done["printed"] == str(weights)
+    # safetensors: an 8-byte length, a JSON header describing each tensor, then the tensors' bytes and nothing else:
+    # no pickle anywhere.
+    raw = weights.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    tensors = {k: v for k, v in json.loads(raw[8:8 + length]).items() if k != "__metadata__"}
+    assert tensors and all(set(v) == {"dtype", "shape", "data_offsets"} for v in tensors.values())
+    assert 8 + length + max(v["data_offsets"][1] for v in tensors.values()) == len(raw)
+    meta = json.loads((tmp_path / "weights" / "model.json").read_text())
+    assert meta["format"] == "safetensors" and meta["config"]["experiment"] == done["cfg"]["experiment"]
+    manifest = json.loads((tmp_path / "weights" / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.safetensors", "model.json"}
+
+    shared, original = load_model(weights), load_model(done["checkpoint"])
+    size = original.size
+    image = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    ours, theirs = shared(image), original(image)
+    ours, theirs = (ours, theirs) if isinstance(ours, tuple) else ((ours,), (theirs,))  # boxes/scores/labels or probs
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert shared.classes == original.classes and shared.threshold == pytest.approx(original.threshold)
+    # A changed weights file is refused before it is read.
+    with open(weights, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(CxrdetError, match="model.safetensors: SHA-256 .* does not match"):
+        load_model(weights)

@@ -47,7 +47,9 @@ from cxrdet.models.lit_base import LitBase
 from cxrdet.provenance import git_revision
 from cxrdet.runs import Run, checkpoint_record
 
-FORMATS: tuple[str, ...] = ("onnx", "coreml")
+FORMATS: tuple[str, ...] = ("onnx", "coreml", "safetensors")
+# `safetensors`: the inference weights alone, without pickle, for sharing (`write_weights`, `load_weights`).
+WEIGHTS_FILE = "model.safetensors"
 # Opset 17: NonMaxSuppression, TopK and RoiAlign as torchvision exports them; supported by every onnxruntime >= 1.11.
 OPSET = 17
 INPUT_NAME = "image"
@@ -121,10 +123,51 @@ def sidecar(cfg: Mapping[str, Any], fold: int, checkpoint: Path, model_file: Pat
         "preprocessing": [step.format(size=size) for step in PREPROCESSING_STEPS],
         **fields,
         "checkpoint": str(checkpoint),
-        **({"opset": OPSET} if fmt == "onnx" else {"coreml_target": "macOS13 ML program (float16 compute)"}),
+        **_format_fields(fmt, cfg),
         "torch": torch.__version__,
         "git": git_revision(),
     }  # fmt: skip
+
+
+def _format_fields(fmt: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What a sidecar says of its format: the ONNX opset, the Core ML target, or (safetensors) the config that
+    rebuilds the network the weights fill."""
+    if fmt == "onnx":
+        return {"opset": OPSET}
+    if fmt == "coreml":
+        return {"coreml_target": "macOS13 ML program (float16 compute)"}
+    from cxrdet.models.lit_base import inference_config
+
+    return {"weights": "safetensors: tensors only, no pickle; load with cxrdet infer --model model.safetensors",
+            "config": inference_config(cfg)}
+
+
+def write_weights(model: nn.Module, folder: Path) -> Path:
+    """The inference network's weights as `model.safetensors` (no pickle: a shared copy cannot run code), written
+    atomically."""
+    from safetensors.torch import save_model
+
+    out = folder / WEIGHTS_FILE
+    with atomic_path(out) as tmp:
+        save_model(model, str(tmp))
+    return out
+
+
+def load_weights(model: nn.Module, weights: Path) -> nn.Module:
+    """Fill `model` (built from the sidecar's config) from a `model.safetensors`, after its manifest checks out.
+
+    Raises:
+        CxrdetError: The manifest fails, or the weights do not fit the network.
+    """
+    from safetensors.torch import load_model
+
+    verify_manifest(weights.parent)
+    try:
+        load_model(model, str(weights))
+    except (RuntimeError, OSError) as err:
+        raise CxrdetError(f"{weights}: its weights do not fit the network its model.json describes: "
+                          f"{str(err).splitlines()[0]}") from err
+    return model.cpu().eval()
 
 
 def export(cfg: Mapping[str, Any], fold: int, task: Exporter, fmt: str = "onnx", checkpoint: str = "best",
@@ -173,9 +216,11 @@ def refuse_detector_format(fmt: str) -> str | None:
 
 
 def write_detector(detector: Detector, size: int, folder: Path, fmt: str) -> Path:
-    """A detector's export: `model.onnx` with its post-processing inside."""
+    """A detector's export: `model.onnx` with its post-processing inside, or its weights (`model.safetensors`)."""
     if refuse_detector_format(fmt):
         raise CxrdetError(refuse_detector_format(fmt))
+    if fmt == "safetensors":
+        return write_weights(detector, folder)
     return export_onnx(detector, size, folder / "model.onnx")
 
 
@@ -410,7 +455,9 @@ def tree_sha256(path: Path) -> str:
 
 
 def write_classifier(classifier: Classifier, size: int, folder: Path, fmt: str) -> Path:
-    """A classifier's export: `model.onnx`, or `model.mlpackage` for Core ML."""
+    """A classifier's export: `model.onnx`, `model.mlpackage` for Core ML, or its weights (`model.safetensors`)."""
+    if fmt == "safetensors":
+        return write_weights(classifier, folder)
     if fmt == "onnx":
         return export_classifier_onnx(classifier, size, folder / "model.onnx")
     return export_classifier_coreml(classifier, size, folder / "model.mlpackage")

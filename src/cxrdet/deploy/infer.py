@@ -59,6 +59,31 @@ class InferenceModel:
     def __call__(self, images: np.ndarray) -> Any:
         return self.forward(images)
 
+    @staticmethod
+    def _module() -> type:
+        """The task's LightningModule class (builds the network and reads its checkpoints)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _around(cls, network: Any, cfg: dict[str, Any], record: dict[str, Any], description: str) -> Any:
+        """The model around a loaded network (`forward` adapts its outputs)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Path, cfg: dict[str, Any], record: dict[str, Any]) -> Any:
+        """A cxrdet checkpoint (read without running code), its validated weights in the network `cfg` describes."""
+        return cls._around(cls._module().load_for_inference(cfg, checkpoint), cfg, record, f"checkpoint {checkpoint}")
+
+    @classmethod
+    def from_safetensors(cls, weights: Path) -> Any:
+        """Exported weights (`cxrdet export --format safetensors`), after the export's manifest checks out, in the
+        network its sidecar's config describes."""
+        from cxrdet.deploy.export import load_weights, read_sidecar
+
+        meta = read_sidecar(weights)
+        network = load_weights(cls._module()(meta["config"]).inference_model(), weights)
+        return cls._around(network, meta["config"], {"val_threshold": meta.get("threshold")}, f"weights {weights}")
+
 
 class BoxModel(InferenceModel):
     """A detector: `model(image)` gives boxes `[N, 4]` (xyxy pixels of the S x S input), scores `[N]`, labels `[N]`
@@ -72,19 +97,21 @@ class BoxModel(InferenceModel):
         return cls(runner.size, list(runner.meta["classes"]), runner.meta.get("threshold"), f"onnx {model_file}",
                    runner)
 
-    @classmethod
-    def from_checkpoint(cls, checkpoint: Path, cfg: dict[str, Any], record: dict[str, Any]) -> BoxModel:
+    @staticmethod
+    def _module() -> type:
         from cxrdet.models.lit_detector import LitDetector
 
-        detector = LitDetector.load_for_inference(cfg, checkpoint)
+        return LitDetector
 
+    @classmethod
+    def _around(cls, detector: Any, cfg: dict[str, Any], record: dict[str, Any], description: str) -> BoxModel:
         @torch.inference_mode()
         def forward(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             out = detector(torch.from_numpy(image))[0]
             return out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy()
 
-        return cls(int(cfg["data"]["size"]), list(cfg["data"]["classes"]), record.get("val_threshold"),
-                   f"checkpoint {checkpoint}", forward)
+        return cls(int(cfg["data"]["size"]), list(cfg["data"]["classes"]), record.get("val_threshold"), description,
+                   forward)
 
 
 class ProbabilityModel(InferenceModel):
@@ -98,11 +125,15 @@ class ProbabilityModel(InferenceModel):
         return cls(runner.size, list(runner.classes), runner.meta.get("threshold"), f"onnx {model_file}",
                    lambda images: runner(images)[1])
 
-    @classmethod
-    def from_checkpoint(cls, checkpoint: Path, cfg: dict[str, Any], record: dict[str, Any]) -> ProbabilityModel:
+    @staticmethod
+    def _module() -> type:
         from cxrdet.models.lit_classifier import LitClassifier
 
-        classifier = LitClassifier.load_for_inference(cfg, checkpoint)
+        return LitClassifier
+
+    @classmethod
+    def _around(cls, classifier: Any, cfg: dict[str, Any], record: dict[str, Any], description: str
+                ) -> ProbabilityModel:
         classes = list(classifier.classes)
 
         @torch.inference_mode()
@@ -110,7 +141,7 @@ class ProbabilityModel(InferenceModel):
             return torch.sigmoid(classifier(torch.from_numpy(images))).numpy()
 
         return cls(int(cfg["data"]["size"]), classes, record.get("val_threshold") if len(classes) == 1 else None,
-                   f"checkpoint {checkpoint}", forward)
+                   description, forward)
 
 
 def checkpoint_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
