@@ -364,10 +364,6 @@ class Run:
         """Default folder of `cxrdet explain`'s Grad-CAM overlays of this fold's classifier."""
         return paths.explain_dir(self.experiment, self.fold)
 
-    def training_log_files(self) -> list[Path]:
-        """The CSV logs of every stage and attempt, in run order (stage folders sort in stage order)."""
-        return sorted(self.folder.glob("**/csv/version_*/metrics.csv"))
-
 
 # ---- an experiment's runs ----
 

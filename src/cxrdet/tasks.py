@@ -31,7 +31,7 @@ from cxrdet.predict import ImageSizes, mean_passes, merge_box_passes
 from cxrdet.registry import Registry
 from cxrdet.report import classification as classification_report
 from cxrdet.report import detection as detection_report
-from cxrdet.report.data import tuned_ensemble_config
+from cxrdet.report.data import no_oof_error, tuned_ensemble_config
 from cxrdet.runs import Experiment
 
 DEFAULT_TASK = "detect"
@@ -178,8 +178,7 @@ def report(name: str, out_dir: str | Path | None = None) -> Path:
         return detection_report.write_page(name, out_dir)
     runs = Experiment(name).runs("oof")
     if not runs:
-        raise CxrdetError(f"{Experiment(name).folder}: no fold<k>/oof.parquet; train and predict first (cxrdet train / "
-                          "cxrdet predict CONFIG --fold k --split oof), or name a tuned ensemble")
+        raise no_oof_error(Experiment(name), ", or name a tuned ensemble")
     return get_task(runs[0].config()).report_page(name, out_dir)
 
 

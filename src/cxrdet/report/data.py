@@ -89,7 +89,8 @@ def _ground_truth(data: Any, folds_used: Sequence[int]) -> tuple[pd.Index, pd.Se
     return image_ids, pd.Series(folds["fold"].to_numpy(), index=image_ids), gt, meta.reindex(image_ids)
 
 
-def _no_oof(experiment: Experiment, hint: str = "") -> CxrdetError:
+def no_oof_error(experiment: Experiment, hint: str = "") -> CxrdetError:
+    """The error for an experiment without OOF predictions (report pages, and choosing one by task)."""
     return CxrdetError(f"{experiment.folder}: no fold<k>/oof.parquet; train and predict first (cxrdet train / cxrdet "
                        f"predict CONFIG --fold k --split oof){hint}")
 
@@ -107,7 +108,7 @@ def load_experiment(experiment: str) -> ReportData:
     """
     runs = Experiment(experiment).runs("oof")
     if not runs:
-        raise _no_oof(Experiment(experiment), ", or name a tuned ensemble")
+        raise no_oof_error(Experiment(experiment), ", or name a tuned ensemble")
     data = _data_of_run(runs[0])
     image_ids, image_fold, gt, meta = _ground_truth(data, [r.fold for r in runs])
     pred = pd.concat([r.read_predictions("oof") for r in runs], ignore_index=True)
@@ -245,7 +246,7 @@ def load_experiment_oof(experiment: str) -> ExperimentOof:
 
     runs = Experiment(experiment).runs("oof")
     if not runs:
-        raise _no_oof(Experiment(experiment))
+        raise no_oof_error(Experiment(experiment))
     cfg = to_dict(runs[0].config())
     classes = tuple(cfg["data"]["classes"])
     frames, folds = [], []
