@@ -1,13 +1,11 @@
-"""Data-set layouts: the NIH layout's files and `dataset_layout` telling the RSNA and NIH layouts apart."""
+"""Data-set layouts: the NIH layout's files (`cxrdet.competitions.data_layout` tells layouts apart)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from cxrdet import paths
-from cxrdet.errors import CxrdetError
 
 
 def test_nih_layout_paths(tmp_path: Path) -> None:
@@ -31,21 +29,3 @@ def test_nih_layout_finds_the_2017_table_and_the_download_folders(tmp_path: Path
         (tmp_path / rel).write_bytes(b"")
     assert [p.relative_to(tmp_path).as_posix() for p in layout.image_files()] == [
         "images/00000002_000.png", "images_001/images/00000001_000.png"]  # fmt: skip
-
-
-def test_dataset_layout_tells_the_layouts_apart(tmp_path: Path) -> None:
-    rsna, nih, both, neither = (tmp_path / name for name in ("rsna", "nih", "both", "neither"))
-    for folder in (rsna, nih, both, neither):
-        folder.mkdir()
-    for folder in (rsna, both):
-        (folder / "stage_2_train_labels.csv").write_text("x\n")
-    for folder in (nih, both):
-        (folder / "Data_Entry_2017_v2020.csv").write_text("x\n")
-    assert paths.dataset_layout(rsna) == paths.KaggleLayout(rsna)
-    assert paths.dataset_layout(nih) == paths.NihLayout(nih)
-    with pytest.raises(CxrdetError, match="holds both stage_2_train_labels.csv .* Data_Entry_2017_v2020.csv"):
-        paths.dataset_layout(both)
-    with pytest.raises(CxrdetError, match="no label table found: expected stage_2_train_labels.csv .* Data_Entry"):
-        paths.dataset_layout(neither)
-    with pytest.raises(CxrdetError, match="the folder does not exist"):
-        paths.dataset_layout(tmp_path / "missing")

@@ -58,6 +58,12 @@ def synth_command(
         Path | None, typer.Option("--out", help="Folder to write (default: outputs/demo/data; nih: outputs/demo/nih).")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="Data set format: rsna (Kaggle DICOMs) or nih (PNGs).")] = "rsna",
+    competition: Annotated[
+        str | None, typer.Option("--competition", help="A competition's layout: rsna or vinbigdata (sets --format).")
+    ] = None,
+    scale: Annotated[
+        float, typer.Option("--scale", help="vinbigdata only: factor of the real image sides (2,000-3,000 px).")
+    ] = 0.25,
     size: Annotated[
         int | None, typer.Option("--size", help="nih only: side of the PNGs (default 1024, as NIH's).", min=32)
     ] = None,
@@ -77,14 +83,32 @@ def synth_command(
     labels (synth_test_labels.csv) and per-image truth (synth_truth.csv). nih writes Data_Entry_2017_v2020.csv
     (14 findings, several images per patient), images/<patient>_<follow-up>.png (8-bit, --size), the
     patient-disjoint train_val_list.txt (--n-train images) and test_list.txt (--n-test), synth_truth.csv and
-    synth_boxes.csv (where each finding was drawn). Reads nothing. Refuses a folder that holds data not written by
-    this command; an earlier synth folder is overwritten.
+    synth_boxes.csv (where each finding was drawn). vinbigdata (--competition vinbigdata) writes train.csv (three
+    of 17 readers per image, 14 classes and "No finding"), train/*.dicom and test/*.dicom (uncompressed, 12-16 bit,
+    some MONOCHROME1, sides 2,000-3,000 px times --scale), sample_submission.csv, synth_test_labels.csv and
+    synth_truth.csv. Reads nothing. Refuses a folder that holds data not written by this command; an earlier synth
+    folder is overwritten.
     """
     from cxrdet import paths
     from cxrdet.errors import ConfigError
 
-    if fmt not in ("rsna", "nih"):
-        raise ConfigError(f"--format {fmt!r}: expected rsna or nih")
+    if competition is not None:
+        if competition not in ("rsna", "vinbigdata"):
+            raise ConfigError(f"--competition {competition!r}: expected rsna or vinbigdata")
+        fmt = competition
+    if fmt not in ("rsna", "nih", "vinbigdata"):
+        raise ConfigError(f"--format {fmt!r}: expected rsna, nih or vinbigdata")
+    if fmt == "vinbigdata":
+        from cxrdet.synth.vinbigdata import generate_vinbigdata_dataset
+
+        if labels_only or size is not None:
+            raise ConfigError("--labels-only and --size are not for vinbigdata (its labels come from the drawn "
+                              "signs; its sizes vary: --scale)")
+        target = out if out is not None else paths.demo_dir("vinbigdata")
+        v = generate_vinbigdata_dataset(target, n_train, n_test, seed=seed, scale=scale, workers=workers)
+        typer.echo(f"{v.root}: {v.n_train} train + {v.n_test} test DICOMs ({v.n_normal} 'No finding'), "
+                   f"{v.n_rows} train.csv rows, seed {v.seed}, {v.seconds:.1f} s")
+        return
     if fmt == "nih":
         from cxrdet.synth.nih import DEFAULT_SIZE, generate_nih_dataset
 

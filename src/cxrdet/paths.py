@@ -64,9 +64,19 @@ def real_nih_labels() -> Path:
     return shared_data_dir() / "nih" / "Data_Entry_2017_v2020.csv.gz"
 
 
-def data_root() -> Path:
-    """The Kaggle-layout data folder a run reads: `CXRDET_DATA`, else the demo's synthetic data set."""
-    return Path(os.environ.get("CXRDET_DATA", demo_data_dir()))
+def data_root(competition: str | None = None) -> Path:
+    """The data folder a run reads when its config names none: `CXRDET_DATA`, else the demo's synthetic data set of
+    `competition` (`demo_dir(competition)`; None: the reference competition's, `demo_data_dir()`)."""
+    env = os.environ.get("CXRDET_DATA")
+    if env:
+        return Path(env)
+    return demo_data_dir() if competition in (None, "rsna") else demo_dir(competition)
+
+
+def demo_dir(competition: str) -> Path:
+    """Where a competition's synthetic demo data set lives: `outputs/demo/<competition>` (RSNA's, the first, is
+    `outputs/demo/data`)."""
+    return demo_data_dir() if competition == "rsna" else outputs_dir() / "demo" / component(competition, "competition")
 
 
 def folds_file(name: str | Path) -> Path:
@@ -252,31 +262,6 @@ class NihLayout:
         """Every PNG of `images/` and of the download's `images_*/images/` folders, sorted by path."""
         found = list(self.images_dir.glob("*.png")) + list(self.root.glob("images_*/images/*.png"))
         return sorted(found)
-
-
-def dataset_layout(root: str | Path) -> KaggleLayout | NihLayout:
-    """The layout of the data set in `root`, told by its label table.
-
-    Raises:
-        CxrdetError: `root` holds neither `stage_2_train_labels.csv` (RSNA Kaggle) nor `Data_Entry_2017*.csv` (NIH),
-            or both.
-    """
-    from cxrdet.errors import CxrdetError
-
-    root = Path(root)
-    kaggle, nih = KaggleLayout(root), NihLayout(root)
-    has_kaggle, has_nih = kaggle.labels_csv.is_file(), nih.labels_csv.is_file()
-    if has_kaggle and has_nih:
-        raise CxrdetError(f"{root}: holds both {kaggle.labels_csv.name} (RSNA) and {nih.labels_csv.name} (NIH): "
-                          "expected one data set per folder")  # fmt: skip
-    if has_kaggle:
-        return kaggle
-    if has_nih:
-        return nih
-    raise CxrdetError(
-        f"{root}: no label table found: expected {kaggle.labels_csv.name} (RSNA Kaggle layout) or {NIH_LABELS} "
-        f"({NIH_LABELS_GLOB}, NIH ChestX-ray14 layout)" + ("" if root.is_dir() else "; the folder does not exist")
-    )
 
 
 @dataclass(frozen=True)

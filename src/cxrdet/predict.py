@@ -186,9 +186,10 @@ def predict(cfg: Config | Mapping[str, Any], fold: int, task: Predictor, split: 
         sizes.update(pass_sizes)
     table = task.merge(passes, sizes, pred_cfg)
     folds = paths.folds_file(plain["data"]["folds"])
+    root = plain["data"].get("root") or paths.data_root(plain["data"].get("competition"))
     return run.write_predictions(split, table, {
         "experiment": cfg["experiment"], "fold": fold, "split": split, "checkpoint": str(ckpt),
         **checkpoint_record(ckpt), "tta": tta, **task.sidecar(table, sizes, pred_cfg, model),
         "folds_file": str(folds), "folds_sha256": file_sha256(folds) if folds.is_file() else None,
-        "data_root": str(plain["data"].get("root") or paths.data_root()), "git": git_revision(),
+        "data_root": str(root), "git": git_revision(),
     })  # fmt: skip

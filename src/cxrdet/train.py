@@ -268,7 +268,7 @@ def fit(cfg: Config | Mapping[str, Any], fold: int, module_cls: type[LitBase],
             load_checkpoint_file(last)  # refuses a checkpoint that would run code, with cxrdet's message
         if ckpt_path is None and previous_best is not None:
             module.init_from_checkpoint(previous_best)
-        trainer, checkpoint = build_trainer(scfg, run, stage, module_cls.monitor)
+        trainer, checkpoint = build_trainer(scfg, run, stage, module_cls.monitor_for(scfg))
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         if not checkpoint.best_model_path:
             raise CxrdetError(f"stage {stage.name or 'train'} of {run.folder} saved no best checkpoint: did validation "
@@ -283,4 +283,4 @@ def fit(cfg: Config | Mapping[str, Any], fold: int, module_cls: type[LitBase],
         previous_best = best
     assert previous_best is not None  # resolve_stages returns at least one stage
     return TrainResult(run.folder, previous_best, float(record["best_score"]), float(record["best_threshold"]),
-                       module_cls.monitor)
+                       module_cls.monitor_for(cfg))

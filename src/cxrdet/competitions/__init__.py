@@ -8,11 +8,14 @@ from cxrdet.competitions import rsna, vinbigdata  # noqa: F401 -- each registers
 from cxrdet.competitions.base import (
     COMPETITIONS,
     Competition,
+    Evaluator,
     competition_of_labels,
     competition_of_submission,
+    data_layout,
     detect,
     get_competition,
+    of_data,
 )
 
-__all__ = ["COMPETITIONS", "Competition", "competition_of_labels", "competition_of_submission", "detect",
-           "get_competition"]
+__all__ = ["COMPETITIONS", "Competition", "Evaluator", "competition_of_labels", "competition_of_submission",
+           "data_layout", "detect", "get_competition", "of_data"]

@@ -9,14 +9,38 @@ what registers them all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from cxrdet import paths
 from cxrdet.data.labels import FORMATS, Annotations, detect_format
 from cxrdet.errors import ConfigError, CxrdetError, TableError
 from cxrdet.registry import Registry
+
+
+class Evaluator(Protocol):
+    """A competition metric bound to one image set and its ground truth (what validation, tuning and reports ask).
+
+    `score(pred).score` is the metric of a prediction table (`image_id, x1, y1, x2, y2, score, label`, xyxy pixels of
+    the original image); `score_vs_threshold(pred, cuts)` has one row per confidence cut (`threshold`, `score`):
+    the metric of the boxes with score >= the cut.
+    """
+
+    image_ids: pd.Index
+
+    def score(self, pred: pd.DataFrame) -> Any: ...
+
+    def score_vs_threshold(self, pred: pd.DataFrame, thresholds: Sequence[float] | npt.ArrayLike) -> pd.DataFrame: ...
+
+
+def _as_is(pred: pd.DataFrame, image_ids: Sequence[str], prob: npt.NDArray[np.float64] | None) -> pd.DataFrame:
+    return pred
 
 
 @dataclass(frozen=True)
@@ -38,6 +62,18 @@ class Competition:
         sample_ids: `sample_submission_path -> test image ids`.
         submission_columns: The header of its submission files.
         fold_columns: Per-image columns its folds are stratified on, most important first.
+        evaluator: `(gt, image_ids) -> Evaluator`: the metric on one image set; `gt` is `ground_truth`'s table.
+        ground_truth: `(labels, readers) -> boxes` (`image_id, x1, y1, x2, y2, label`): the boxes the metric
+            compares with, made from the label table (several readers fused by `data.readers`; see
+            `cxrdet.data.readers`).
+        complete: `(pred, image_ids, prob) -> pred`: the boxes a submission needs besides the detector's (VinBigData:
+            the no-finding box of every image, from an image-level probability `prob` of "abnormal" when given);
+            identity where there are none.
+        write_submission: `(path, pred, image_ids, sizes) -> stats dict` (`n_rows, n_boxes, n_empty, n_dropped`):
+            the competition's file, written atomically and read back through its validator. `sizes` maps an image
+            id to `(width, height)`.
+        monitor: The validation metric's logged name (`val/rsna`), which picks the best checkpoint.
+        image_suffix: The suffix of its image files (`.dcm`, `.dicom`).
     """
 
     name: str
@@ -52,6 +88,28 @@ class Competition:
     sample_ids: Callable[[Path], list[str]]
     submission_columns: tuple[str, ...]
     fold_columns: tuple[str, ...] = ()
+    evaluator: Callable[[pd.DataFrame, Sequence[str]], Evaluator] | None = None
+    ground_truth: Callable[[Annotations, Mapping[str, Any] | None], pd.DataFrame] | None = None
+    complete: Callable[[pd.DataFrame, Sequence[str], npt.NDArray[np.float64] | None], pd.DataFrame] = _as_is
+    write_submission: Callable[[Path, pd.DataFrame, Sequence[str], Mapping[str, tuple[int, int]]],
+                               dict[str, int]] | None = None
+    monitor: str = "val/score"
+    image_suffix: str = ".dcm"
+
+    def test_image_ids(self, root: str | Path) -> list[str]:
+        """The test image set of a data root: its sample submission's ids, else its test folder's image files.
+
+        Raises:
+            ConfigError: Neither exists.
+        """
+        layout = self.layout(Path(root))
+        if Path(layout.sample_submission).is_file():
+            return self.sample_ids(Path(layout.sample_submission))
+        folder = Path(layout.images_dir("test"))
+        if folder.is_dir():
+            return sorted(p.stem for p in folder.iterdir() if p.suffix.lower() == self.image_suffix)
+        raise ConfigError(f"{root}: no test image list: expected {layout.sample_submission} or {folder}/*"
+                          f"{self.image_suffix}")
 
     def read_labels(self, path: str | Path) -> Annotations:
         """The competition's label table as canonical annotations."""
@@ -98,6 +156,40 @@ def competition_of_submission(path: str | Path) -> Competition:
             return competition
     known = "; ".join(f"{c.name}: {','.join(c.submission_columns)}" for _, c in COMPETITIONS.items())
     raise TableError(path, [f"line 1: header {','.join(header)!r} is no competition's submission header ({known})"])
+
+
+def of_data(data_cfg: Mapping[str, Any] | None) -> Competition:
+    """The competition of a config's `data` section: `data.competition` when set, else told by `data.root`'s layout
+    (default `cxrdet.paths.data_root()`).
+
+    Raises:
+        ConfigError: An unknown name, or a root whose competition cannot be told.
+    """
+    data_cfg = data_cfg or {}
+    if data_cfg.get("competition"):
+        return get_competition(str(data_cfg["competition"]))
+    return detect(Path(data_cfg["root"]) if data_cfg.get("root") else paths.data_root())  # no competition named
+
+
+def data_layout(root: str | Path) -> Any:
+    """The layout of the data set in `root`: a registered competition's (told by its label table), else an NIH
+    ChestX-ray14 one (`cxrdet.paths.NihLayout`, the classifiers' pretraining data, which is no competition).
+
+    Raises:
+        ConfigError: Neither (or several) label tables are in `root`.
+    """
+    root = Path(root)
+    nih = paths.NihLayout(root)
+    found = [c for _, c in COMPETITIONS.items() if Path(c.layout(root).labels_csv).is_file()]
+    if nih.labels_csv.is_file() and not found:
+        return nih
+    if len(found) == 1 and not nih.labels_csv.is_file():
+        return found[0].layout(root)
+    expected = "; ".join(f"{c.name}: {Path(c.layout(root).labels_csv).name}" for _, c in COMPETITIONS.items())
+    names = [c.name for c in found] + ["nih"] * nih.labels_csv.is_file()
+    what = "none" if not found else f"several ({', '.join(names)})"
+    raise ConfigError(f"{root}: {what} of the known label tables found: expected one of {expected}; nih: "
+                      f"{paths.NIH_LABELS}" + ("" if root.is_dir() else "; the folder does not exist"))
 
 
 def detect(root: str | Path) -> Competition:

@@ -7,15 +7,20 @@ Its pieces predate the registry and stay where they are: the layout `cxrdet.path
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from cxrdet import submission
 from cxrdet.competitions.base import COMPETITIONS, Competition
 from cxrdet.data.labels import RSNA_CLASSES, RSNA_IMAGE_SIZE, Annotations
 from cxrdet.errors import ConfigError
+from cxrdet.metrics.rsna import RsnaEvaluator
 from cxrdet.paths import KaggleLayout
+
+GT_COLUMNS = ["image_id", "x1", "y1", "x2", "y2", "label"]
 
 
 def _score(labels: Annotations, path: Path, image_ids: Sequence[str], allow_missing: bool, metric: str | None
@@ -32,9 +37,27 @@ def _validate(path: Path, image_ids: Sequence[str] | None, image_size: int | Non
     return f"{stats.n_rows} rows, {stats.n_boxes} boxes, {stats.n_empty} empty rows"
 
 
+def _ground_truth(labels: Annotations, readers: Mapping[str, Any] | None) -> pd.DataFrame:
+    """The label table's boxes as they are: each RSNA image has one (adjudicated) set of boxes."""
+    if readers:
+        raise ConfigError(f"data.readers={dict(readers)!r}: RSNA labels have one reader per image; leave it unset")
+    return labels.boxes[GT_COLUMNS].reset_index(drop=True)
+
+
+def _write(path: Path, pred: pd.DataFrame, image_ids: Sequence[str], sizes: Mapping[str, tuple[int, int]]
+           ) -> dict[str, int]:
+    size = sizes if sizes else RSNA_IMAGE_SIZE
+    written = submission.write_submission(path, pred, image_ids, size)
+    stats = submission.validate_submission(path, image_ids, size)
+    return {"n_rows": stats.n_rows, "n_boxes": stats.n_boxes, "n_empty": stats.n_empty,
+            "n_dropped": written.n_dropped}
+
+
 RSNA = COMPETITIONS.register(Competition(
     name="rsna", title="RSNA Pneumonia Detection Challenge (2018)", classes=RSNA_CLASSES, label_format="rsna",
     layout=KaggleLayout, image_size=RSNA_IMAGE_SIZE, metric="rsna", score=_score, validate=_validate,
     sample_ids=submission.read_image_ids,
     submission_columns=submission.SUBMISSION_HEADER, fold_columns=("positive", "n_boxes", "view", "sex", "age"),
+    evaluator=RsnaEvaluator, ground_truth=_ground_truth, write_submission=_write, monitor="val/rsna",
+    image_suffix=".dcm",
 ), name="rsna")  # fmt: skip

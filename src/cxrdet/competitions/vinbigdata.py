@@ -56,6 +56,8 @@ IOU_THRESHOLD = 0.4
 COLUMNS: tuple[str, ...] = ("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")
 BOX_FIELDS: tuple[str, ...] = ("x_min", "y_min", "x_max", "y_max")
 SUBMISSION_COLUMNS: tuple[str, ...] = ("image_id", "PredictionString")
+ABNORMAL = "abnormal"
+MONITOR = "val/map40"
 _RAD_ID = re.compile(r"^R\d+$")
 _MAX_LISTED = 10
 
@@ -136,6 +138,8 @@ def read_vinbigdata_labels(path: str | Path, sizes: Mapping[str, tuple[int, int]
     images["n_readers"] = df.groupby("image_id", sort=False)["rad_id"].nunique().reindex(ids).to_numpy(np.int64)
     normal = df[df["class_id"] == str(NO_FINDING_ID)].groupby("image_id", sort=False)["rad_id"].nunique()
     images["no_finding_readers"] = normal.reindex(ids, fill_value=0).to_numpy(dtype=np.int64)
+    # The 2-class filter's target (a classifier's `data.classes=('abnormal',)`): some reader drew a finding.
+    images[ABNORMAL] = images["positive"].astype(np.int64)
     present = pd.crosstab(boxes["image_id"], boxes["label"]).reindex(index=ids, columns=range(len(CLASSES)),
                                                                     fill_value=0)
     for k, name in enumerate(CLASSES):
@@ -338,6 +342,111 @@ def score_submission(labels: Annotations, path: Path, image_ids: Sequence[str], 
             "n_missing": len(ids.difference(pd.Index(pred["image_id"].unique()))), "n_boxes": len(pred)}
 
 
+def complete(pred: pd.DataFrame, image_ids: Sequence[str], prob: np.ndarray | None = None) -> pd.DataFrame:
+    """The finding boxes plus one no-finding box `14 conf 0 0 1 1` per image, unless `pred` already has class 14.
+
+    The no-finding confidence is `1 - p` for an image-level probability `p` of "abnormal" (the 2-class filter: a
+    classifier's output, aligned with `image_ids`), else `1 - (the image's highest finding confidence)` (1 on an
+    image without a finding box). Only its rank among images matters to the metric (AP of class 14).
+
+    Args:
+        pred: `image_id, x1, y1, x2, y2, score, label` (labels 0-13; extra columns are dropped).
+        image_ids: The image set (every image gets its box).
+        prob: P(abnormal) per image of `image_ids`, or None.
+    """
+    cols = ["image_id", "x1", "y1", "x2", "y2", "score", "label"]
+    pred = pred[cols]
+    if len(pred) and (pred["label"].to_numpy() == NO_FINDING_ID).any():
+        return pred
+    ids = pd.Index(image_ids)
+    if prob is not None:
+        normal = 1.0 - np.asarray(prob, dtype=np.float64)
+    else:
+        top = pred.groupby(pd.Index(np.asarray(pred["image_id"], dtype=object)), sort=False)["score"].max()
+        normal = 1.0 - top.reindex(ids, fill_value=0.0).to_numpy(dtype=np.float64)
+    x1, y1, x2, y2 = NO_FINDING_BOX
+    extra = pd.DataFrame({"image_id": ids.to_numpy(dtype=object), "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+                          "score": np.clip(normal, 0.0, 1.0), "label": NO_FINDING_ID})
+    plain = pred.assign(image_id=np.asarray(pred["image_id"], dtype=object))
+    return pd.concat([plain, extra], ignore_index=True) if len(plain) else extra
+
+
+@dataclass(frozen=True)
+class VinBigDataResult:
+    """The metric of one prediction set: `score` (mAP at IoU > 0.4; 0 when no class has ground truth) and the
+    `per_class` table of `cxrdet.metrics.voc.VocResult`."""
+
+    score: float
+    per_class: pd.DataFrame
+
+
+class VinBigDataEvaluator:
+    """The competition metric on one image set (a `cxrdet.competitions.Evaluator`).
+
+    Args:
+        gt: The finding boxes (`ground_truth`'s table before the no-finding boxes: labels 0-13, readers fused).
+        image_ids: The image set; an image without a finding box is a "No finding" image.
+    """
+
+    def __init__(self, gt: pd.DataFrame, image_ids: Sequence[str]) -> None:
+        from cxrdet.metrics.voc import VocEvaluator
+
+        self.image_ids = pd.Index(image_ids)
+        findings = gt[gt["label"] != NO_FINDING_ID]
+        self._voc = VocEvaluator(metric_ground_truth(findings, self.image_ids), self.image_ids, METRIC_CLASSES,
+                                 IOU_THRESHOLD)
+
+    def score(self, pred: pd.DataFrame) -> VinBigDataResult:
+        """The mAP of `pred`, completed by `complete` when it has no no-finding box."""
+        result = self._voc.score(complete(pred, self.image_ids))
+        return VinBigDataResult(0.0 if math.isnan(result.map) else float(result.map), result.per_class)
+
+    def score_vs_threshold(self, pred: pd.DataFrame, thresholds: Sequence[float] | np.ndarray) -> pd.DataFrame:
+        """The mAP of the finding boxes with score >= each cut (each completed by its own no-finding boxes).
+
+        A lower cut never lowers a class's AP (a box ranked last only adds recall), so the curve rises to the lowest
+        cut apart from the no-finding class, whose confidences come from the kept boxes.
+        """
+        findings = pred[pred["label"] != NO_FINDING_ID]
+        fixed = pred[pred["label"] == NO_FINDING_ID]
+        rows = []
+        for cut in np.asarray(thresholds, dtype=np.float64).ravel():
+            kept = findings[findings["score"].to_numpy() >= cut]
+            part = pd.concat([kept, fixed], ignore_index=True) if len(fixed) else kept
+            rows.append({"threshold": float(cut), "score": self.score(part).score,
+                         "n_images": len(self.image_ids)})
+        return pd.DataFrame(rows)
+
+
+def _ground_truth(labels: Annotations, readers: Mapping[str, Any] | None) -> pd.DataFrame:
+    """The finding boxes the metric compares with: the readers made one ground truth by `data.readers` (default:
+    fused per class by WBF at IoU 0.4, as `ground_truth`), without the no-finding boxes (`VinBigDataEvaluator`
+    adds them)."""
+    from cxrdet.data.readers import apply_readers
+
+    return apply_readers(labels.boxes, readers)[["image_id", "x1", "y1", "x2", "y2", "label"]]
+
+
+def _write(path: Path, pred: pd.DataFrame, image_ids: Sequence[str], sizes: Mapping[str, tuple[int, int]]
+           ) -> dict[str, int]:
+    """Write and read back a submission; boxes are clipped to their image (`sizes`) and those left without width or
+    height dropped."""
+    pred = pred.copy()
+    n_before = len(pred)
+    if sizes:
+        finding = pred["label"].to_numpy() != NO_FINDING_ID
+        wh = np.array([sizes.get(i, (np.inf, np.inf)) for i in pred["image_id"]], dtype=np.float64).reshape(-1, 2)
+        for col, limit in (("x1", wh[:, 0]), ("x2", wh[:, 0]), ("y1", wh[:, 1]), ("y2", wh[:, 1])):
+            values = pred[col].to_numpy(dtype=np.float64)
+            pred[col] = np.where(finding, np.clip(values, 0.0, limit), values)
+    pred["score"] = pred["score"].clip(0.0, 1.0)
+    pred = pred[(pred["x2"] > pred["x1"]) & (pred["y2"] > pred["y1"])]
+    write_submission(path, pred, image_ids)
+    boxes = read_submission(path, image_ids)
+    n_empty = len(image_ids) - boxes["image_id"].nunique()
+    return {"n_rows": len(image_ids), "n_boxes": len(boxes), "n_empty": int(n_empty), "n_dropped": n_before - len(pred)}
+
+
 def _validate(path: Path, image_ids: Sequence[str] | None, image_size: int | None) -> str:
     if image_size is not None:
         raise ConfigError(f"image size {image_size}: VinBigData images vary in size; a submission is checked without "
@@ -357,4 +466,6 @@ VINBIGDATA = COMPETITIONS.register(Competition(
     name="vinbigdata", title="VinBigData Chest X-ray Abnormalities Detection (2020-21)", classes=CLASSES,
     label_format="vinbigdata", layout=VinBigDataLayout, image_size=None, metric="voc@0.4", score=score_submission,
     validate=_validate, sample_ids=sample_image_ids, submission_columns=SUBMISSION_COLUMNS, fold_columns=CLASSES,
+    evaluator=VinBigDataEvaluator, ground_truth=_ground_truth, complete=complete, write_submission=_write,
+    monitor=MONITOR, image_suffix=".dicom",
 ), name="vinbigdata")  # fmt: skip

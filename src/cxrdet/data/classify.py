@@ -123,10 +123,11 @@ class ClassificationDataModule(DetectionDataModule):
         """Every class must be a class of the labels (a subset, in any order)."""
         if not self.cfg.classes:
             raise ConfigError("data.classes is empty: a classifier needs at least one class")
-        unknown = [c for c in self.cfg.classes if c not in annotations.classes]
+        image_columns = [c for c in annotations.images.columns if c not in ("image_id", "patient_id")]
+        unknown = [c for c in self.cfg.classes if c not in annotations.classes and c not in image_columns]
         if unknown:
             raise ConfigError(f"data.classes names {unknown}, which the labels {labels_csv} lack: expected some of "
-                              f"their classes {list(annotations.classes)}")
+                              f"their box classes {list(annotations.classes)} or per-image columns {image_columns}")
 
     @cached_property
     def truth(self) -> pd.DataFrame:

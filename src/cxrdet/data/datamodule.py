@@ -6,15 +6,19 @@ image of the fold file is in the cache and in the labels, and names the missing 
 
 The `data` section (a plain dict or an mmengine ConfigDict); every key may be left out:
 
-    data = dict(root=None, size=256, folds='demo_k5', cache=None, classes=('opacity',), batch_size=8, num_workers=2,
-                view='full', neg_ratio=None, positives_only=False,
+    data = dict(root=None, competition=None, size=256, folds='demo_k5', cache=None, classes=('opacity',),
+                batch_size=8, num_workers=2, view='full', neg_ratio=None, positives_only=False, readers=None,
                 augment=dict(hflip=0.5, affine=dict(degrees=3, translate=0.03, scale=(0.95, 1.05)),
                              brightness=0.1, contrast=0.1, gamma=(0.9, 1.1), clahe=False),
                 crops=dict(size_frac=0.5, neg_per_image=1))
 
-`root` None is `cxrdet.paths.data_root()`; `folds` is resolved by `cxrdet.paths.folds_file`; `cache` None is
-`cxrdet.paths.cache_dir(root, size)`. A curriculum stage passes its own `view` (for example `crops` first, then
-`full`). Batches are `(images, targets, metas)` as described in `cxrdet.data.dataset`.
+`root` None is `cxrdet.paths.data_root(competition)`; `competition` None is told by the root's layout
+(`cxrdet.competitions.of_data`); `folds` is resolved by `cxrdet.paths.folds_file`; `cache` None is
+`cxrdet.paths.cache_dir(root, size)`. `readers` makes one ground truth of a multi-reader table (VinBigData; see
+`cxrdet.data.readers`: `fuse`, `all`, with `drop`): training and validation boxes both come from it (validation
+fuses what `all` keeps, so that the held-out fold is scored against the competition's kind of ground truth).
+A curriculum stage passes its own `view` (for example `crops` first, then `full`). Batches are
+`(images, targets, metas)` as described in `cxrdet.data.dataset`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from cxrdet import paths
+from cxrdet.competitions import data_layout, of_data
 from cxrdet.data.dataset import (
     VIEWS,
     CropSpec,
@@ -45,11 +50,13 @@ from cxrdet.data.dataset import (
 from cxrdet.data.folds import read_folds
 from cxrdet.data.labels import Annotations, read_labels
 from cxrdet.data.prepare import load_meta
+from cxrdet.data.readers import resolve_readers
 from cxrdet.data.transforms import build_augment, build_clahe
 from cxrdet.errors import ConfigError, CxrdetError
 
 DATA_DEFAULTS: dict[str, Any] = {
     "root": None,
+    "competition": None,
     "size": 256,
     "folds": "demo_k5",
     "cache": None,
@@ -68,6 +75,7 @@ DATA_DEFAULTS: dict[str, Any] = {
         "clahe": False,
     },
     "crops": {"size_frac": 0.5, "neg_per_image": 1},
+    "readers": None,
 }
 GT_COLUMNS: tuple[str, ...] = ("image_id", "x1", "y1", "x2", "y2", "label")
 SPLITS: tuple[str, ...] = ("oof", "test")
@@ -98,6 +106,7 @@ class DataConfig:
     """The resolved `data` section of a config (see the module docstring for the keys)."""
 
     root: Path
+    competition: str | None
     size: int
     folds: Path
     cache: Path
@@ -109,6 +118,7 @@ class DataConfig:
     positives_only: bool
     augment: dict[str, Any] | None
     crops: CropSpec
+    readers: dict[str, Any] | None
 
     @classmethod
     def from_dict(cls, data_cfg: Mapping[str, Any]) -> DataConfig:
@@ -121,7 +131,7 @@ class DataConfig:
         if unknown:
             raise ConfigError(f"data: unknown key(s) {', '.join(unknown)}: expected some of {', '.join(DATA_DEFAULTS)}")
         cfg = {**DATA_DEFAULTS, **dict(data_cfg)}
-        root = Path(cfg["root"]) if cfg["root"] is not None else paths.data_root()
+        root = Path(cfg["root"]) if cfg["root"] is not None else paths.data_root(cfg["competition"])
         size = int(cfg["size"])
         if size < 8:
             raise ConfigError(f"data.size={cfg['size']!r}: expected an input side of at least 8 pixels")
@@ -138,8 +148,13 @@ class DataConfig:
         if not isinstance(crops, Mapping) or set(crops) - {"size_frac", "neg_per_image"}:
             raise ConfigError(f"data.crops={crops!r}: expected a dict with size_frac and/or neg_per_image")
         augment = cfg["augment"]
+        readers = resolve_readers(_plain(cfg["readers"])) if cfg["readers"] is not None else None
+        if readers is not None and readers["mode"] == "each":
+            raise ConfigError("data.readers.mode='each' (one copy of each image per reader) is not supported for "
+                              "training yet: use 'fuse' or 'all'")
         return cls(
             root=root,
+            competition=str(cfg["competition"]) if cfg["competition"] else None,
             size=size,
             folds=paths.folds_file(cfg["folds"]),
             cache=Path(cfg["cache"]) if cfg["cache"] is not None else paths.cache_dir(root, size),
@@ -153,6 +168,7 @@ class DataConfig:
             crops=CropSpec(
                 size_frac=float(crops.get("size_frac", 0.5)), neg_per_image=int(crops.get("neg_per_image", 1))
             ),
+            readers=readers,
         )
 
 
@@ -175,6 +191,8 @@ class _Tables:
     meta: pd.DataFrame
     annotations: Annotations
     folds: pd.DataFrame
+    train_boxes: pd.DataFrame
+    eval_boxes: pd.DataFrame
 
 
 class DetectionDataModule(pl.LightningDataModule):
@@ -236,7 +254,7 @@ class DetectionDataModule(pl.LightningDataModule):
             raise MissingImagesError(
                 self.cfg.folds, f"the train split of the prepare cache {self.cfg.cache}", missing, self._prepare_hint()
             )
-        labels_csv = paths.dataset_layout(self.cfg.root).labels_csv
+        labels_csv = data_layout(self.cfg.root).labels_csv
         annotations = read_labels(labels_csv)
         missing = folds.loc[~folds["image_id"].isin(set(annotations.images["image_id"])), "image_id"].tolist()
         if missing:
@@ -245,7 +263,23 @@ class DetectionDataModule(pl.LightningDataModule):
                 "Was the fold file built from these labels? Rebuild it with `cxrdet folds` from this data root.",
             )  # fmt: skip
         self._check_classes(annotations, labels_csv)
-        return _Tables(meta=meta, annotations=annotations, folds=folds)
+        train_boxes, eval_boxes = self._ground_truth(annotations, labels_csv)
+        return _Tables(meta=meta, annotations=annotations, folds=folds, train_boxes=train_boxes,
+                       eval_boxes=eval_boxes)
+
+    def _ground_truth(self, annotations: Annotations, labels_csv: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The training and the validation boxes: the competition's ground truth under `data.readers` (a table
+        with one reader per image, RSNA's or NIH's, as it is)."""
+        if "reader" not in annotations.boxes.columns:
+            if self.cfg.readers is not None:
+                raise ConfigError(f"data.readers is set but the labels {labels_csv} have no reader column: leave it "
+                                  "unset")
+            boxes = annotations.boxes[list(GT_COLUMNS)].reset_index(drop=True)
+            return boxes, boxes
+        competition = of_data({"root": self.cfg.root, "competition": self.cfg.competition})
+        train = competition.ground_truth(annotations, self.cfg.readers)
+        scored = None if self.cfg.readers is None else {**self.cfg.readers, "mode": "fuse"}
+        return train, competition.ground_truth(annotations, scored)
 
     def _check_classes(self, annotations: Annotations, labels_csv: Path) -> None:
         """A detector predicts every box class of the labels: `data.classes` must name them all, in order."""
@@ -276,14 +310,14 @@ class DetectionDataModule(pl.LightningDataModule):
     @cached_property
     def val_gt(self) -> pd.DataFrame:
         """Boxes of the validation images: `image_id, x1, y1, x2, y2, label`; xyxy, pixels of the original image."""
-        boxes = self._tables.annotations.boxes
+        boxes = self._tables.eval_boxes
         gt = boxes.loc[boxes["image_id"].isin(set(self.val_image_ids)), list(GT_COLUMNS)]
         return gt.reset_index(drop=True)
 
     def _records(self, image_ids: Sequence[str], split: str) -> list[ImageRecord]:
         """Records of cache split `split` (`train`: labelled, `test`: no boxes)."""
         meta = self._tables.meta
-        boxes = self._tables.annotations.boxes if split == "train" else None
+        boxes = self._tables.train_boxes if split == "train" else None
         return build_records(meta[meta["split"] == split], image_ids, boxes)
 
     def setup(self, stage: str | None = None) -> None:

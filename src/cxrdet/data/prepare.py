@@ -237,18 +237,31 @@ def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 def _list_sources(data_root: Path, splits: Sequence[str]) -> list[tuple[str, Path]]:
-    """`(split, dicom path)` of every `*.dcm` file of the requested splits, sorted by split order then name."""
+    """`(split, dicom path)` of every image file of the requested splits (the competition's suffix: RSNA `*.dcm`,
+    VinBigData `*.dicom`), sorted by split order then name."""
+    from cxrdet.competitions import COMPETITIONS
+
     if not data_root.is_dir():
         raise CxrdetError(f"{data_root}: data folder not found (expected the Kaggle layout: stage_2_train_images/...)")
-    layout = paths.KaggleLayout(data_root)
+    known = [c for _, c in COMPETITIONS.items()]
+    # The competition whose label table is there, else the one whose training image folder is (images first).
+    found = ([c for c in known if Path(c.layout(data_root).labels_csv).is_file()]
+             or [c for c in known if Path(c.layout(data_root).images_dir("train")).is_dir()] or known[:1])
+    if len(found) > 1:
+        raise CxrdetError(f"{data_root}: holds the files of several competitions ({', '.join(c.name for c in found)}): "
+                          "expected one data set per folder")
+    competition = found[0]
+    layout = competition.layout(data_root)
+    suffix = competition.image_suffix
     found: list[tuple[str, Path]] = []
     for split in splits:
-        folder = layout.images_dir(split)
+        folder = Path(layout.images_dir(split))
         if not folder.is_dir():
             if split == "train":
-                raise CxrdetError(f"{folder}: training image folder not found (expected <data>/{folder.name}/*.dcm)")
+                raise CxrdetError(f"{folder}: training image folder not found (expected <data>/{folder.name}/"
+                                  f"*{suffix})")
             continue  # the test images are optional
-        found += [(split, p) for p in sorted(folder.iterdir()) if p.suffix.lower() == ".dcm"]
+        found += [(split, p) for p in sorted(folder.iterdir()) if p.suffix.lower() == suffix]
     return found
 
 

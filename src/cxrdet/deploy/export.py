@@ -228,9 +228,12 @@ def detector_fields(cfg: Mapping[str, Any], detector: Detector, record: Mapping[
                     ) -> dict[str, Any]:
     """A detector export's own sidecar fields: input, normalisation and post-processing inside the graph, outputs,
     the validation threshold."""
+    from cxrdet.models.lit_detector import LitDetector
+
     size = int(cfg["data"]["size"])
     pred = cfg["predict"]
     transform = getattr(detector.net, "transform", None)
+    monitor = LitDetector.monitor_for(cfg)  # the competition's validation metric (`val/rsna`, `val/map40`)
     return {
         "task": "detect",
         "detector": cfg["model"]["type"],
@@ -253,8 +256,9 @@ def detector_fields(cfg: Mapping[str, Any], detector: Detector, record: Mapping[
             "max_per_image": int(pred["max_per_image"]),
         },
         "threshold": record.get("val_threshold"),
-        "threshold_note": "confidence cut that maximised the RSNA metric on this fold's validation images",
-        "val_rsna": record.get("val_score"),
+        "threshold_note": f"confidence cut that maximised {monitor} on this fold's validation images",
+        "val_metric": monitor,
+        "val_score": record.get("val_score"),
     }  # fmt: skip
 
 

@@ -1,8 +1,10 @@
 """An ensemble's data and the score of a parameter set: what every tuning trial evaluates.
 
 `EnsembleProblem` holds what does not change across trials: the members' boxes prepared for fusion
-(`FusionInput`), the metric's grouped ground truth (`RsnaEvaluator`) and the classifier's probabilities. A trial
-thresholds, fuses, post-processes and scores, all vectorised over the images.
+(`FusionInput`), the competition metric's grouped ground truth (its `Evaluator`) and the classifier's probabilities.
+A trial thresholds, fuses (per class), post-processes, adds the boxes the competition's submission needs besides the
+detectors' (VinBigData's no-finding box, from the classifier when there is one) and scores, all vectorised over the
+images.
 
 `load_oof` finds the data of an ensemble config: the members' OOF prediction files (from experiment names and folds),
 the fold file and the labels (from the config, else from the members' experiment configs).
@@ -19,11 +21,11 @@ import numpy.typing as npt
 import pandas as pd
 
 from cxrdet import paths
+from cxrdet.competitions import Competition, competition_of_labels, data_layout, get_competition
 from cxrdet.ensemble.fuse import BoxSet, FusionInput
 from cxrdet.ensemble.postprocess import classifier_probs, postprocess
 from cxrdet.ensemble.spec import EnsembleParams, EnsembleSpec
-from cxrdet.errors import ConfigError, TableError
-from cxrdet.metrics.rsna import RsnaEvaluator
+from cxrdet.errors import ConfigError, CxrdetError, TableError
 from cxrdet.runs import Run
 
 _MAX_LISTED = 10
@@ -34,18 +36,21 @@ class EnsembleProblem:
 
     Args:
         inp: The members' boxes, prepared.
-        gt: Ground-truth boxes `image_id, x1, y1, x2, y2` (xyxy, pixels of the original image) of `inp.image_ids`.
+        gt: Ground-truth boxes `image_id, x1, y1, x2, y2[, label]` (xyxy, pixels of the original image) of
+            `inp.image_ids`: the competition's `ground_truth`.
         prob: Classifier probability of each image of `inp.image_ids`, or None.
         engine: `fast` or `library` (see `cxrdet.ensemble.fuse`).
+        competition: Whose metric scores (default RSNA).
     """
 
     def __init__(self, inp: FusionInput, gt: pd.DataFrame, prob: npt.NDArray[np.float64] | None = None,
-                 engine: str = "fast") -> None:
+                 engine: str = "fast", competition: Competition | None = None) -> None:
         self.inp = inp
-        self.gt = gt
+        self.gt = gt if "label" in gt.columns else gt.assign(label=0)
         self.prob = prob
         self.engine = engine
-        self.evaluator = RsnaEvaluator(gt, inp.image_ids)
+        self.competition = competition or get_competition("rsna")
+        self.evaluator = self.competition.evaluator(self.gt, inp.image_ids)
 
     @property
     def image_ids(self) -> pd.Index:
@@ -61,15 +66,20 @@ class EnsembleProblem:
         return postprocess(fused, params.post, self.inp.n_members, self.prob)
 
     def score(self, params: EnsembleParams) -> float:
-        """RSNA score of the predictions under `params` (0 when no image counts)."""
-        value = self.evaluator.score(self.frame(self.predict(params))).score
+        """The competition metric of the predictions under `params` (0 when no image counts)."""
+        value = self.evaluator.score(self.submitted(self.predict(params))).score
         return 0.0 if np.isnan(value) else float(value)
+
+    def submitted(self, boxes: BoxSet) -> pd.DataFrame:
+        """What a submission would hold: `boxes` as a table, completed by the competition (`Competition.complete`)."""
+        return self.competition.complete(self.frame(boxes), self.image_ids, self.prob)
 
     def frame(self, boxes: BoxSet) -> pd.DataFrame:
         """A metric-ready table of `boxes`: image ids as a categorical over this image set (fast to index)."""
         out = pd.DataFrame(boxes.boxes, columns=["x1", "y1", "x2", "y2"])
         out["image_id"] = pd.Categorical.from_codes(boxes.image, categories=self.image_ids)
         out["score"] = boxes.score
+        out["label"] = boxes.label
         return out
 
     def subset(self, image_mask: npt.NDArray[np.bool_]) -> EnsembleProblem:
@@ -77,7 +87,7 @@ class EnsembleProblem:
         inp = self.inp.subset(image_mask)
         gt = self.gt[self.gt["image_id"].isin(inp.image_ids)]
         prob = None if self.prob is None else self.prob[image_mask]
-        return EnsembleProblem(inp, gt, prob, self.engine)
+        return EnsembleProblem(inp, gt, prob, self.engine, self.competition)
 
 
 @dataclass(frozen=True)
@@ -89,11 +99,18 @@ class DataSources:
         labels: The labels CSV.
         member_configs: Per member, the experiment config file found (the run folder's resolved config first), or
             None.
+        competition: The competition (the config's `competition`, else told by the labels' header).
+        readers: How the labels' readers make one ground truth (`cxrdet.data.readers`), or None (the competition's
+            default).
+        caches: The prepare caches the members read (where each image's size is when sizes vary).
     """
 
     folds: Path
     labels: Path
     member_configs: dict[str, Path | None]
+    competition: Competition
+    readers: dict[str, Any] | None = None
+    caches: tuple[Path, ...] = ()
 
 
 def member_config_path(experiment: str, folds: tuple[int, ...]) -> Path | None:
@@ -115,7 +132,7 @@ def data_sources(spec: EnsembleSpec) -> DataSources:
         ConfigError: Neither the ensemble nor the members' runs name them, or the members disagree.
     """
     configs = {m.name: member_config_path(m.experiment, m.folds) for m in spec.members}
-    folds_names, roots = set(), set()
+    folds_names, roots, readers, caches = set(), set(), [], []
     for m in spec.members:
         recorded = {Run(m.experiment, k).sidecar("oof").get("folds_file") for k in m.folds} - {None}
         path = configs[m.name]
@@ -125,7 +142,12 @@ def data_sources(spec: EnsembleSpec) -> DataSources:
         elif path is not None:
             folds_names.add(str(paths.folds_file(data["folds"]).resolve()) if data.get("folds") else None)
         if path is not None:
-            roots.add(str(data.get("root")) if data.get("root") else None)
+            roots.add(str(data.get("root") or paths.data_root(data.get("competition"))))
+            scored = data.get("readers")  # the OOF boxes were scored against what it kept, fused
+            readers.append(None if scored is None else {**dict(scored), "mode": "fuse"})
+            if data.get("size"):
+                root = Path(data["root"]) if data.get("root") else paths.data_root(data.get("competition"))
+                caches.append(Path(data["cache"]) if data.get("cache") else paths.cache_dir(root, int(data["size"])))
     if spec.folds is not None:
         folds = paths.folds_file(spec.folds)
     elif len(folds_names) == 1 and None not in folds_names:
@@ -137,10 +159,54 @@ def data_sources(spec: EnsembleSpec) -> DataSources:
         labels = Path(spec.labels)
     elif len(roots) <= 1:
         root = next(iter(roots), None)
-        labels = paths.KaggleLayout(Path(root) if root else paths.data_root()).labels_csv
+        labels = Path(data_layout(Path(root) if root else paths.data_root(spec.raw.get("competition"))).labels_csv)
     else:
         raise ConfigError(f"{spec.path}: the members' data.root differ ({sorted(map(str, roots))}); set labels=...")
-    return DataSources(folds, labels, configs)
+    if spec.raw.get("competition"):
+        competition = get_competition(str(spec.raw["competition"]))
+    else:
+        try:
+            competition = competition_of_labels(labels)
+        except CxrdetError as err:
+            raise ConfigError(f"{spec.path}: cannot tell the competition ({err}); set competition=...") from err
+    if spec.raw.get("readers") is not None:
+        chosen = dict(spec.raw["readers"])
+    else:
+        distinct = {repr(r) for r in readers}
+        if len(distinct) > 1:
+            raise ConfigError(f"{spec.path}: the members' data.readers differ ({sorted(distinct)}): their OOF boxes "
+                              "were scored against different ground truths; set readers=... in the ensemble config")
+        chosen = dict(readers[0]) if readers and readers[0] is not None else None
+    if chosen is not None:
+        chosen = {**chosen, "mode": "fuse"}  # the ground truth is one box set
+    return DataSources(folds, labels, configs, competition, chosen, tuple(dict.fromkeys(caches)))
+
+
+def image_sizes(spec: EnsembleSpec, sources: DataSources, image_ids: pd.Index
+                ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """`(widths, heights)` of `image_ids` in pixels: the config's `image_size`, else the competition's fixed size,
+    else each image's size from the members' prepare cache (`orig_width`, `orig_height` of its meta table).
+
+    Raises:
+        ConfigError: Sizes vary and no cache of the members holds every image.
+    """
+    from cxrdet.data.prepare import load_meta
+
+    n = len(image_ids)
+    fixed = spec.image_size or sources.competition.image_size
+    if fixed is not None:
+        return np.full(n, float(fixed[0])), np.full(n, float(fixed[1]))
+    for cache in sources.caches:
+        try:
+            meta = load_meta(cache).drop_duplicates("image_id").set_index("image_id")
+        except FileNotFoundError:
+            continue
+        found = meta.reindex(image_ids)
+        if not found["orig_width"].isna().any():
+            return (found["orig_width"].to_numpy(dtype=np.float64), found["orig_height"].to_numpy(dtype=np.float64))
+    raise ConfigError(f"{spec.path}: {sources.competition.name} images vary in size and no prepare cache of the "
+                      f"members ({', '.join(map(str, sources.caches)) or 'none found'}) holds all {n} images: run "
+                      "`cxrdet prepare`, or set image_size=... in the ensemble config")
 
 
 def _read_data_section(path: Path) -> dict[str, Any]:
@@ -193,7 +259,8 @@ def load_oof(spec: EnsembleSpec) -> OofData:
     folds = folds[folds["fold"].isin(spec.folds_used)].reset_index(drop=True)
     image_ids = pd.Index(folds["image_id"])
     ann = read_labels(sources.labels)
-    gt = ann.boxes[ann.boxes["image_id"].isin(image_ids)][["image_id", "x1", "y1", "x2", "y2"]]
+    truth = sources.competition.ground_truth(ann, sources.readers)
+    gt = truth[truth["image_id"].isin(image_ids)].reset_index(drop=True)
     fold_of = pd.Series(folds["fold"].to_numpy(), index=image_ids)
     members, problems = {}, []
     for m in spec.members:
@@ -209,11 +276,12 @@ def load_oof(spec: EnsembleSpec) -> OofData:
         members[m.name] = pd.concat(parts, ignore_index=True)
     if problems:
         raise TableError("OOF predictions", problems)
-    inp = FusionInput.from_frames(list(members.values()), image_ids, *spec.image_size, names=spec.member_names)
+    inp = FusionInput.from_frames(list(members.values()), image_ids, *image_sizes(spec, sources, image_ids),
+                                  names=spec.member_names)
     prob = None
     if spec.classifier is not None:
         exp = spec.classifier["experiment"]
         frame = pd.concat([Run(exp, k).read_predictions("oof") for k in spec.folds_used], ignore_index=True)
         prob = classifier_probs(frame, image_ids, f"OOF probabilities of {exp}", spec.classifier.get("column"))
-    problem = EnsembleProblem(inp, gt, prob, spec.engine)
+    problem = EnsembleProblem(inp, gt, prob, spec.engine, sources.competition)
     return OofData(problem, folds["fold"].to_numpy(dtype=np.int64), sources, members)

@@ -18,8 +18,11 @@ An ensemble config is an mmengine Python config with these keys (see `configs/en
   Names are fusion and postprocess keys; `weight` and `member_thr` expand to one parameter per member
   (`weight.<member>`, `member_thr.<member>`; the first member's weight stays fixed: only ratios matter).
 - `n_trials`, `honest_trials` (per held-out fold; default `n_trials`), `seed`.
-- Optional: `image_size` ((width, height) or a side, default 1024), `folds` and `labels` (default: the members'
-  experiment configs' `data.folds` and `data.root`), `storage` (default SQLite under `outputs/ensembles/NAME/`),
+- Optional: `image_size` ((width, height) or a side; default the competition's size, or for a competition whose
+  images vary (VinBigData) each image's size from the members' prepare cache), `folds` and `labels` (default: the
+  members' experiment configs' `data.folds` and `data.root`), `competition` (default: told by the labels' header),
+  `readers` (how a multi-reader label table becomes the ground truth, `cxrdet.data.readers`; default the members'
+  `data.readers`), `storage` (default SQLite under `outputs/ensembles/NAME/`),
   `test_ids` (a submission-format CSV listing the test images; default the data root's sample submission).
 """
 
@@ -47,7 +50,7 @@ SPACE_TYPES: tuple[str, ...] = ("float", "int", "categorical")
 CLASSIFIER_KEYS: frozenset[str] = frozenset({"experiment", "column"})
 TOP_KEYS: tuple[str, ...] = (
     "name", "members", "fusion", "postprocess", "classifier", "search_space", "n_trials", "honest_trials", "seed",
-    "image_size", "folds", "labels", "storage", "test_ids",
+    "image_size", "folds", "labels", "storage", "test_ids", "competition", "readers",
 )  # fmt: skip
 
 
@@ -82,7 +85,7 @@ class EnsembleSpec:
     n_trials: int
     honest_trials: int
     seed: int
-    image_size: tuple[float, float]
+    image_size: tuple[float, float] | None
     folds: str | None
     labels: str | None
     storage: str | None
@@ -206,7 +209,7 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
     n_trials = _integer(raw, "n_trials", 100, problems, low=1)
     honest = _integer(raw, "honest_trials", None, problems, low=1)
     seed = _integer(raw, "seed", 0, problems, low=0)
-    image_size = _image_size(raw.get("image_size", 1024), problems)
+    image_size = _image_size(raw["image_size"], problems) if raw.get("image_size") is not None else None
     classifier = raw.get("classifier")
     if classifier is not None:
         if not isinstance(classifier, Mapping) or "experiment" not in classifier or set(classifier) - CLASSIFIER_KEYS:
@@ -217,6 +220,10 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
     for key in ("folds", "labels", "storage"):
         if raw.get(key) is not None and not isinstance(raw[key], (str, Path)):
             problems.append(f"{key}={raw[key]!r}: expected a file name or path")
+    if raw.get("competition") is not None and not isinstance(raw["competition"], str):
+        problems.append(f"competition={raw['competition']!r}: expected a competition name such as 'vinbigdata'")
+    if raw.get("readers") is not None and not isinstance(raw["readers"], Mapping):
+        problems.append(f"readers={raw['readers']!r}: expected None or dict(mode=..., iou_thr=..., drop=[...])")
     try:
         paths.component(raw.get("name", path.stem), "ensemble name")  # it names the ensemble's output folder
     except ConfigError as err:

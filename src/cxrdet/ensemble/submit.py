@@ -6,7 +6,8 @@ member's folds first: `test_fold_merge='before'`) or after (each fold's members 
 vote scaling applied, then the folds merged: `'after'`); the remaining post-processing steps follow. A single member
 with `method='none'` is an ensemble too, so every model is submitted the same way.
 
-Outputs: the CSV (validated with `cxrdet.submission.validate_submission`) and, beside it, a JSON provenance record:
+Outputs: the competition's CSV (`Competition.write_submission`: written, then read back through its validator;
+VinBigData's gets every image's no-finding box, `Competition.complete`) and, beside it, a JSON provenance record:
 git revision, the ensemble config, the member configs and fold-file hashes, the parameters, both CV scores and date.
 """
 
@@ -23,7 +24,7 @@ import pandas as pd
 from cxrdet import paths
 from cxrdet.ensemble.fuse import BoxSet, FusionInput, FusionParams
 from cxrdet.ensemble.postprocess import classifier_probs, drop_non_finite, postprocess, scale_by_votes
-from cxrdet.ensemble.problem import DataSources, data_sources, require_predictions
+from cxrdet.ensemble.problem import DataSources, data_sources, image_sizes, require_predictions
 from cxrdet.ensemble.spec import EnsembleParams, EnsembleSpec, resolve
 from cxrdet.errors import ConfigError
 from cxrdet.io import file_sha256, write_json
@@ -49,17 +50,21 @@ def load_test_image_ids(spec: EnsembleSpec, sources: DataSources) -> list[str]:
     Raises:
         ConfigError: None of them exists.
     """
-    from cxrdet.submission import read_image_ids
-
     if spec.raw.get("test_ids"):
-        return read_image_ids(Path(spec.raw["test_ids"]))
-    layout = paths.KaggleLayout(sources.labels.parent)
-    if layout.sample_submission.is_file():
-        return read_image_ids(layout.sample_submission)
-    if layout.test_images.is_dir():
-        return sorted(p.stem for p in layout.test_images.glob("*.dcm"))
-    raise ConfigError(f"{spec.path}: no test image list: expected {layout.sample_submission} or "
-                      f"{layout.test_images}, or set test_ids=<a submission-format CSV> in the config")
+        return sources.competition.sample_ids(Path(spec.raw["test_ids"]))
+    try:
+        return sources.competition.test_image_ids(sources.labels.parent)
+    except ConfigError as err:
+        raise ConfigError(f"{spec.path}: {err}, or set test_ids=<a submission-format CSV> in the config") from err
+
+
+def test_probabilities(spec: EnsembleSpec, ids: pd.Index) -> np.ndarray | None:
+    """The classifier's test probability of each image (the mean of its fold models), or None without one."""
+    if spec.classifier is None:
+        return None
+    exp = spec.classifier["experiment"]
+    table = pd.concat([Run(exp, k).read_predictions("test") for k in spec.folds_used], ignore_index=True)
+    return classifier_probs(table, ids, f"test probabilities of {exp}", spec.classifier.get("column"))
 
 
 def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str]) -> tuple[BoxSet, pd.Index]:
@@ -75,13 +80,9 @@ def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str
     folds = spec.folds_used
     require_predictions(spec, "test")
     frames = {m.name: [Run(m.experiment, k).read_predictions("test") for k in folds] for m in spec.members}
-    size = spec.image_size
+    size = image_sizes(spec, data_sources(spec), ids)
     merge = FusionParams(method="wbf", iou_thr=params.fusion.iou_thr, conf_type=spec.test_fold_conf_type)
-    prob = None
-    if spec.classifier is not None:
-        exp = spec.classifier["experiment"]
-        table = pd.concat([Run(exp, k).read_predictions("test") for k in folds], ignore_index=True)
-        prob = classifier_probs(table, ids, f"test probabilities of {exp}", spec.classifier.get("column"))
+    prob = test_probabilities(spec, ids)
     n_members = len(spec.members)
 
     def merge_folds(parts: list[pd.DataFrame], names: list[str]) -> BoxSet:
@@ -130,8 +131,6 @@ def submit(spec: EnsembleSpec, out: str | Path | None = None) -> SubmitResult:
         ConfigError: Not tuned yet, or no test image list. TableError: Missing or invalid prediction files, or the
             written file fails validation.
     """
-    from cxrdet.submission import validate_submission, write_submission
-
     ensemble = EnsembleRun(spec.name)
     record = ensemble.read_params()
     if record.get("config_sha256") not in (None, file_sha256(spec.path)):
@@ -144,10 +143,11 @@ def submit(spec: EnsembleSpec, out: str | Path | None = None) -> SubmitResult:
     frame = boxes.to_frame(ids)
     # The file format takes confidences in [0, 1]; weights can push a fused one above 1.
     frame["score"] = frame["score"].clip(0.0, 1.0)
+    frame = sources.competition.complete(frame, ids, test_probabilities(spec, ids))
     csv = Path(out) if out is not None else paths.SUBMISSIONS_DIR / f"{spec.name}.csv"
-    size = (int(spec.image_size[0]), int(spec.image_size[1]))
-    written = write_submission(csv, frame, image_ids, size)
-    stats = validate_submission(csv, image_ids, size)
+    widths, heights = image_sizes(spec, sources, ids)
+    sizes = {i: (int(w), int(h)) for i, w, h in zip(ids, widths, heights, strict=True)}
+    stats = sources.competition.write_submission(csv, frame, image_ids, sizes)
     provenance = csv.with_suffix(".json")
     write_json(provenance, {
         "submission": str(csv), "sha256": file_sha256(csv), "ensemble": spec.name,
@@ -157,10 +157,10 @@ def submit(spec: EnsembleSpec, out: str | Path | None = None) -> SubmitResult:
         "folds": {"file": str(sources.folds), "sha256": file_sha256(sources.folds)},
         "params": record["params"], "scores": record["scores"], "test_fold_merge": spec.test_fold_merge,
         "params_json": {"path": str(ensemble.params_path), "sha256": file_sha256(ensemble.params_path)},
-        "stats": {"n_rows": stats.n_rows, "n_boxes": stats.n_boxes, "n_empty": stats.n_empty,
-                  "n_dropped": written.n_dropped, "n_test_images": len(image_ids),
-                  "mean_boxes_per_image": float(np.float64(stats.n_boxes) / max(stats.n_rows, 1))},
+        "competition": sources.competition.name,
+        "stats": {**stats, "n_test_images": len(image_ids),
+                  "mean_boxes_per_image": float(np.float64(stats["n_boxes"]) / max(stats["n_rows"], 1))},
         "git": git_revision(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     })  # fmt: skip
-    return SubmitResult(csv, provenance, stats.n_rows, stats.n_boxes, stats.n_empty)
+    return SubmitResult(csv, provenance, stats["n_rows"], stats["n_boxes"], stats["n_empty"])

@@ -1,6 +1,7 @@
-"""Tune an ensemble's parameters against the RSNA metric on pooled OOF boxes, with Optuna.
+"""Tune an ensemble's parameters against the competition's metric on pooled OOF boxes, with Optuna.
 
-- Objective: the RSNA score of the fused, post-processed OOF boxes of all folds (`EnsembleProblem.score`).
+- Objective: the competition metric (RSNA's, VinBigData's mAP, ...) of the fused, post-processed OOF boxes of all
+  folds, completed as a submission would be (`EnsembleProblem.score`).
 - Sampler: TPE, reseeded for every trial from (seed, trial number). The suggestions of trial n then do not depend on
   how many processes ran before it: a resumed study does not replay the first trials' random draws, and two
   workers on one study do not draw the same points.
@@ -11,8 +12,10 @@
   gone, or it ran past `stale_after_s` on another host) is marked FAIL and its parameters are enqueued once, so the
   next trial re-runs it: nothing is lost and nothing done is repeated. A trial that starts when the target is already
   covered by earlier trials (another worker's) is pruned at once, so workers together stop at exactly `n_trials`.
-- Honest estimate: for each fold k, a study tuned on the other folds' OOF boxes picks the parameters that then score
-  fold k; the mean over k estimates the score on unseen images. The tuned-on-all score is optimistic.
+- Honest estimate: for each fold k, a study tuned on the other folds' OOF boxes picks the parameters that then
+  predict fold k; the pooled held-out predictions of all folds, scored like the optimistic figure (the metric over
+  all OOF images), estimate the score on unseen images (each fold's own score is kept too). The tuned-on-all score
+  is optimistic.
 - Output: `outputs/ensembles/NAME/params.json`: best parameters, both scores, each member's own scores and the
   importance of each parameter.
 """
@@ -325,25 +328,29 @@ def importances(study: Study) -> dict[str, float]:
 # ---- members scored alone ----
 
 
+def _score(value: float) -> float:
+    return 0.0 if np.isnan(value) else float(value)
+
+
 def member_scores(oof: OofData) -> dict[str, dict[str, float]]:
     """Each member alone, its boxes cut at the best confidence threshold: the score tuned on all folds (optimistic),
-    and the honest one (for each fold, the threshold best on the other folds, scored on it; mean over folds)."""
+    and the honest one (for each fold, the threshold best on the other folds keeps that fold's boxes; the pooled
+    kept boxes scored on all OOF images, as the optimistic one is)."""
     problem = oof.problem
     folds = np.unique(oof.image_fold)
-    evaluators = {"all": problem.evaluator}
-    for k in folds:
-        evaluators[(k, "in")] = problem.subset(oof.image_fold == k).evaluator
-        evaluators[(k, "out")] = problem.subset(oof.image_fold != k).evaluator
     out = {}
     for name, frame in oof.members.items():
-        curves = {}
-        for key, ev in evaluators.items():
+        curve = problem.evaluator.score_vs_threshold(frame, THRESHOLD_GRID)["score"].fillna(0.0).to_numpy()
+        best = int(np.argmax(curve))
+        kept = []
+        for k in folds:
+            ev = problem.subset(oof.image_fold != k).evaluator
             boxes = frame[frame["image_id"].isin(ev.image_ids)]
-            curves[key] = ev.score_vs_threshold(boxes, THRESHOLD_GRID)["score"].fillna(0.0).to_numpy()
-        best = int(np.argmax(curves["all"]))
-        honest = [float(curves[(k, "in")][int(np.argmax(curves[(k, "out")]))]) for k in folds]
-        out[name] = {"threshold": float(THRESHOLD_GRID[best]), "optimistic": float(curves["all"][best]),
-                     "honest": float(np.mean(honest))}
+            cut = THRESHOLD_GRID[int(np.argmax(ev.score_vs_threshold(boxes, THRESHOLD_GRID)["score"].fillna(0.0)))]
+            held = frame[frame["image_id"].isin(problem.image_ids[oof.image_fold == k])]
+            kept.append(held[held["score"].to_numpy() >= cut])
+        honest = _score(problem.evaluator.score(pd.concat(kept, ignore_index=True)).score)
+        out[name] = {"threshold": float(THRESHOLD_GRID[best]), "optimistic": float(curve[best]), "honest": honest}
     return out
 
 
@@ -396,15 +403,24 @@ def tune(spec: EnsembleSpec, n_trials: int | None = None, storage: str | None = 
         if len(folds) < 2:
             raise ConfigError(f"{spec.path}: the honest estimate needs at least 2 folds, the members have "
                               f"{folds.tolist()}; run with --no-honest")
+        held_out = []
         for k in folds:
             name = f"{spec.name}.holdout{k}"
             sub = run_study(oof.problem.subset(oof.image_fold != k), spec, name, url, n_trials or spec.honest_trials,
                             spec.seed + 1000 * (int(k) + 1), progress(name))
-            per_fold[int(k)] = oof.problem.subset(oof.image_fold == k).score(resolve(spec, best_values(sub)[0]))
+            part = oof.problem.subset(oof.image_fold == k)
+            frame = part.submitted(part.predict(resolve(spec, best_values(sub)[0])))
+            held_out.append(frame.assign(image_id=frame["image_id"].astype(str)))
+            per_fold[int(k)] = _score(part.evaluator.score(held_out[-1]).score)
+        # Scored like the optimistic figure: the pooled held-out predictions of all folds, on all OOF images (a
+        # per-class mAP is not the mean of per-fold mAPs).
+        honest_score: float | None = _score(oof.problem.evaluator.score(pd.concat(held_out, ignore_index=True)).score)
+    else:
+        honest_score = None
     members = member_scores(oof)
     result = TuneResult(
         params_path=EnsembleRun(spec.name).params_path, best_params=best, optimistic=optimistic,
-        honest=float(np.mean(list(per_fold.values()))) if per_fold else None, honest_per_fold=per_fold,
+        honest=honest_score, honest_per_fold=per_fold,
         members=members, n_complete=n_complete(study), importances=importances(study),
     )  # fmt: skip
     write_params(spec, result, oof, url)

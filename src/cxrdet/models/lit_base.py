@@ -111,6 +111,11 @@ class LitBase(pl.LightningModule):
     monitor: ClassVar[str] = ""
     what: ClassVar[str] = "model"
 
+    @classmethod
+    def monitor_for(cls, cfg: Mapping[str, Any]) -> str:
+        """The monitored metric's name for a config (a detector's depends on its competition)."""
+        return cls.monitor
+
     def __init__(self, cfg: Mapping[str, Any], model: nn.Module) -> None:
         super().__init__()
         self.save_hyperparameters({"cfg": dict(cfg)})
@@ -189,8 +194,9 @@ class LitBase(pl.LightningModule):
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="max", factor=float(sched.get("factor", 0.5)), patience=int(sched.get("patience", 2)),
                 min_lr=float(sched.get("min_lr", 0.0)))
+            monitor = self.monitor_for(self.cfg)
             return {"optimizer": optimizer,
-                    "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": self.monitor}}
+                    "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": monitor}}
         if kind == "constant":
             return {"optimizer": optimizer}
         raise ConfigError(f"lr_schedule.type={kind!r}: expected one of ['constant', 'cosine', 'plateau']")

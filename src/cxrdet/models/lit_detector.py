@@ -1,9 +1,11 @@
-"""The one LightningModule for detection: loss steps, EMA weights, and the RSNA metric on the held-out fold.
+"""The one LightningModule for detection: loss steps, EMA weights, and the competition metric on the held-out fold.
 
 Validation runs the EMA weights when EMA is on (so the best checkpoint is chosen by, and holds, the weights that
 prediction will use), maps every box back to original-image pixels, and scores the fold with the competition metric
-at every confidence cut of `evaluation.thresholds`; it logs the best score (`val/rsna`) and its cut
-(`val/threshold`). Under DDP each rank scores the gathered predictions of all ranks, so all agree on the metric.
+(`cxrdet.competitions`: the config's `data.competition`, else told by its data root) at every confidence cut of
+`evaluation.thresholds`; it logs the best score under the competition's name (`val/rsna`, VinBigData's
+`val/map40`) and its cut (`val/threshold`). Under DDP each rank scores the gathered predictions of all ranks, so
+all agree on the metric.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ import pandas as pd
 import torch
 
 from cxrdet.boxes import hflip_xyxy, rescale_xyxy
+from cxrdet.competitions import Evaluator, of_data
 from cxrdet.errors import ConfigError
-from cxrdet.metrics.rsna import RsnaEvaluator
 from cxrdet.models.detector import Detector
 from cxrdet.models.factory import create_detector
 from cxrdet.models.lit_base import LitBase, from_all_ranks
 
 PRED_COLUMNS: tuple[str, ...] = ("image_id", "x1", "y1", "x2", "y2", "score", "label")
-MONITOR = "val/rsna"
+MONITOR = "val/rsna"  # the reference competition's; `LitDetector.monitor_for(cfg)` gives a config's
 
 
 def empty_predictions() -> pd.DataFrame:
@@ -89,12 +91,23 @@ class LitDetector(LitBase):
     what = "detector"
     model: Detector
 
+    @classmethod
+    def monitor_for(cls, cfg: Mapping[str, Any]) -> str:
+        """The config's competition's metric name; the reference competition's when neither `data.competition` nor
+        the data root tells one (a module built without data: validation, which needs the data, says what is
+        missing)."""
+        try:
+            return of_data(cfg.get("data")).monitor
+        except ConfigError:
+            return cls.monitor
+
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__(cfg, create_detector(cfg))
         self.size = int(cfg["data"]["size"])
         self.thresholds = threshold_grid(cfg["evaluation"]["thresholds"])
         self._val_frames: list[pd.DataFrame] = []
-        self._evaluator: RsnaEvaluator | None = None
+        self._evaluator: Evaluator | None = None
+        self._monitor: str | None = None
 
     def inference_model(self) -> Detector:
         """The weights validation and prediction use: the EMA copy when EMA is on."""
@@ -124,14 +137,22 @@ class LitDetector(LitBase):
         outputs = model(images)
         self._val_frames.append(detections_to_frame(outputs, metas, self.size))
 
-    def evaluator(self) -> RsnaEvaluator:
-        """The held-out fold's ground truth, from the trainer's data module (`val_gt`, `val_image_ids`)."""
+    def evaluator(self) -> Evaluator:
+        """The competition metric on the held-out fold's ground truth, from the trainer's data module (`val_gt`,
+        `val_image_ids`)."""
         if self._evaluator is None:
             dm = self.trainer.datamodule
             if dm is None or not hasattr(dm, "val_gt"):
                 raise ConfigError("validation needs a data module with `val_gt` and `val_image_ids`")
-            self._evaluator = RsnaEvaluator(dm.val_gt, dm.val_image_ids)
+            self._evaluator = of_data(self.cfg["data"]).evaluator(dm.val_gt, dm.val_image_ids)
         return self._evaluator
+
+    @property
+    def monitor_name(self) -> str:
+        """The logged name of the validation metric (`monitor_for` this module's config)."""
+        if self._monitor is None:
+            self._monitor = self.monitor_for(self.cfg)
+        return self._monitor
 
     def gathered_predictions(self) -> pd.DataFrame:
         """This epoch's validation predictions of all ranks, each image once (a distributed sampler pads with
@@ -152,7 +173,7 @@ class LitDetector(LitBase):
         score, threshold = best_threshold(curve)
         # Every rank scored the same gathered predictions: syncing averages equal values, and keeps Lightning's
         # checkpoint and early-stopping decisions identical on all ranks.
-        self.log(MONITOR, score, prog_bar=True, sync_dist=True)
+        self.log(self.monitor_name, score, prog_bar=True, sync_dist=True)
         self.log("val/threshold", threshold, sync_dist=True)
         self.log("val/boxes_per_image", len(pred) / max(1, len(self.evaluator().image_ids)), sync_dist=True)
         self._val_frames = []

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from cxrdet import paths
+from cxrdet.competitions import Competition, Evaluator, data_layout, get_competition, of_data
 from cxrdet.errors import CxrdetError, TableError
 from cxrdet.metrics.classification import ClassificationResult, evaluate
-from cxrdet.metrics.rsna import RsnaEvaluator
 from cxrdet.report.html import number
 from cxrdet.runs import EnsembleRun, Experiment, Run
 
@@ -39,14 +39,16 @@ class ReportData:
         kind: `experiment` or `ensemble`.
         image_ids: The OOF image set (every image of the folds used).
         image_fold: Fold of each image, indexed by image id.
-        gt: Ground truth `image_id, x1, y1, x2, y2` (xyxy, pixels of the original image).
-        predictions: OOF boxes per prediction set (`image_id, x1, y1, x2, y2, score`, same units); the primary set
-            (the ensemble, or the experiment) is first.
+        gt: Ground truth `image_id, x1, y1, x2, y2, label` (xyxy, pixels of the original image): the competition's
+            (readers fused where there are several).
+        predictions: OOF boxes per prediction set (`image_id, x1, y1, x2, y2, score, label`, same units); the
+            primary set (the ensemble, or the experiment) is first.
         chosen: The confidence cut of each prediction set.
         meta: Per image (index image id): `orig_width, orig_height, view, sex` and the cached image's `cache` path.
         cache: The prepare cache folder the gallery reads images from.
         runs: The training runs behind it.
         notes: Lines for the report's header.
+        competition: Whose metric the scores are (None: RSNA).
     """
 
     name: str
@@ -60,10 +62,21 @@ class ReportData:
     cache: Path
     runs: list[Run]
     notes: list[str] = field(default_factory=list)
+    competition: Competition | None = None
 
     @property
     def primary(self) -> str:
         return next(iter(self.predictions))
+
+    @property
+    def contest(self) -> Competition:
+        """The competition (RSNA when none was given)."""
+        return self.competition or get_competition("rsna")
+
+    def evaluator(self, image_ids: pd.Index | None = None) -> Evaluator:
+        """The competition metric on `image_ids` (default: every OOF image)."""
+        ids = self.image_ids if image_ids is None else image_ids
+        return self.contest.evaluator(self.gt[self.gt["image_id"].isin(ids)], ids)
 
 
 def _data_of_run(run: Run) -> Any:
@@ -74,7 +87,8 @@ def _data_of_run(run: Run) -> Any:
 
 
 def _ground_truth(data: Any, folds_used: Sequence[int]) -> tuple[pd.Index, pd.Series, pd.DataFrame, pd.DataFrame]:
-    """Image set, fold per image, ground-truth boxes and cache meta of the folds used."""
+    """Image set, fold per image, ground-truth boxes (the competition's, under the run's `data.readers`) and cache
+    meta of the folds used."""
     from cxrdet.data.folds import read_folds
     from cxrdet.data.labels import read_labels
     from cxrdet.data.prepare import load_meta
@@ -82,8 +96,10 @@ def _ground_truth(data: Any, folds_used: Sequence[int]) -> tuple[pd.Index, pd.Se
     folds = read_folds(data.folds)
     folds = folds[folds["fold"].isin(list(folds_used))].reset_index(drop=True)
     image_ids = pd.Index(folds["image_id"].astype(str))
-    boxes = read_labels(paths.KaggleLayout(data.root).labels_csv).boxes
-    gt = boxes[boxes["image_id"].isin(image_ids)][["image_id", "x1", "y1", "x2", "y2"]].reset_index(drop=True)
+    competition = of_data({"root": data.root, "competition": data.competition})
+    readers = None if data.readers is None else {**data.readers, "mode": "fuse"}
+    truth = competition.ground_truth(read_labels(data_layout(data.root).labels_csv), readers)
+    gt = truth[truth["image_id"].isin(image_ids)].reset_index(drop=True)
     meta = load_meta(data.cache)
     meta = meta[meta["split"] == "train"].drop_duplicates("image_id").set_index("image_id")
     return image_ids, pd.Series(folds["fold"].to_numpy(), index=image_ids), gt, meta.reindex(image_ids)
@@ -112,11 +128,12 @@ def load_experiment(experiment: str) -> ReportData:
     data = _data_of_run(runs[0])
     image_ids, image_fold, gt, meta = _ground_truth(data, [r.fold for r in runs])
     pred = pd.concat([r.read_predictions("oof") for r in runs], ignore_index=True)
-    curve = RsnaEvaluator(gt, image_ids).score_vs_threshold(pred, CUTS)
+    competition = of_data({"root": data.root, "competition": data.competition})
+    curve = competition.evaluator(gt, image_ids).score_vs_threshold(pred, CUTS)
     return ReportData(
         name=experiment, kind="experiment", image_ids=image_ids, image_fold=image_fold, gt=gt,
         predictions={experiment: pred}, chosen={experiment: best_cut(curve)}, meta=meta, cache=data.cache,
-        runs=runs,
+        runs=runs, competition=competition,
         notes=[f"folds {', '.join(str(r.fold) for r in runs)}; the chosen cut is the best of the pooled OOF curve "
                "(tuned on the same images it is scored on: slightly optimistic)"],
     )  # fmt: skip
@@ -143,7 +160,7 @@ def load_ensemble_data(config: Path) -> ReportData:
     params = resolve(spec, record["params"])
     # Fuse without the final cut so that the curve shows every cut; the tuned cut is marked on it.
     uncut = dataclasses.replace(params, post=dataclasses.replace(params.post, final_thr=0.0))
-    fused = problem.frame(problem.predict(uncut))
+    fused = problem.submitted(problem.predict(uncut))  # with the competition's extra boxes (no-finding)
     fused["image_id"] = fused["image_id"].astype(str)
     predictions = {ENSEMBLE: fused, **{name: frame for name, frame in oof.members.items()}}
     chosen = {ENSEMBLE: float(params.post.final_thr)}
@@ -156,7 +173,7 @@ def load_ensemble_data(config: Path) -> ReportData:
     return ReportData(
         name=spec.name, kind="ensemble", image_ids=problem.image_ids, image_fold=pd.Series(oof.image_fold,
         index=problem.image_ids), gt=problem.gt, predictions=predictions, chosen=chosen, meta=meta,
-        cache=data.cache, runs=runs,
+        cache=data.cache, runs=runs, competition=problem.competition,
         notes=[f"members: {', '.join(spec.member_names)}; folds {', '.join(map(str, spec.folds_used))}",
                f"tuned OOF score {number(scores.get('optimistic'))} (optimistic), honest "
                f"{number(scores.get('honest'))} (nested across folds; '-' when not run)",
@@ -256,8 +273,8 @@ def load_experiment_oof(experiment: str) -> ExperimentOof:
         folds.append(pd.Series(run.fold, index=frame.index))
     probs = pd.concat(frames)
     image_fold = pd.concat(folds)
-    root = cfg["data"].get("root") or paths.data_root()
-    labels_csv = paths.dataset_layout(root).labels_csv  # RSNA Kaggle or NIH layout
+    root = cfg["data"].get("root") or paths.data_root(cfg["data"].get("competition"))
+    labels_csv = data_layout(root).labels_csv  # a competition's or NIH's layout
     labels = read_labels(labels_csv)
     truth = truth_table(labels.images, labels.boxes, labels.classes, classes)
     unknown = probs.index.difference(truth.index)

@@ -1,9 +1,12 @@
 """The report page of detection results (an experiment's or a tuned ensemble's OOF boxes), with PNG figures.
 
 Figures (fixed pixel sizes, `cxrdet.report.figures.FIGURES`):
-- `threshold.png`: RSNA score against the confidence cut, per prediction set, the chosen cut marked;
-- `pr.png`: precision-recall at IoU 0.4 and 0.75 (boxes ranked over all images, matched by the metric's own matching);
-- `per_iou.png`: the metric at the chosen cut, per IoU threshold;
+- `threshold.png`: the competition's score against the confidence cut, per prediction set, the chosen cut marked;
+- `pr.png`: precision-recall at IoU 0.4 and 0.75 (boxes ranked over all images, matched per class by the RSNA
+  metric's greedy matching);
+- `per_iou.png`: the metric at the chosen cut, per IoU threshold (RSNA: its own per-threshold means; a VOC-scored
+  competition: the mAP of the finding classes at each IoU threshold);
+- `per_class.png`: the AP of each finding class at IoU > 0.4 (VOC all-point) at the chosen cut, per prediction set;
 - `curves.png`: training loss and validation score per epoch, per experiment and fold (CSV logs);
 - `gallery.png`: OOF images, best, worst and with the most false positives: ground truth black, predictions green;
 - `errors.png`: false negatives and false positives grouped by box size, lung zone, view position and sex;
@@ -29,6 +32,7 @@ from matplotlib.patches import Rectangle
 from cxrdet.boxes import rescale_xyxy
 from cxrdet.io import write_text
 from cxrdet.metrics.rsna import IOU_THRESHOLDS, RsnaEvaluator, match_boxes
+from cxrdet.metrics.voc import VocEvaluator
 from cxrdet.report.data import CUTS, ReportData, load_report_data
 from cxrdet.report.figures import figure_sizes, new_figure, plot_training_curves, save_figure
 from cxrdet.report.html import figure_html, items_html, page_head, table_html
@@ -42,6 +46,20 @@ ZONES = tuple(f"{third} {side}" for third in ("upper", "middle", "lower") for si
 # ---- analysis (pure functions) ----
 
 
+def findings(data: ReportData, frame: pd.DataFrame) -> pd.DataFrame:
+    """The boxes of `frame` of the competition's detection classes (without VinBigData's no-finding box)."""
+    if "label" not in frame.columns:
+        return frame.assign(label=0)
+    return frame[frame["label"].to_numpy() < len(data.contest.classes)].reset_index(drop=True)
+
+
+def per_class(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with image and class as one key (`image_id|label`; no `label`: one class): matching it matches boxes
+    of one class only."""
+    label = frame["label"].astype(str) if "label" in frame.columns else "0"
+    return frame.assign(image_id=frame["image_id"].astype(str) + "|" + label)
+
+
 def precision_recall(gt: pd.DataFrame, pred: pd.DataFrame, iou_thr: float) -> tuple[np.ndarray, np.ndarray]:
     """Precision and recall of `pred` (boxes ranked by score over all images) at one IoU threshold, matched per image
     by the metric's own greedy matching (`cxrdet.metrics.rsna.match_boxes`).
@@ -49,7 +67,7 @@ def precision_recall(gt: pd.DataFrame, pred: pd.DataFrame, iou_thr: float) -> tu
     Returns:
         Arrays aligned with the ranked predictions: precision = TP / kept, recall = TP / ground-truth boxes.
     """
-    pred_match, _ = match_boxes(gt, pred, iou_thr)
+    pred_match, _ = match_boxes(per_class(gt), per_class(pred), iou_thr)
     order = np.argsort(-pred["score"].to_numpy(dtype=np.float64), kind="stable")
     tp = np.cumsum(pred_match[order] >= 0)
     kept = np.arange(1, len(order) + 1)
@@ -79,9 +97,9 @@ def error_table(data: ReportData, name: str, iou_thr: float = 0.4) -> pd.DataFra
         Rows `by, group, n_gt, fn, fn_rate, n_pred, fp, fp_rate` for `by` in size, zone, view, sex; a box's size and
         zone are those of the true box for FN and of the predicted box for FP; view and sex are the image's.
     """
-    pred = data.predictions[name]
+    pred = findings(data, data.predictions[name])
     pred = pred[pred["score"] >= data.chosen[name]].reset_index(drop=True)
-    pred_match, gt_match = match_boxes(data.gt, pred, iou_thr)
+    pred_match, gt_match = match_boxes(per_class(data.gt), per_class(pred), iou_thr)
     rows = []
     for side, boxes, missed in (("gt", data.gt, gt_match < 0), ("pred", pred, pred_match < 0)):
         meta = data.meta.reindex(boxes["image_id"].astype(str))
@@ -112,9 +130,9 @@ def error_table(data: ReportData, name: str, iou_thr: float = 0.4) -> pd.DataFra
 
 def box_ratios(data: ReportData, name: str, iou_thr: float = 0.4) -> pd.DataFrame:
     """Predicted over true width and height of the matched pairs of one prediction set at its chosen cut."""
-    pred = data.predictions[name]
+    pred = findings(data, data.predictions[name])
     pred = pred[pred["score"] >= data.chosen[name]].reset_index(drop=True)
-    pred_match, _ = match_boxes(data.gt, pred, iou_thr)
+    pred_match, _ = match_boxes(per_class(data.gt), per_class(pred), iou_thr)
     hit = np.flatnonzero(pred_match >= 0)
     p = pred[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64)[hit]
     g = data.gt[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64)[pred_match[hit]]
@@ -131,27 +149,37 @@ def shrink_factor(ratios: pd.DataFrame) -> float:
 
 
 def per_fold_table(data: ReportData) -> pd.DataFrame:
-    """RSNA score per fold of each prediction set at its chosen cut, plus the best validation score the training
-    logged for each run."""
+    """The competition's score per fold of each prediction set at its chosen cut, plus the best validation score the
+    training logged for each run."""
     rows = []
+    monitor = data.contest.monitor
     for k in sorted(set(data.image_fold.tolist())):
         ids = data.image_fold.index[data.image_fold.to_numpy() == k]
-        evaluator = RsnaEvaluator(data.gt[data.gt["image_id"].isin(ids)], ids)
+        evaluator = data.evaluator(ids)
         row: dict[str, Any] = {"fold": int(k), "images": len(ids)}
-        for name, pred in data.predictions.items():
-            kept = pred[(pred["score"] >= data.chosen[name]) & pred["image_id"].isin(ids)]
-            row[f"{name} OOF"] = evaluator.score(kept).score
+        for name in data.predictions:
+            row[f"{name} OOF"] = evaluator.score(kept_at_cut(data, name, ids)).score
         for run in data.runs:
             if run.fold == k:
                 # The final curriculum stage's best checkpoint: the one prediction used.
-                row[f"{run.experiment} val/rsna"] = run.best_record().get("val_score")
+                row[f"{run.experiment} {monitor}"] = run.best_record().get("val_score")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def kept_at_cut(data: ReportData, name: str, ids: pd.Index) -> pd.DataFrame:
+    """The boxes of one prediction set on `ids` that its chosen cut keeps; a cut never drops the boxes outside the
+    detection classes (VinBigData's no-finding box, whose confidence is not a detection's)."""
+    pred = data.predictions[name]
+    keep = pred["score"].to_numpy() >= data.chosen[name]
+    if "label" in pred.columns:
+        keep |= pred["label"].to_numpy() >= len(data.contest.classes)
+    return pred[keep & pred["image_id"].isin(ids).to_numpy()]
+
+
 def plot_threshold(data: ReportData, folder: Path) -> tuple[Path, pd.DataFrame]:
     """Score against the confidence cut per prediction set; returns the figure and the per-IoU rows at the cuts."""
-    evaluator = RsnaEvaluator(data.gt, data.image_ids)
+    evaluator = data.evaluator()
     fig, ax = new_figure("threshold")
     at_cut = []
     for name, pred in data.predictions.items():
@@ -163,7 +191,7 @@ def plot_threshold(data: ReportData, folder: Path) -> tuple[Path, pd.DataFrame]:
         ax.plot([row["threshold"]], [row["score"]], "o", color=line.get_color())
         at_cut.append({"prediction set": name, "cut": data.chosen[name], "score": row["score"],
                        **{c: row[c] for c in curve.columns if c.startswith("iou_")}})
-    ax.set(xlabel="confidence cut (boxes with score >= cut kept)", ylabel="RSNA score (OOF)",
+    ax.set(xlabel="confidence cut (boxes with score >= cut kept)", ylabel=f"{data.contest.metric} score (OOF)",
            title="Score against confidence threshold (dots: chosen cuts)", xlim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -174,12 +202,51 @@ def plot_pr(data: ReportData, folder: Path) -> Path:
     fig, axes = new_figure("pr", ncols=2)
     for ax, iou in zip(axes, (0.4, 0.75), strict=True):
         for name, pred in data.predictions.items():
-            precision, recall = precision_recall(data.gt, pred, iou)
+            precision, recall = precision_recall(data.gt, findings(data, pred), iou)
             ax.plot(recall, precision, label=name, linewidth=2 if name == data.primary else 1)
         ax.set(xlabel="recall", ylabel="precision", title=f"IoU > {iou}", xlim=(0, 1), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return save_figure(fig, folder, "pr")
+
+
+def finding_ap(data: ReportData, name: str, iou_thr: float) -> pd.DataFrame:
+    """AP of each detection class (VOC all-point, IoU strictly above `iou_thr`) of one prediction set at its cut:
+    rows `label, class, ap, n_gt, n_pred, tp` (`cxrdet.metrics.voc.VocResult.per_class`)."""
+    pred = findings(data, data.predictions[name])
+    pred = pred[pred["score"] >= data.chosen[name]]
+    evaluator = VocEvaluator(data.gt, data.image_ids, data.contest.classes, iou_thr)
+    return evaluator.score(pred).per_class
+
+
+def per_iou_rows(data: ReportData, at_cut: pd.DataFrame) -> pd.DataFrame:
+    """`at_cut` with one `iou_<t>` column per IoU threshold: the RSNA metric's own, else the finding classes' mAP."""
+    if any(c.startswith("iou_") for c in at_cut.columns):
+        return at_cut
+    out = at_cut.copy()
+    for t in IOU_THRESHOLDS:
+        out[f"iou_{t:.2f}"] = [float(np.nanmean(finding_ap(data, name, float(t))["ap"].to_numpy(dtype=float)))
+                               if len(data.gt) else math.nan for name in at_cut["prediction set"]]
+    return out
+
+
+def plot_per_class(data: ReportData, folder: Path) -> tuple[Path, pd.DataFrame]:
+    """`per_class.png` and its table: AP at IoU > 0.4 of each class, per prediction set at its chosen cut."""
+    tables = {name: finding_ap(data, name, 0.4) for name in data.predictions}
+    classes = list(data.contest.classes)
+    fig, ax = new_figure("per_class")
+    width = 0.8 / max(len(tables), 1)
+    x = np.arange(len(classes))
+    for i, (name, table) in enumerate(tables.items()):
+        ax.bar(x + i * width, table["ap"].fillna(0.0).to_numpy(), width, label=name)
+    ax.set_xticks(x + width * (len(tables) - 1) / 2, classes, rotation=30, ha="right", fontsize=7)
+    ax.set(ylabel="AP at IoU > 0.4 (OOF)", ylim=(0, 1.02), title="AP per class at the chosen cut")
+    ax.legend(fontsize=8)
+    first = next(iter(tables.values()))
+    rows = pd.DataFrame({"class": classes, "true boxes": first["n_gt"].to_numpy()})
+    for name, table in tables.items():
+        rows[f"{name} AP"] = table["ap"].to_numpy()
+    return save_figure(fig, folder, "per_class"), rows
 
 
 def plot_per_iou(at_cut: pd.DataFrame, folder: Path) -> Path:
@@ -190,7 +257,7 @@ def plot_per_iou(at_cut: pd.DataFrame, folder: Path) -> Path:
         values = [row[f"iou_{t:.2f}"] for t in IOU_THRESHOLDS]
         ax.bar(x + i * width, values, width, label=f"{row['prediction set']} (cut {row['cut']:.2f})")
     ax.set_xticks(x + width * (len(at_cut) - 1) / 2, [f"{t:.2f}" for t in IOU_THRESHOLDS])
-    ax.set(xlabel="IoU threshold", ylabel="mean TP / (TP + FP + FN)", title="The metric per IoU threshold")
+    ax.set(xlabel="IoU threshold", ylabel="score at that IoU threshold", title="The metric per IoU threshold")
     ax.legend(fontsize=8)
     return save_figure(fig, folder, "per_iou")
 
@@ -198,15 +265,16 @@ def plot_per_iou(at_cut: pd.DataFrame, folder: Path) -> Path:
 def plot_curves(data: ReportData, folder: Path) -> Path:
     runs = [(f"{run.experiment} fold {run.fold}" if data.kind == "ensemble" else f"fold {run.fold}", run.folder)
             for run in data.runs]
-    return plot_training_curves(runs, folder)
+    return plot_training_curves(runs, folder, data.contest.monitor)
 
 
 def gallery_picks(data: ReportData, name: str) -> dict[str, list[str]]:
     """Image ids to show, `GALLERY_PER_GROUP` each: `best` (highest per-image score among images with ground truth),
     `worst` (lowest score among images with ground truth; more true boxes first on ties) and `most false positives`
     (most boxes unmatched at IoU 0.4; more boxes first on ties), at the set's chosen cut."""
-    pred = data.predictions[name]
+    pred = findings(data, data.predictions[name])
     kept = pred[pred["score"] >= data.chosen[name]]
+    # Per-image quality by the RSNA matching, whatever the competition: one number per image, boxes of any class.
     result = RsnaEvaluator(data.gt, data.image_ids).score(kept)
     table = pd.DataFrame({"score": result.per_image.to_numpy(), "n_gt": result.n_gt, "n_pred": result.n_pred,
                           "fp": result.n_pred - result.tp[:, 0]}, index=data.image_ids)
@@ -223,7 +291,7 @@ def plot_gallery(data: ReportData, folder: Path) -> tuple[Path, dict[str, list[s
 
     name = data.primary
     picks = gallery_picks(data, name)
-    pred = data.predictions[name]
+    pred = findings(data, data.predictions[name])
     pred = pred[pred["score"] >= data.chosen[name]]
     fig, axes = new_figure("gallery", nrows=len(picks), ncols=GALLERY_PER_GROUP)
     for r, (group, ids) in enumerate(picks.items()):
@@ -298,8 +366,10 @@ def write_report(data: ReportData, out_dir: str | Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     primary = data.primary
     _, at_cut = plot_threshold(data, folder)
+    at_cut = per_iou_rows(data, at_cut)
     plot_pr(data, folder)
     plot_per_iou(at_cut, folder)
+    _, class_table = plot_per_class(data, folder)
     plot_curves(data, folder)
     _, picks = plot_gallery(data, folder)
     errors = error_table(data, primary)
@@ -319,20 +389,27 @@ def write_report(data: ReportData, out_dir: str | Path | None = None) -> Path:
         return figure_html(name, caption, sizes[name])
 
     notes = items_html(data.notes)
+    metric = html.escape(data.contest.metric)
+    rsna = data.contest.name == "rsna"
+    per_iou_caption = ("Mean TP / (TP + FP + FN) at each IoU threshold, at the chosen cut" if rsna
+                       else "mAP of the finding classes at each IoU threshold, at the chosen cut")
     picked = "".join(f"<li>{html.escape(g)}: {html.escape(', '.join(ids) or '-')}</li>" for g, ids in picks.items())
     page = f"""{page_head(data.name, f"{data.kind} {data.name}")}
 <ul>{notes}<li>{len(data.image_ids)} OOF images, {len(data.gt)} true boxes</li></ul>
 <h2>Score against confidence threshold</h2>
-{figure("threshold", "RSNA score of the OOF boxes kept at each cut; dots and dotted lines mark the chosen cuts")}
+{figure("threshold", f"{metric} score of the OOF boxes kept at each cut; dots and dotted lines mark the chosen cuts")}
 {table_html(at_cut)}
+<h2>AP per class</h2>
+{figure("per_class", "AP of each class at IoU > 0.4 (VOC all-point) at the chosen cut, per prediction set")}
+{table_html(class_table)}
 <h2>Precision and recall</h2>
 {figure("pr", "Precision-recall of boxes ranked over all OOF images, at IoU 0.4 and 0.75")}
 <h2>The metric per IoU threshold</h2>
-{figure("per_iou", "Mean TP / (TP + FP + FN) at each IoU threshold, at the chosen cut")}
+{figure("per_iou", per_iou_caption)}
 <h2>Scores per fold</h2>
 {table_html(folds)}
 <h2>Training and validation</h2>
-{figure("curves", "Training loss and validation RSNA score per epoch, per run (CSV logs)")}
+{figure("curves", f"Training loss and validation {data.contest.monitor} per epoch, per run (CSV logs)")}
 <h2>Gallery</h2>
 {figure("gallery", f"{primary}: ground truth black, predictions green with scores")}
 <ul>{picked}</ul>

@@ -17,7 +17,7 @@ DPI = 100
 # Figure name -> (width, height) in inches; at DPI this is the PNG's pixel size (saved without tight cropping).
 FIGURES: dict[str, tuple[float, float]] = {
     "threshold": (8.0, 4.5), "pr": (10.0, 4.5), "per_iou": (8.0, 4.0), "curves": (10.0, 4.5),
-    "gallery": (12.0, 9.0), "errors": (12.0, 8.0), "box_ratio": (10.0, 4.0),
+    "gallery": (12.0, 9.0), "errors": (12.0, 8.0), "box_ratio": (10.0, 4.0), "per_class": (10.0, 4.5),
 }
 # Figures of a classifier experiment's report; `probabilities.png` grows with the class count
 # (`probabilities_figure_size`).

@@ -106,3 +106,56 @@ def write_dicom(path: str | Path, pixels: npt.NDArray[np.uint8], labels: DicomFi
     with cio.atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return Path(path)
+
+
+def write_raw_dicom(path: str | Path, stored: npt.NDArray[np.uint16], image_id: str, photometric: str,
+                    bits_stored: int, seed: int, sex: str = "", age: int | None = None) -> Path:
+    """Write one uncompressed 16-bit-allocated greyscale DICOM (Explicit VR Little Endian), atomically.
+
+    The header has what the VinBigData files carry (Digital X-Ray, PA chest, photometric interpretation and bit
+    depth as given, de-identified patient fields); UIDs derive from the seed and image id, so the same seed gives
+    the same bytes.
+
+    Args:
+        stored: `(rows, columns)` stored values, below `2**bits_stored`.
+        photometric: `MONOCHROME1` or `MONOCHROME2`.
+        bits_stored: 12 to 16.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
+    from pydicom.uid import generate_uid
+
+    if stored.ndim != 2 or not 8 < bits_stored <= 16 or int(stored.max(initial=0)) >= 2**bits_stored:
+        raise ValueError(f"stored values of shape {stored.shape}, max {int(stored.max(initial=0))}: expected a 2-D "
+                         f"array below 2**{bits_stored}")
+    uids = {k: generate_uid(entropy_srcs=["cxrdet-synth-raw", str(seed), image_id, k])
+            for k in ("study", "series", "instance")}  # fmt: skip
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = uids["instance"]
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = uids["instance"]
+    ds.StudyInstanceUID = uids["study"]
+    ds.SeriesInstanceUID = uids["series"]
+    ds.Modality = "DX"
+    ds.PatientID = ""
+    ds.PatientName = ""
+    ds.PatientSex = sex
+    ds.PatientAge = f"{min(age, 999):03d}Y" if age is not None else ""
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
+    with cio.atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return Path(path)
