@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PIP := $(VENV)/bin/pip --disable-pip-version-check -q
 
-.PHONY: setup mmdet demo demo-nih test test-fast bench clean
+.PHONY: setup mmdet demo demo-nih demo-vinbigdata test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ mmdet: setup
 
 demo: setup mmdet
 	@bash scripts/demo.sh
+
+# VinBigData (14 classes, three readers, mAP at IoU > 0.4) on synthetic VinBigData-format data; no mmdet needed.
+demo-vinbigdata: setup
+	@bash scripts/demo_vinbigdata.sh
 
 # The multi-label classifier path on synthetic NIH ChestX-ray14-format data (no detector, so no mmdet needed).
 demo-nih: setup

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cxrdet.competitions.vinbigdata import CLASSES as VINBIGDATA_CLASSES
 from cxrdet.config import get_key, load_config, parse_options, to_dict
 from cxrdet.errors import ConfigError
 from cxrdet.models.lit_detector import LitDetector
@@ -54,10 +55,12 @@ def test_config_builds_and_takes_a_training_step(path: Path) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     size = MIN_SIZE.get(path.stem.split("_")[0], 64)
-    cfg = to_dict(load_config(path, [f"data.size={size}"]))
+    # Every detector config trains multi-class: VinBigData's 14 finding classes, a box of the last one.
+    cfg = to_dict(load_config(path, [f"data.size={size}", f"data.classes={VINBIGDATA_CLASSES!r}"]))
     module = LitDetector(cfg)
     images = torch.rand(2, 3, size, size)
-    targets = [{"boxes": torch.tensor([[0.1, 0.2, 0.6, 0.8]]) * size, "labels": torch.tensor([0])},
+    targets = [{"boxes": torch.tensor([[0.1, 0.2, 0.6, 0.8], [0.5, 0.5, 0.9, 0.7]]) * size,
+                "labels": torch.tensor([0, 13])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
     module.train()
     loss = sum(module.model(images, targets).values())
@@ -69,6 +72,7 @@ def test_config_builds_and_takes_a_training_step(path: Path) -> None:
     with torch.no_grad():
         out = module.inference_model()(images)
     assert len(out) == 2 and all(len(o["boxes"]) <= cfg["predict"]["max_per_image"] for o in out)
+    assert all(((o["labels"] >= 0) & (o["labels"] < 14)).all() for o in out)  # labels from 0, one per class
 
 
 def test_parse_options() -> None:

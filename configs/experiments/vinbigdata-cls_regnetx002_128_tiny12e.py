@@ -3,5 +3,5 @@
 # (configs/ensembles/demo_vinbigdata_cls.py).
 _base_ = ['../_base_/models/cls_regnetx002.py', '../_base_/data/vinbigdata_tiny_128.py',
           '../_base_/schedules/tiny_cpu_12e.py']
-data = dict(classes=('abnormal', ), neg_ratio=None)
+data = dict(classes=('abnormal', ))  # neg_ratio 1.0: each epoch every abnormal image and as many normal ones
 optim = dict(lr=1e-3)

@@ -47,14 +47,22 @@ def clip_xyxy(boxes: ArrayLike, width: float, height: float) -> Boxes:
     return b
 
 
-def normalize_xyxy(boxes: ArrayLike, width: float, height: float) -> Boxes:
-    """Pixel xyxy boxes of a `width x height` image -> xyxy normalised to [0, 1]."""
-    return _as_boxes(boxes) / np.array([width, height, width, height], dtype=np.float64)
+def _sides(width: ArrayLike, height: ArrayLike) -> npt.NDArray[np.float64]:
+    """`[w, h, w, h]`, or one such row per box when the sizes are arrays."""
+    w, h = np.asarray(width, dtype=np.float64), np.asarray(height, dtype=np.float64)
+    return np.stack([w, h, w, h], axis=-1)
 
 
-def denormalize_xyxy(boxes: ArrayLike, width: float, height: float) -> Boxes:
-    """Normalised xyxy boxes -> pixel xyxy boxes of a `width x height` image."""
-    return _as_boxes(boxes) * np.array([width, height, width, height], dtype=np.float64)
+def normalize_xyxy(boxes: ArrayLike, width: ArrayLike, height: ArrayLike) -> Boxes:
+    """Pixel xyxy boxes of a `width x height` image -> xyxy normalised to [0, 1] (`width` and `height` may be one
+    value per box)."""
+    return _as_boxes(boxes) / _sides(width, height)
+
+
+def denormalize_xyxy(boxes: ArrayLike, width: ArrayLike, height: ArrayLike) -> Boxes:
+    """Normalised xyxy boxes -> pixel xyxy boxes of a `width x height` image (`width` and `height` may be one value
+    per box)."""
+    return _as_boxes(boxes) * _sides(width, height)
 
 
 def rescale_xyxy(boxes: ArrayLike, src_size: tuple[float, float], dst_size: tuple[float, float]) -> Boxes:

@@ -33,7 +33,8 @@ def _root() -> None:
 
 
 def user_errors(func: F) -> F:
-    """Turn a `CxrdetError` into its message on stderr and exit status 1 (no traceback: the message says what to fix)."""
+    """Turn a `CxrdetError` into its message on stderr and exit status 1 (no traceback: the message says what to
+    fix)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -159,7 +160,8 @@ def prepare_command(
 
     report = prepare_cache(data, size, out=out, workers=workers, strict=strict)
     cache = paths.CacheLayout(report.cache_root)
-    typer.echo(f"cache: {cache.root}\n  images: {cache.root / 'images'}\n  meta: {cache.meta}\n  errors: {cache.errors}")
+    typer.echo(f"cache: {cache.root}\n  images: {cache.root / 'images'}\n  meta: {cache.meta}\n"
+               f"  errors: {cache.errors}")
     typer.echo(f"written {report.n_written}, skipped {report.n_skipped} (up to date), failed {len(report.errors)}")
     for path, reason in report.errors:
         typer.echo(f"  failed: {path}: {reason}")

@@ -204,3 +204,63 @@ def test_cli_builds_vinbigdata_folds(tmp_path: Path) -> None:
     sizes = pd.read_csv(out)["fold"].value_counts().sort_index()
     # Iterative stratification balances the labels first; the fold sizes follow within 15%.
     assert sizes.index.tolist() == [0, 1, 2, 3, 4] and sizes.between(20, 28).all() and sizes.sum() == 120
+
+
+# ---- the metric as the pipeline asks it: no-finding boxes, the 2-class filter, the writer ----
+
+
+def boxes(*rows: tuple) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=["image_id", "x1", "y1", "x2", "y2", "score", "label"])
+
+
+GT = pd.DataFrame([("A", 10.0, 10.0, 50.0, 50.0, 0)], columns=["image_id", "x1", "y1", "x2", "y2", "label"])
+
+
+def test_the_evaluator_adds_each_images_no_finding_box_from_its_top_finding_score() -> None:
+    from cxrdet.competitions.vinbigdata import VinBigDataEvaluator, complete
+
+    ev = VinBigDataEvaluator(GT, ["A", "B"])  # A: one class-0 box; B: "No finding"
+    # By hand. A's box found at 0.9: AP(class 0) = 1. No-finding scores: A 1 - 0.9 = 0.1, B 1 (no box): ranked B
+    # (true: B is normal) then A (false): AP(14) = 1. mAP = 1.
+    hit = boxes(("A", 10, 10, 50, 50, 0.9, 0))
+    assert ev.score(hit).score == pytest.approx(1.0)
+    # A false class-0 box on B at 0.95 ranks above A's true one: AP(0) = 1/2 (precision 1/2 at recall 1). B's
+    # no-finding score drops to 0.05, below A's 0.1: ranked A (false) then B (true): AP(14) = 1/2. mAP = 1/2.
+    both = pd.concat([hit, boxes(("B", 60, 60, 90, 90, 0.95, 0))], ignore_index=True)
+    assert ev.score(both).score == pytest.approx(0.5)
+    added = complete(both, ["A", "B"])
+    assert added[added["label"] == NO_FINDING_ID][["image_id", "score", "x1", "y1", "x2", "y2"]].values.tolist() == [
+        ["A", pytest.approx(0.1), 0.0, 0.0, 1.0, 1.0], ["B", pytest.approx(0.05), 0.0, 0.0, 1.0, 1.0]]
+    # The 2-class filter: P(abnormal) 0.8 on A and 0.3 on B gives no-finding scores 0.2 and 0.7: B first, AP(14) 1.
+    filtered = complete(both, ["A", "B"], prob=pd.Series([0.8, 0.3]).to_numpy())
+    assert ev.score(filtered).score == pytest.approx((0.5 + 1.0) / 2)
+    # A table that already has class-14 boxes is taken as it is.
+    assert complete(filtered, ["A", "B"]).equals(filtered)
+
+
+def test_the_threshold_sweep_keeps_the_no_finding_boxes() -> None:
+    from cxrdet.competitions.vinbigdata import VinBigDataEvaluator, complete
+
+    ev = VinBigDataEvaluator(GT, ["A", "B"])
+    pred = complete(boxes(("A", 10, 10, 50, 50, 0.9, 0), ("B", 60, 60, 90, 90, 0.95, 0)), ["A", "B"],
+                    prob=pd.Series([0.8, 0.3]).to_numpy())
+    curve = ev.score_vs_threshold(pred, [0.0, 0.92, 0.99])
+    # Cut 0.92 drops A's true box (AP(0) 0) but not the no-finding boxes (AP(14) 1); cut 0.99 drops both findings.
+    assert curve["score"].tolist() == pytest.approx([0.75, 0.5, 0.5])
+
+
+def test_the_competitions_writer_clips_to_each_image_and_validates(tmp_path: Path) -> None:
+    from cxrdet.competitions.vinbigdata import complete
+
+    comp = get_competition("vinbigdata")
+    pred = complete(boxes(("A", -5, 10, 80, 50, 0.9, 3), ("A", 70, 70, 90, 90, 0.4, 1), ("B", 1, 1, 20, 20, 1.2, 2)),
+                    ["A", "B"])
+    stats = comp.write_submission(tmp_path / "s.csv", pred, ["A", "B"], {"A": (64, 64), "B": (100, 120)})
+    back = read_submission(tmp_path / "s.csv", ["A", "B"])
+    # A's first box is clipped to 0..64; its second lies outside the image (no width left): dropped; B's
+    # confidence 1.2 is clipped to 1; every image keeps its no-finding box.
+    assert stats == {"n_rows": 2, "n_boxes": 4, "n_empty": 0, "n_dropped": 1}
+    first = back[(back["image_id"] == "A") & (back["label"] == 3)].iloc[0]
+    assert [first.x1, first.x2] == [0.0, 64.0]
+    assert back[back["image_id"] == "B"]["score"].max() == 1.0
+    assert sorted(back.loc[back["label"] == NO_FINDING_ID, "image_id"]) == ["A", "B"]

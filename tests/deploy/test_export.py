@@ -232,7 +232,8 @@ def test_classifier_converts_to_a_core_ml_package(tiny_classifier_run: dict[str,
     package = export(cfg, 0, fmt="coreml", out_dir=tmp_path)
     assert package == tmp_path / "model.mlpackage" and package.is_dir()
     meta = json.loads((tmp_path / "model.json").read_text())
-    assert meta["format"] == "coreml" and meta["input"]["shape"] == [1, 3, 64, 64] and meta["model_file"] == package.name
+    assert meta["format"] == "coreml" and meta["input"]["shape"] == [1, 3, 64, 64]
+    assert meta["model_file"] == package.name
     spec = ct.models.MLModel(str(package), skip_model_load=True).get_spec()
     assert [i.name for i in spec.description.input] == ["image"]
     assert list(spec.description.input[0].type.multiArrayType.shape) == [1, 3, 64, 64]

@@ -122,3 +122,13 @@ def test_classifier_probs_reads_the_named_class_column_of_a_classifier_table() -
         classifier_probs(table, ids, "oof.parquet", column="opacity")
     with pytest.raises(TableError, match=r"lacks column\(s\) \['image_id'\]"):
         classifier_probs(table.drop(columns="image_id"), ids)
+
+
+def test_per_class_cuts_drop_low_boxes_of_their_class_only() -> None:
+    boxes = BoxSet(image=np.array([0, 0, 1, 1, 1]), boxes=np.tile([0.0, 0.0, 10.0, 10.0], (5, 1)),
+                   score=np.array([0.2, 0.6, 0.2, 0.6, 0.05]), label=np.array([0, 0, 1, 1, 5]),
+                   votes=np.ones(5, dtype=np.int64))
+    kept = threshold(boxes, 0.0, (0.5, 0.1))  # class 0 needs 0.5, class 1 needs 0.1, class 5 has no cut
+    assert kept.score.tolist() == [0.6, 0.2, 0.6, 0.05]
+    assert threshold(boxes, 0.1, (0.5, 0.1)).score.tolist() == [0.6, 0.2, 0.6]  # final_thr still applies
+    assert threshold(boxes, 0.0).score.tolist() == boxes.score.tolist()

@@ -83,3 +83,21 @@ def test_committed_example_configs_parse() -> None:
     assert configs
     for path in configs:
         assert load_ensemble(path).members
+
+
+def test_per_class_thresholds_expand_to_one_parameter_per_class() -> None:
+    raw = {**RAW, "postprocess": {"class_thr": [0.1, 0.0, 0.3]},
+           "search_space": {"class_thr": {"type": "float", "low": 0.0, "high": 0.5}}}
+    spec = parse_ensemble(raw, Path("three.py"))
+    assert list(expanded_space(spec)) == ["class_thr.0", "class_thr.1", "class_thr.2"]
+    assert resolve(spec, {}).post.class_thr == (0.1, 0.0, 0.3)
+    tuned = resolve(spec, {"class_thr.1": 0.25})
+    assert tuned.post.class_thr == (0.1, 0.25, 0.3)
+    flat = flat_params(spec, {"class_thr.1": 0.25})
+    assert [flat[f"class_thr.{k}"] for k in range(3)] == [0.1, 0.25, 0.3] and "class_thr" not in flat
+    assert resolve(spec, flat).post.class_thr == (0.1, 0.25, 0.3)  # params.json's values give them back
+    with pytest.raises(ConfigError, match="search_space.class_thr: needs postprocess.class_thr"):
+        parse_ensemble({**RAW, "search_space": {"class_thr": {"type": "float", "low": 0.0, "high": 0.5}}},
+                       Path("x.py"))
+    with pytest.raises(ConfigError, match="postprocess.class_thr='0.1': expected a list of one number per class"):
+        parse_ensemble({**RAW, "postprocess": {"class_thr": "0.1"}}, Path("x.py"))

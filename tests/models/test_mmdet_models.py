@@ -154,6 +154,25 @@ def test_config_trains_and_predicts_in_the_common_format(path: Path, squares: di
     assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
 
 
+@needs_mmdet
+@pytest.mark.parametrize("path", _step_params())
+def test_config_takes_a_training_step_with_the_vinbigdata_classes(path: Path) -> None:
+    from cxrdet.competitions.vinbigdata import CLASSES
+
+    torch.manual_seed(0)
+    size = RUN_OPTIONS.get(path.stem, {}).get("data.size", SIZE)
+    detector = create_detector(tiny_cfg(path, size, **{"data.classes": CLASSES}))
+    detector.train()
+    losses = detector(torch.rand(2, 3, size, size), [one_box(size, label=13), one_box(size, (0.5, 0.5, 0.9, 0.8), 4)])
+    loss = sum(losses.values())
+    loss.backward()
+    assert torch.isfinite(loss)
+    detector.eval()
+    with torch.no_grad():
+        out = detector(torch.rand(1, 3, size, size))
+    assert ((out[0]["labels"] >= 0) & (out[0]["labels"] < len(CLASSES))).all()
+
+
 # ---- the adapter's contract ----
 
 

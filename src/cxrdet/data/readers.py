@@ -39,6 +39,9 @@ def resolve_readers(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     Raises:
         ConfigError: An unknown key or mode, an IoU outside (0, 1), `min_readers` below 1, `drop` not a list.
     """
+    if cfg is not None and not isinstance(cfg, Mapping):
+        raise ConfigError(f"data.readers={cfg!r}: expected None or a dict such as dict(mode='fuse', iou_thr=0.4, "
+                          "drop=['R8'])")
     given = dict(cfg or {})
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:

@@ -467,14 +467,13 @@ def _group_starts(image: IntArray, label: IntArray) -> IntArray:
 
 def _per_size(convert: Callable[[FloatArray, float, float], FloatArray], boxes: FloatArray, size_index: IntArray,
               sizes: FloatArray) -> FloatArray:
-    """Apply a `cxrdet.boxes` size conversion (`normalize_xyxy`, `denormalize_xyxy`) with each box's image size."""
+    """Apply a `cxrdet.boxes` size conversion (`normalize_xyxy`, `denormalize_xyxy`) with each box's image size (one
+    vectorised call: as many distinct sizes as images, as VinBigData has, cost no more than one)."""
+    if not len(boxes):
+        return np.zeros((0, 4))
     if len(sizes) == 1:
-        return convert(boxes, float(sizes[0, 0]), float(sizes[0, 1])) if len(boxes) else np.zeros((0, 4))
-    out = np.empty((len(boxes), 4), dtype=np.float64)
-    for k, (w, h) in enumerate(sizes):
-        sel = size_index == k
-        out[sel] = convert(boxes[sel], float(w), float(h))
-    return out
+        return convert(boxes, float(sizes[0, 0]), float(sizes[0, 1]))
+    return convert(boxes, sizes[size_index, 0], sizes[size_index, 1])
 
 
 def _rescale(conf: FloatArray, wsum: FloatArray, count: IntArray, mask: IntArray, weights: FloatArray,

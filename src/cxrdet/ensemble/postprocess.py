@@ -8,7 +8,8 @@ Applied by `postprocess` in this order (a step whose parameter has its neutral v
    the fused box (RSNA 1st place: power 1). Neutral: power 0.
 3. `apply_classifier`: with an image-level probability p (a pneumonia classifier), boxes of images with p < tau are
    dropped and the others' scores become score * p ** alpha. Neutral: alpha 0 and tau 0.
-4. `threshold`: boxes with score < final_thr are dropped. Neutral: 0 (with non-negative scores).
+4. `threshold`: boxes with score < final_thr are dropped, and (`class_thr`, one cut per class index) boxes of class k
+   with score < class_thr[k]. Neutral: 0 and () (with non-negative scores).
 5. `shrink`: width and height scaled by `factor` around each box centre (RSNA 1st place: 0.875). Neutral: 1.
 6. `cap_per_image`: at most `max_boxes` boxes per image, the highest scores first. Neutral: None.
 
@@ -42,6 +43,7 @@ class PostParams:
         shrink: Factor of width and height around the centre.
         final_thr: Lowest score kept.
         max_boxes: Most boxes kept per image (None: no cap).
+        class_thr: Lowest score kept per class index (classes past its end: no cut of their own).
     """
 
     vote_power: float = 0.0
@@ -50,6 +52,7 @@ class PostParams:
     shrink: float = 1.0
     final_thr: float = 0.0
     max_boxes: int | None = None
+    class_thr: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -113,9 +116,12 @@ def shrink(boxes: BoxSet, factor: float) -> BoxSet:
     return replace(boxes, boxes=shrink_xyxy(boxes.boxes, factor))
 
 
-def threshold(boxes: BoxSet, thr: float) -> BoxSet:
-    """Keep the boxes whose score is >= `thr`."""
+def threshold(boxes: BoxSet, thr: float, class_thr: tuple[float, ...] = ()) -> BoxSet:
+    """Keep the boxes whose score is >= `thr` and >= their class's cut `class_thr[label]` (when it has one)."""
     keep = boxes.score >= thr
+    if class_thr and len(boxes):
+        cuts = np.append(np.asarray(class_thr, dtype=np.float64), 0.0)  # the last entry: classes without a cut
+        keep &= boxes.score >= cuts[np.minimum(boxes.label, len(class_thr))]
     return boxes if keep.all() else boxes.take(keep)
 
 
@@ -152,7 +158,7 @@ def postprocess(boxes: BoxSet, params: PostParams, n_members: int,
         if prob is None:
             raise ConfigError("postprocess: cls_alpha / cls_tau are set but the ensemble has no classifier")
         out = apply_classifier(out, prob, params.cls_alpha, params.cls_tau)
-    out = threshold(out, params.final_thr)  # before shrinking: fewer boxes to shrink, same result
+    out = threshold(out, params.final_thr, params.class_thr)  # before shrinking: fewer boxes, same result
     out = shrink(out, params.shrink)
     return cap_per_image(out, params.max_boxes)
 

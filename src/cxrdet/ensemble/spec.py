@@ -10,7 +10,9 @@ An ensemble config is an mmengine Python config with these keys (see `configs/en
   then the members fused; `after`: each fold's members are fused, then the folds merged) and `test_fold_conf_type`
   (the WBF `conf_type` of that fold merge, default `avg`, which scales a box found by m of k fold models by m/k:
   `max` keeps the single-model score scale that the OOF-tuned thresholds were fitted on).
-- `postprocess`: `PostParams` fields plus `member_thr` (one number, or a dict member name -> number).
+- `postprocess`: `PostParams` fields plus `member_thr` (one number, or a dict member name -> number); `class_thr`
+  is a list of one cut per class index (e.g. 14 for VinBigData), and tuning it (`search_space.class_thr`) expands to
+  one parameter per class, `class_thr.<k>`.
 - `classifier`: None, or `dict(experiment=NAME, column=None)`: an image-level classifier whose files at
   `predictions_path(NAME, fold, split)` hold `image_id` and one probability column per class (`cxrdet predict` of a
   classifier config); `column` names the class that gates the boxes (None: the table's only class column).
@@ -43,7 +45,9 @@ from cxrdet.errors import ConfigError
 
 FUSION_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FusionParams) if f.name != "weights")
 POST_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PostParams))
+SCALAR_POST_KEYS: tuple[str, ...] = tuple(k for k in POST_KEYS if k != "class_thr")
 PER_MEMBER_KEYS: tuple[str, ...] = ("weight", "member_thr")
+PER_CLASS_KEY = "class_thr"
 FOLD_MERGES: tuple[str, ...] = ("before", "after")
 ENGINES: tuple[str, ...] = ("fast", "library")
 SPACE_TYPES: tuple[str, ...] = ("float", "int", "categorical")
@@ -196,6 +200,11 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
     for key in post:
         if key not in (*POST_KEYS, "member_thr"):
             problems.append(f"postprocess.{key}: unknown key; expected some of {[*POST_KEYS, 'member_thr']}")
+    class_thr = post.get(PER_CLASS_KEY)
+    if class_thr is not None and (isinstance(class_thr, (str, Mapping)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in np.ravel(np.asarray(class_thr,
+                                                                                               dtype=object)))):
+        problems.append(f"postprocess.class_thr={class_thr!r}: expected a list of one number per class index")
     space = {}
     for key, entry in _section(raw, "search_space", problems).items():
         if isinstance(entry, Mapping):
@@ -206,6 +215,9 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
     names = [m.name for m in members]
     for key, entry in space.items():
         problems += _space_problems(key, entry, names)
+    if PER_CLASS_KEY in space and not post.get(PER_CLASS_KEY):
+        problems.append("search_space.class_thr: needs postprocess.class_thr=[...] with one starting cut per class "
+                        "index (its length says how many classes are tuned)")
     n_trials = _integer(raw, "n_trials", 100, problems, low=1)
     honest = _integer(raw, "honest_trials", None, problems, low=1)
     seed = _integer(raw, "seed", 0, problems, low=0)
@@ -278,11 +290,12 @@ def _parse_members(raw: Any, problems: list[str]) -> list[MemberSpec]:
 def _space_problems(key: str, entry: Mapping[str, Any], names: list[str]) -> list[str]:
     """What is wrong with one search-space entry."""
     base, _, member = key.partition(".")
-    known = base in (*FUSION_KEYS, *POST_KEYS, *PER_MEMBER_KEYS) and (not member or base in PER_MEMBER_KEYS)
+    known = base in (*FUSION_KEYS, *POST_KEYS, *PER_MEMBER_KEYS) and (not member or base in PER_MEMBER_KEYS
+                                                                       or base == PER_CLASS_KEY)
     if not known:
         return [f"search_space.{key}: unknown parameter; expected one of "
                 f"{[*FUSION_KEYS, *POST_KEYS, *PER_MEMBER_KEYS]} (per member: weight.<member>, member_thr.<member>)"]
-    if member and member not in names:
+    if member and base in PER_MEMBER_KEYS and member not in names:
         return [f"search_space.{key}: no member named {member!r} (members: {names})"]
     kind = entry.get("type")
     if kind not in SPACE_TYPES:
@@ -302,6 +315,8 @@ def expanded_space(spec: EnsembleSpec) -> dict[str, dict[str, Any]]:
             out.update({f"weight.{m.name}": entry for m in spec.members[1:]})
         elif key == "member_thr":
             out.update({f"member_thr.{m.name}": entry for m in spec.members})
+        elif key == PER_CLASS_KEY:
+            out.update({f"class_thr.{k}": entry for k in range(len(spec.postprocess[PER_CLASS_KEY]))})
         else:
             out[key] = entry
     return out
@@ -309,7 +324,9 @@ def expanded_space(spec: EnsembleSpec) -> dict[str, dict[str, Any]]:
 
 def fixed_params(spec: EnsembleSpec) -> dict[str, Any]:
     """The flat parameters the config fixes (what a trial starts from before its own values)."""
-    flat: dict[str, Any] = {**spec.fusion, **{k: v for k, v in spec.postprocess.items() if k != "member_thr"}}
+    flat: dict[str, Any] = {**spec.fusion, **{k: v for k, v in spec.postprocess.items()
+                                              if k not in ("member_thr", PER_CLASS_KEY)}}
+    flat.update({f"class_thr.{k}": float(v) for k, v in enumerate(spec.postprocess.get(PER_CLASS_KEY) or ())})
     thr = spec.postprocess.get("member_thr", 0.0)
     for m in spec.members:
         flat[f"weight.{m.name}"] = m.weight
@@ -324,6 +341,8 @@ def resolve(spec: EnsembleSpec, values: Mapping[str, Any]) -> EnsembleParams:
         ConfigError: A value is out of its valid range (e.g. an unknown conf_type).
     """
     flat = {**fixed_params(spec), **values}
+    if PER_CLASS_KEY in flat:  # a whole list of per-class cuts
+        flat.update({f"class_thr.{k}": float(v) for k, v in enumerate(flat.pop(PER_CLASS_KEY) or ())})
     for key in list(flat):
         base, _, member = key.partition(".")
         if base in PER_MEMBER_KEYS and not member:
@@ -331,7 +350,9 @@ def resolve(spec: EnsembleSpec, values: Mapping[str, Any]) -> EnsembleParams:
             del flat[key]
     weights = tuple(float(flat[f"weight.{m.name}"]) for m in spec.members)
     fusion = FusionParams(**{k: flat[k] for k in FUSION_KEYS if k in flat}, weights=weights)
-    post = PostParams(**{k: flat[k] for k in POST_KEYS if k in flat})
+    per_class = sorted((int(k.partition(".")[2]), float(v)) for k, v in flat.items() if k.startswith("class_thr."))
+    post = PostParams(**{k: flat[k] for k in SCALAR_POST_KEYS if k in flat},
+                      class_thr=tuple(v for _, v in per_class))
     member_thr = tuple(float(flat[f"member_thr.{m.name}"]) for m in spec.members)
     return EnsembleParams(fusion, member_thr, post)
 
@@ -340,7 +361,8 @@ def flat_params(spec: EnsembleSpec, values: Mapping[str, Any]) -> dict[str, Any]
     """The complete flat parameters (fixed ones overlaid with `values`), as saved in `params.json`."""
     params = resolve(spec, values)
     flat: dict[str, Any] = {k: getattr(params.fusion, k) for k in FUSION_KEYS}
-    flat.update({k: getattr(params.post, k) for k in POST_KEYS})
+    flat.update({k: getattr(params.post, k) for k in SCALAR_POST_KEYS})
+    flat.update({f"class_thr.{k}": v for k, v in enumerate(params.post.class_thr)})
     for m, w, t in zip(spec.members, params.fusion.weights or (), params.member_thr, strict=True):
         flat[f"weight.{m.name}"] = w
         flat[f"member_thr.{m.name}"] = t

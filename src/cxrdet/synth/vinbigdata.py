@@ -10,8 +10,9 @@ which cannot be downloaded here. Three layers, as in `cxrdet.synth.nih`:
   stretched to the image's size. The true boxes are where each sign was drawn.
 - `reader_rows`: what each reader writes: each true box seen with the reader's own sensitivity, drawn with the
   reader's own jitter of position and size, now and then named as a confusable class, now and then an extra box;
-  a reader who sees nothing on an abnormal image writes no row, and on a normal image all three write "No finding"
-  (the real table has exactly 3 "No finding" rows per normal image: 31,818 rows for 10,606 images).
+  a reader who sees nothing on an image where another reader drew writes no row, and where no reader drew (a normal
+  image, or a finding all three missed) all three write "No finding" (the real table has exactly 3 "No finding"
+  rows per normal image: 31,818 rows for 10,606 images).
 - `generate_vinbigdata_dataset`: the layout on disk (`cxrdet.competitions.vinbigdata.VinBigDataLayout`):
   `train.csv`, `train/<image_id>.dicom`, `test/<image_id>.dicom`, `sample_submission.csv`; beyond the download,
   `synth_test_labels.csv` (the test images' true boxes in `train.csv`'s format, one consensus reader `R0`, as the
@@ -295,8 +296,9 @@ def reader_rows(image: VinImage, truth: Sequence[tuple[int, float, float, float,
                 team: Sequence[Reader]) -> list[tuple[Any, ...]]:
     """The `train.csv` rows of one training image (see the module docstring for the rules)."""
     rows: list[tuple[Any, ...]] = []
+    normal = [(image.image_id, NO_FINDING, NO_FINDING_ID, team[r].rad_id, "", "", "", "") for r in image.readers]
     if not truth:
-        return [(image.image_id, NO_FINDING, NO_FINDING_ID, team[r].rad_id, "", "", "", "") for r in image.readers]
+        return normal
     for r in image.readers:
         reader = team[r]
         rng = np.random.default_rng(np.random.SeedSequence([image.seed, image.index, _PURPOSE_READ, r]))
@@ -312,7 +314,8 @@ def reader_rows(image: VinImage, truth: Sequence[tuple[int, float, float, float,
             k, *box = drawn[int(rng.integers(len(drawn)))]
             drawn.append((k, *_jitter(rng, tuple(box), 3 * reader.jitter, image)))  # type: ignore[arg-type]
         rows += [(image.image_id, CLASSES[k], k, reader.rad_id, *(round(v, 1) for v in box)) for k, *box in drawn]
-    return rows
+    # Nobody saw the drawn finding: the readers agree on "No finding" (a missed finding, as on real films).
+    return rows or normal
 
 
 def _jitter(rng: np.random.Generator, box: tuple[float, float, float, float], sd: float, image: VinImage
