@@ -22,9 +22,7 @@ CACHE=$("$PY" -c "from cxrdet import paths; print(paths.cache_dir('$DATA', $SIZE
 MODELS=(fcos_mnv3s_128_tiny12e mmdet-atss_mnv3s_128_tiny12e cls_regnetx002_128_tiny12e)
 CLASSIFIER=cls_regnetx002_128_tiny12e
 ENSEMBLES=(demo_fcos_tiny demo_atss_tiny demo_wbf demo_wbf_cls)
-start=$SECONDS
-
-step() { printf '\n==> [%4ds] %s\n' $((SECONDS - start)) "$*"; }
+source scripts/demo_steps.sh
 
 step "1/7 synthetic Kaggle-layout data: $N_TRAIN train + $N_TEST test images -> $DATA"
 "$CXRDET" synth --out "$DATA" --n-train "$N_TRAIN" --n-test "$N_TEST" --seed "$SEED"
@@ -36,26 +34,13 @@ step "3/7 $K folds grouped by patient, stratified -> $FOLDS"
 "$CXRDET" folds --labels "$DATA/stage_2_train_labels.csv" --headers "$CACHE/meta.parquet" \
     --k "$K" --seed "$SEED" --out "$FOLDS"
 
-for model in "${MODELS[@]}"; do
-    step "4/7 train $model on every fold"
-    bash scripts/train_folds.sh "configs/experiments/$model.py" -- --overwrite
-    step "5/7 predict OOF and test outputs of $model"
-    bash scripts/predict_folds.sh "configs/experiments/$model.py" -- --split oof --split test
-done
+train_and_predict "${MODELS[@]}"
 
 step "6/7 tune and submit: each model alone, then the ensemble"
-for ens in "${ENSEMBLES[@]}"; do
-    rm -rf "$OUT/ensembles/$ens"  # a fresh study: the members were retrained above
-    "$CXRDET" tune "configs/ensembles/$ens.py"
-    "$CXRDET" submit "configs/ensembles/$ens.py" --out "$SUBS/$ens.csv"
-done
+tune_and_submit "$SUBS" "${ENSEMBLES[@]}"
 
 step "7/7 score the submissions on the synthetic test labels (hidden in the real competition)"
-for ens in "${ENSEMBLES[@]}"; do
-    "$CXRDET" validate-submission "$SUBS/$ens.csv" --sample "$DATA/stage_2_sample_submission.csv"
-    printf '%-22s test ' "$ens"
-    "$CXRDET" score --labels "$DATA/synth_test_labels.csv" --submission "$SUBS/$ens.csv" --json | tail -n 1
-done
+score_submissions "$DATA/stage_2_sample_submission.csv" "$DATA/synth_test_labels.csv" "$SUBS" "${ENSEMBLES[@]}"
 
 step "reports: the gated ensemble (figures, gallery, error analysis), the classifier (ROC, AUROC), Grad-CAM"
 "$CXRDET" report demo_wbf_cls

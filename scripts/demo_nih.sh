@@ -18,9 +18,7 @@ K=5
 EXP=cls_regnetx002-nih14_128_tiny12e
 CONFIG=configs/experiments/$EXP.py
 FOLDS="$OUT/folds/nih_demo_k${K}.csv"
-start=$SECONDS
-
-step() { printf '\n==> [%4ds] %s\n' $((SECONDS - start)) "$*"; }
+source scripts/demo_steps.sh
 
 step "1/6 synthetic NIH-layout data: $N_TRAIN train/val + $N_TEST test images (256 px PNGs) -> $CXRDET_DATA"
 "$CXRDET" synth --format nih --out "$CXRDET_DATA" --n-train "$N_TRAIN" --n-test "$N_TEST" --size 256 --seed "$SEED"

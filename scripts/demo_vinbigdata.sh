@@ -13,7 +13,7 @@ OUT=$CXRDET_OUTPUTS
 PY=${PY:-.venv/bin/python}
 # The VinBigData-layout root is the data root of this run (its configs leave data.root to CXRDET_DATA).
 export CXRDET_DATA=${CXRDET_VINBIGDATA_DATA:-$OUT/demo/vinbigdata}
-N_TRAIN=${DEMO_VBD_N_TRAIN:-250}
+N_TRAIN=${DEMO_VBD_N_TRAIN:-200}
 N_TEST=${DEMO_VBD_N_TEST:-60}
 SEED=${DEMO_SEED:-42}
 SIZE=128
@@ -22,9 +22,7 @@ FOLDS="$OUT/folds/demo_vinbigdata_k${K}.csv"
 SUBS="$OUT/demo/submissions"
 MODELS=(vinbigdata-fcos_mnv3s_128_tiny12e vinbigdata-cls_regnetx002_128_tiny12e)
 ENSEMBLES=(demo_vinbigdata_fcos demo_vinbigdata_cls)
-start=$SECONDS
-
-step() { printf '\n==> [%4ds] %s\n' $((SECONDS - start)) "$*"; }
+source scripts/demo_steps.sh
 
 step "1/7 synthetic VinBigData-layout data: $N_TRAIN train + $N_TEST test images -> $CXRDET_DATA"
 "$CXRDET" synth --competition vinbigdata --out "$CXRDET_DATA" --n-train "$N_TRAIN" --n-test "$N_TEST" --seed "$SEED"
@@ -35,27 +33,13 @@ step "2/7 decode the DICOMs (12-16 bit, MONOCHROME1 inverted) into the ${SIZE}px
 step "3/7 $K folds, one image per group, stratified on the 14 classes at once -> $FOLDS"
 "$CXRDET" folds --labels "$CXRDET_DATA/train.csv" --k "$K" --seed "$SEED" --out "$FOLDS"
 
-for model in "${MODELS[@]}"; do
-    step "4/7 train $model on every fold"
-    bash scripts/train_folds.sh "configs/experiments/$model.py" -- --overwrite
-    step "5/7 predict OOF and test outputs of $model"
-    bash scripts/predict_folds.sh "configs/experiments/$model.py" -- --split oof --split test
-done
+train_and_predict "${MODELS[@]}"
 
 step "6/7 tune and submit: the detector alone, then with the 2-class filter"
-for ens in "${ENSEMBLES[@]}"; do
-    rm -rf "$OUT/ensembles/$ens"  # a fresh study: the members were retrained above
-    "$CXRDET" tune "configs/ensembles/$ens.py"
-    "$CXRDET" submit "configs/ensembles/$ens.py" --out "$SUBS/$ens.csv"
-done
+tune_and_submit "$SUBS" "${ENSEMBLES[@]}"
 
 step "7/7 score the submissions on the synthetic test labels (hidden in the real competition)"
-for ens in "${ENSEMBLES[@]}"; do
-    "$CXRDET" validate-submission "$SUBS/$ens.csv" --sample "$CXRDET_DATA/sample_submission.csv"
-    printf '%-22s test ' "$ens"
-    "$CXRDET" score --labels "$CXRDET_DATA/synth_test_labels.csv" --submission "$SUBS/$ens.csv" --json | tail -n 1 \
-        | "$PY" -c "import json, sys; r = json.load(sys.stdin); print(f\"mAP@0.4 {r['score']:.5f} over {r['n_images']} images\")"
-done
+score_submissions "$CXRDET_DATA/sample_submission.csv" "$CXRDET_DATA/synth_test_labels.csv" "$SUBS" "${ENSEMBLES[@]}"
 
 step "reports: the filtered submission (per-class AP, figures, gallery) and the 2-class classifier (ROC)"
 "$CXRDET" report demo_vinbigdata_cls

@@ -33,36 +33,41 @@ def encode_jpeg(pixels: npt.NDArray[np.uint8], quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
+def _new_dataset(sop_class: str, transfer_syntax: str, entropy: list[str]) -> Any:
+    """A dataset with its file meta and SOP identity set, and its study, series and instance UIDs derived from
+    `entropy` (the same sources give the same UIDs)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    uids = {k: generate_uid(entropy_srcs=[*entropy, k]) for k in ("study", "series", "instance")}
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = uids["instance"]
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = uids["instance"]
+    ds.StudyInstanceUID = uids["study"]
+    ds.SeriesInstanceUID = uids["series"]
+    return ds
+
+
 def build_dicom(pixels: npt.NDArray[np.uint8], labels: DicomFields, seed: int) -> Any:
     """A `pydicom.Dataset` for one synthetic image, with the header fields the RSNA files carry.
 
     Secondary Capture SOP class and the dummy study date and time, as in the RSNA release; JPEG baseline transfer
     syntax; UIDs derived from the seed and patient id, so the same seed gives the same bytes.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import (
-        PYDICOM_IMPLEMENTATION_UID,
-        JPEGBaseline8Bit,
-        SecondaryCaptureImageStorage,
-        generate_uid,
-    )
+    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
     if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE) or pixels.dtype != np.uint8:
         raise ValueError(f"pixels must be uint8 of shape {(IMAGE_SIZE, IMAGE_SIZE)}, got {pixels.dtype} {pixels.shape}")
-    uids = {k: generate_uid(entropy_srcs=["cxrdet-synth", str(seed), labels.patient_id, k])
-            for k in ("study", "series", "instance")}  # fmt: skip
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = uids["instance"]
-    meta.TransferSyntaxUID = JPEGBaseline8Bit
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-
-    ds = Dataset()
-    ds.file_meta = meta
+    ds = _new_dataset(SecondaryCaptureImageStorage, JPEGBaseline8Bit,
+                         ["cxrdet-synth", str(seed), labels.patient_id])
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = uids["instance"]
     ds.StudyDate = "19010101"
     ds.StudyTime = "000000.00"
     ds.AccessionNumber = ""
@@ -78,8 +83,6 @@ def build_dicom(pixels: npt.NDArray[np.uint8], labels: DicomFields, seed: int) -
     ds.PatientAge = f"{min(labels.age, 999):03d}Y"
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = labels.view
-    ds.StudyInstanceUID = uids["study"]
-    ds.SeriesInstanceUID = uids["series"]
     ds.StudyID = ""
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
@@ -121,26 +124,13 @@ def write_raw_dicom(path: str | Path, stored: npt.NDArray[np.uint16], image_id: 
         photometric: `MONOCHROME1` or `MONOCHROME2`.
         bits_stored: 12 to 16.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
-    from pydicom.uid import generate_uid
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
 
     if stored.ndim != 2 or not 8 < bits_stored <= 16 or int(stored.max(initial=0)) >= 2**bits_stored:
         raise ValueError(f"stored values of shape {stored.shape}, max {int(stored.max(initial=0))}: expected a 2-D "
                          f"array below 2**{bits_stored}")
-    uids = {k: generate_uid(entropy_srcs=["cxrdet-synth-raw", str(seed), image_id, k])
-            for k in ("study", "series", "instance")}  # fmt: skip
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = uids["instance"]
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = uids["instance"]
-    ds.StudyInstanceUID = uids["study"]
-    ds.SeriesInstanceUID = uids["series"]
+    ds = _new_dataset(DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian,
+                         ["cxrdet-synth-raw", str(seed), image_id])
     ds.Modality = "DX"
     ds.PatientID = ""
     ds.PatientName = ""
