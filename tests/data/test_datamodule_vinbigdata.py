@@ -64,9 +64,26 @@ def test_all_keeps_every_readers_box_and_drop_removes_readers(data: dict[str, st
     assert len(dm.val_gt) == int(kept["image_id"].isin(dm.val_image_ids).sum())
 
 
+def test_each_trains_on_one_copy_per_reader(data: dict[str, str]) -> None:
+    dm = DetectionDataModule(data_cfg(data, **{"data.readers": "{'mode': 'each', 'drop': ['R5']}"}), fold=0)
+    records = dm.train_dataset().records
+    ann = read_vinbigdata_labels(Path(data["data.root"]) / "train.csv")
+    raw = ann.boxes[ann.boxes["image_id"].isin(dm.train_image_ids) & (ann.boxes["reader"] != "R5")]
+    drew = raw.groupby("image_id")["reader"].nunique()
+    # One record per reader who drew on an image, one for an image nobody drew on; the image id stays the image's.
+    expected = sum(int(drew.get(i, 1)) for i in dm.train_image_ids)
+    assert len(records) == expected > len(dm.train_image_ids)
+    assert {r.image_id for r in records} == set(dm.train_image_ids)
+    for image_id, part in raw.groupby("image_id"):
+        copies = sorted(len(r.boxes) for r in records if r.image_id == image_id)
+        assert copies == sorted(part.groupby("reader").size().tolist())  # each copy: one reader's boxes
+    # Validation and prediction read each image once; validation scores against the kept readers fused.
+    assert len(dm.eval_dataset("oof").records) == len(dm.val_image_ids)
+    fused = apply_readers(ann.boxes, {"mode": "fuse", "drop": ["R5"]})
+    assert len(dm.val_gt) == int(fused["image_id"].isin(dm.val_image_ids).sum())
+
+
 def test_settings_that_cannot_apply_are_refused(data: dict[str, str], tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="mode='each'.*not supported for training yet"):
-        DetectionDataModule(data_cfg(data, **{"data.readers": "{'mode': 'each'}"}), fold=0)
     with pytest.raises(ConfigError, match="data.readers.mode='vote': expected one of"):
         DetectionDataModule(data_cfg(data, **{"data.readers": "{'mode': 'vote'}"}), fold=0)
     with pytest.raises(ConfigError, match="data.readers='fuse': expected None or a dict"):

@@ -15,8 +15,9 @@ The `data` section (a plain dict or an mmengine ConfigDict); every key may be le
 `root` None is `cxrdet.paths.data_root(competition)`; `competition` None is told by the root's layout
 (`cxrdet.competitions.of_data`); `folds` is resolved by `cxrdet.paths.folds_file`; `cache` None is
 `cxrdet.paths.cache_dir(root, size)`. `readers` makes one ground truth of a multi-reader table (VinBigData; see
-`cxrdet.data.readers`: `fuse`, `all`, with `drop`): training and validation boxes both come from it (validation
-fuses what `all` keeps, so that the held-out fold is scored against the competition's kind of ground truth).
+`cxrdet.data.readers`: `fuse`, `all`, `each`, with `drop`): training and validation boxes both come from it
+(validation fuses what `all` or `each` keeps, so that the held-out fold is scored against the competition's kind of
+ground truth; `each` trains on one copy of an image per reader who drew on it).
 A curriculum stage passes its own `view` (for example `crops` first, then `full`). Batches are
 `(images, targets, metas)` as described in `cxrdet.data.dataset`.
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ from cxrdet.data.dataset import (
 from cxrdet.data.folds import read_folds
 from cxrdet.data.labels import Annotations, read_labels
 from cxrdet.data.prepare import load_meta
-from cxrdet.data.readers import resolve_readers
+from cxrdet.data.readers import drop_readers, reader_copies, resolve_readers
 from cxrdet.data.transforms import build_augment, build_clahe
 from cxrdet.errors import ConfigError, CxrdetError
 
@@ -149,9 +150,6 @@ class DataConfig:
             raise ConfigError(f"data.crops={crops!r}: expected a dict with size_frac and/or neg_per_image")
         augment = cfg["augment"]
         readers = resolve_readers(_plain(cfg["readers"])) if cfg["readers"] is not None else None
-        if readers is not None and readers["mode"] == "each":
-            raise ConfigError("data.readers.mode='each' (one copy of each image per reader) is not supported for "
-                              "training yet: use 'fuse' or 'all'")
         return cls(
             root=root,
             competition=str(cfg["competition"]) if cfg["competition"] else None,
@@ -277,8 +275,14 @@ class DetectionDataModule(pl.LightningDataModule):
             boxes = annotations.boxes[list(GT_COLUMNS)].reset_index(drop=True)
             return boxes, boxes
         competition = of_data({"root": self.cfg.root, "competition": self.cfg.competition})
-        train = competition.ground_truth(annotations, self.cfg.readers)
         scored = None if self.cfg.readers is None else {**self.cfg.readers, "mode": "fuse"}
+        if self.cfg.readers is not None and self.cfg.readers["mode"] == "each":
+            # One copy of the image per reader who drew on it (`copy` column), with that reader's boxes only.
+            kept = drop_readers(annotations.boxes, self.cfg.readers["drop"])
+            drew = {str(k): list(v) for k, v in kept.groupby("image_id", sort=False)["reader"].unique().items()}
+            train = reader_copies(kept, drew)[["copy", *GT_COLUMNS]]
+        else:
+            train = competition.ground_truth(annotations, self.cfg.readers)
         return train, competition.ground_truth(annotations, scored)
 
     def _check_classes(self, annotations: Annotations, labels_csv: Path) -> None:
@@ -314,11 +318,23 @@ class DetectionDataModule(pl.LightningDataModule):
         gt = boxes.loc[boxes["image_id"].isin(set(self.val_image_ids)), list(GT_COLUMNS)]
         return gt.reset_index(drop=True)
 
-    def _records(self, image_ids: Sequence[str], split: str) -> list[ImageRecord]:
-        """Records of cache split `split` (`train`: labelled, `test`: no boxes)."""
+    def _records(self, image_ids: Sequence[str], split: str, copies: bool = False) -> list[ImageRecord]:
+        """Records of cache split `split` (`train`: labelled, `test`: no boxes); `copies`: with
+        `data.readers.mode='each'`, one record per reader who drew on an image (an image nobody drew on: one)."""
         meta = self._tables.meta
+        meta = meta[meta["split"] == split]
         boxes = self._tables.train_boxes if split == "train" else None
-        return build_records(meta[meta["split"] == split], image_ids, boxes)
+        if boxes is None or "copy" not in boxes.columns:
+            return build_records(meta, image_ids, boxes)
+        if not copies:  # validation and prediction read each image once; their boxes are not used
+            return build_records(meta, image_ids, None)
+        wanted = boxes[boxes["image_id"].isin(set(image_ids))]
+        copies_of = wanted.drop_duplicates("copy").groupby("image_id", sort=False)["copy"].apply(list).to_dict()
+        pairs = [(c, i) for i in image_ids for c in copies_of.get(i, [i])]
+        rows = meta.set_index("image_id").loc[[i for _, i in pairs]].reset_index()
+        rows["image_id"] = [c for c, _ in pairs]
+        records = build_records(rows, [c for c, _ in pairs], wanted.assign(image_id=wanted["copy"]))
+        return [replace(r, image_id=i) for r, (_, i) in zip(records, pairs, strict=True)]
 
     def setup(self, stage: str | None = None) -> None:
         """Read and check the tables (idempotent; the loaders call it too)."""
@@ -328,7 +344,7 @@ class DetectionDataModule(pl.LightningDataModule):
 
     def train_dataset(self) -> DetectionDataset:
         """Training items: folds other than `fold`, in the training view, augmented."""
-        records = self._records(self.train_image_ids, "train")
+        records = self._records(self.train_image_ids, "train", copies=True)
         return DetectionDataset(
             self.cfg.cache,
             records,
