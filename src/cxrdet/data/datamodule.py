@@ -51,7 +51,7 @@ from cxrdet.data.dataset import (
 from cxrdet.data.folds import read_folds
 from cxrdet.data.labels import Annotations, read_labels
 from cxrdet.data.prepare import load_meta
-from cxrdet.data.readers import drop_readers, reader_copies, resolve_readers
+from cxrdet.data.readers import drop_readers, reader_copies, resolve_readers, scored_readers
 from cxrdet.data.transforms import build_augment, build_clahe
 from cxrdet.errors import ConfigError, CxrdetError
 
@@ -275,7 +275,6 @@ class DetectionDataModule(pl.LightningDataModule):
             boxes = annotations.boxes[list(GT_COLUMNS)].reset_index(drop=True)
             return boxes, boxes
         competition = of_data({"root": self.cfg.root, "competition": self.cfg.competition})
-        scored = None if self.cfg.readers is None else {**self.cfg.readers, "mode": "fuse"}
         if self.cfg.readers is not None and self.cfg.readers["mode"] == "each":
             # One copy of the image per reader who drew on it (`copy` column), with that reader's boxes only.
             kept = drop_readers(annotations.boxes, self.cfg.readers["drop"])
@@ -283,7 +282,7 @@ class DetectionDataModule(pl.LightningDataModule):
             train = reader_copies(kept, drew)[["copy", *GT_COLUMNS]]
         else:
             train = competition.ground_truth(annotations, self.cfg.readers)
-        return train, competition.ground_truth(annotations, scored)
+        return train, competition.ground_truth(annotations, scored_readers(self.cfg.readers))
 
     def _check_classes(self, annotations: Annotations, labels_csv: Path) -> None:
         """A detector predicts every box class of the labels: `data.classes` must name them all, in order."""

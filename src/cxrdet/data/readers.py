@@ -59,6 +59,13 @@ def resolve_readers(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def scored_readers(cfg: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What a held-out fold is scored against under a training setting: the readers it keeps, fused into one ground
+    truth (`all` and `each` train on single readers' boxes, the metric compares with one box set); None stays None
+    (the competition's default)."""
+    return None if cfg is None else {**dict(cfg), "mode": "fuse"}
+
+
 def drop_readers(boxes: pd.DataFrame, readers: Sequence[str]) -> pd.DataFrame:
     """`boxes` without the boxes of `readers`."""
     return boxes[~boxes["reader"].isin(list(readers))].reset_index(drop=True)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from cxrdet import paths
 from cxrdet.competitions import Competition, competition_of_labels, data_layout, get_competition
+from cxrdet.data.readers import scored_readers
 from cxrdet.ensemble.fuse import BoxSet, FusionInput
 from cxrdet.ensemble.postprocess import classifier_probs, postprocess
 from cxrdet.ensemble.spec import EnsembleParams, EnsembleSpec
@@ -143,8 +144,7 @@ def data_sources(spec: EnsembleSpec) -> DataSources:
             folds_names.add(str(paths.folds_file(data["folds"]).resolve()) if data.get("folds") else None)
         if path is not None:
             roots.add(str(data.get("root") or paths.data_root(data.get("competition"))))
-            scored = data.get("readers")  # the OOF boxes were scored against what it kept, fused
-            readers.append(None if scored is None else {**dict(scored), "mode": "fuse"})
+            readers.append(scored_readers(data.get("readers")))  # what its OOF boxes were scored against
             if data.get("size"):
                 root = Path(data["root"]) if data.get("root") else paths.data_root(data.get("competition"))
                 caches.append(Path(data["cache"]) if data.get("cache") else paths.cache_dir(root, int(data["size"])))
@@ -170,15 +170,13 @@ def data_sources(spec: EnsembleSpec) -> DataSources:
         except CxrdetError as err:
             raise ConfigError(f"{spec.path}: cannot tell the competition ({err}); set competition=...") from err
     if spec.raw.get("readers") is not None:
-        chosen = dict(spec.raw["readers"])
+        chosen = scored_readers(spec.raw["readers"])
     else:
         distinct = {repr(r) for r in readers}
         if len(distinct) > 1:
             raise ConfigError(f"{spec.path}: the members' data.readers differ ({sorted(distinct)}): their OOF boxes "
                               "were scored against different ground truths; set readers=... in the ensemble config")
-        chosen = dict(readers[0]) if readers and readers[0] is not None else None
-    if chosen is not None:
-        chosen = {**chosen, "mode": "fuse"}  # the ground truth is one box set
+        chosen = readers[0] if readers else None
     return DataSources(folds, labels, configs, competition, chosen, tuple(dict.fromkeys(caches)))
 
 

@@ -58,7 +58,7 @@ def load_test_image_ids(spec: EnsembleSpec, sources: DataSources) -> list[str]:
         raise ConfigError(f"{spec.path}: {err}, or set test_ids=<a submission-format CSV> in the config") from err
 
 
-def test_probabilities(spec: EnsembleSpec, ids: pd.Index) -> np.ndarray | None:
+def classifier_test_probs(spec: EnsembleSpec, ids: pd.Index) -> np.ndarray | None:
     """The classifier's test probability of each image (the mean of its fold models), or None without one."""
     if spec.classifier is None:
         return None
@@ -67,8 +67,27 @@ def test_probabilities(spec: EnsembleSpec, ids: pd.Index) -> np.ndarray | None:
     return classifier_probs(table, ids, f"test probabilities of {exp}", spec.classifier.get("column"))
 
 
-def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str]) -> tuple[BoxSet, pd.Index]:
+@dataclass(frozen=True)
+class SubmissionImages:
+    """What the test images bring besides the members' boxes: their index, sizes and classifier probabilities."""
+
+    ids: pd.Index
+    sizes: tuple[np.ndarray, np.ndarray]
+    prob: np.ndarray | None
+
+
+def submission_images(spec: EnsembleSpec, sources: DataSources, image_ids: list[str]) -> SubmissionImages:
+    """The test image set's index, `(widths, heights)` (`image_sizes`) and `classifier_test_probs`, read once."""
+    ids = pd.Index(image_ids)
+    return SubmissionImages(ids, image_sizes(spec, sources, ids), classifier_test_probs(spec, ids))
+
+
+def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str], test: SubmissionImages | None = None
+                 ) -> tuple[BoxSet, pd.Index]:
     """The ensemble's test boxes (xyxy pixels of the original image) under `params`.
+
+    Args:
+        test: The image set's sizes and probabilities when already read (`submission_images`).
 
     Returns:
         The boxes and the image index their `image` refers to.
@@ -76,13 +95,12 @@ def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str
     Raises:
         TableError: Missing prediction files (all listed).
     """
-    ids = pd.Index(image_ids)
+    test = test if test is not None else submission_images(spec, data_sources(spec), image_ids)
+    ids, size, prob = test.ids, test.sizes, test.prob
     folds = spec.folds_used
     require_predictions(spec, "test")
     frames = {m.name: [Run(m.experiment, k).read_predictions("test") for k in folds] for m in spec.members}
-    size = image_sizes(spec, data_sources(spec), ids)
     merge = FusionParams(method="wbf", iou_thr=params.fusion.iou_thr, conf_type=spec.test_fold_conf_type)
-    prob = test_probabilities(spec, ids)
     n_members = len(spec.members)
 
     def merge_folds(parts: list[pd.DataFrame], names: list[str]) -> BoxSet:
@@ -139,13 +157,14 @@ def submit(spec: EnsembleSpec, out: str | Path | None = None) -> SubmitResult:
     params = resolve(spec, record["params"])
     sources = data_sources(spec)
     image_ids = load_test_image_ids(spec, sources)
-    boxes, ids = predict_test(spec, params, image_ids)
+    test = submission_images(spec, sources, image_ids)
+    boxes, ids = predict_test(spec, params, image_ids, test)
     frame = boxes.to_frame(ids)
     # The file format takes confidences in [0, 1]; weights can push a fused one above 1.
     frame["score"] = frame["score"].clip(0.0, 1.0)
-    frame = sources.competition.complete(frame, ids, test_probabilities(spec, ids))
+    frame = sources.competition.complete(frame, ids, test.prob)
     csv = Path(out) if out is not None else paths.SUBMISSIONS_DIR / f"{spec.name}.csv"
-    widths, heights = image_sizes(spec, sources, ids)
+    widths, heights = test.sizes
     sizes = {i: (int(w), int(h)) for i, w, h in zip(ids, widths, heights, strict=True)}
     stats = sources.competition.write_submission(csv, frame, image_ids, sizes)
     provenance = csv.with_suffix(".json")

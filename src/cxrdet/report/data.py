@@ -19,6 +19,7 @@ import pandas as pd
 
 from cxrdet import paths
 from cxrdet.competitions import Competition, Evaluator, data_layout, get_competition, of_data
+from cxrdet.data.readers import scored_readers
 from cxrdet.errors import CxrdetError, TableError
 from cxrdet.metrics.classification import ClassificationResult, evaluate
 from cxrdet.report.html import number
@@ -86,23 +87,29 @@ def _data_of_run(run: Run) -> Any:
     return DataConfig.from_dict(run.config()["data"])
 
 
-def _ground_truth(data: Any, folds_used: Sequence[int]) -> tuple[pd.Index, pd.Series, pd.DataFrame, pd.DataFrame]:
-    """Image set, fold per image, ground-truth boxes (the competition's, under the run's `data.readers`) and cache
-    meta of the folds used."""
+def _fold_images(data: Any, folds_used: Sequence[int]) -> pd.Series:
+    """The fold of each image of the folds used (index: image id, fold-file order)."""
     from cxrdet.data.folds import read_folds
-    from cxrdet.data.labels import read_labels
-    from cxrdet.data.prepare import load_meta
 
     folds = read_folds(data.folds)
     folds = folds[folds["fold"].isin(list(folds_used))].reset_index(drop=True)
-    image_ids = pd.Index(folds["image_id"].astype(str))
-    competition = of_data({"root": data.root, "competition": data.competition})
-    readers = None if data.readers is None else {**data.readers, "mode": "fuse"}
-    truth = competition.ground_truth(read_labels(data_layout(data.root).labels_csv), readers)
-    gt = truth[truth["image_id"].isin(image_ids)].reset_index(drop=True)
+    return pd.Series(folds["fold"].to_numpy(), index=pd.Index(folds["image_id"].astype(str)))
+
+
+def _ground_truth(data: Any, competition: Competition, image_ids: pd.Index) -> pd.DataFrame:
+    """The competition's ground-truth boxes of `image_ids`, the run's `data.readers` scored as validation scored."""
+    from cxrdet.data.labels import read_labels
+
+    truth = competition.ground_truth(read_labels(data_layout(data.root).labels_csv), scored_readers(data.readers))
+    return truth[truth["image_id"].isin(image_ids)].reset_index(drop=True)
+
+
+def _cache_meta(data: Any, image_ids: pd.Index) -> pd.DataFrame:
+    """The prepare cache's meta rows of `image_ids` (training split), indexed by image id."""
+    from cxrdet.data.prepare import load_meta
+
     meta = load_meta(data.cache)
-    meta = meta[meta["split"] == "train"].drop_duplicates("image_id").set_index("image_id")
-    return image_ids, pd.Series(folds["fold"].to_numpy(), index=image_ids), gt, meta.reindex(image_ids)
+    return meta[meta["split"] == "train"].drop_duplicates("image_id").set_index("image_id").reindex(image_ids)
 
 
 def no_oof_error(experiment: Experiment, hint: str = "") -> CxrdetError:
@@ -126,9 +133,11 @@ def load_experiment(experiment: str) -> ReportData:
     if not runs:
         raise no_oof_error(Experiment(experiment), ", or name a tuned ensemble")
     data = _data_of_run(runs[0])
-    image_ids, image_fold, gt, meta = _ground_truth(data, [r.fold for r in runs])
-    pred = pd.concat([r.read_predictions("oof") for r in runs], ignore_index=True)
     competition = of_data({"root": data.root, "competition": data.competition})
+    image_fold = _fold_images(data, [r.fold for r in runs])
+    image_ids = image_fold.index
+    gt, meta = _ground_truth(data, competition, image_ids), _cache_meta(data, image_ids)
+    pred = pd.concat([r.read_predictions("oof") for r in runs], ignore_index=True)
     curve = competition.evaluator(gt, image_ids).score_vs_threshold(pred, CUTS)
     return ReportData(
         name=experiment, kind="experiment", image_ids=image_ids, image_fold=image_fold, gt=gt,
@@ -168,7 +177,7 @@ def load_ensemble_data(config: Path) -> ReportData:
         chosen[name] = best_cut(problem.evaluator.score_vs_threshold(frame, CUTS))
     runs = [Run(m.experiment, k) for m in spec.members for k in m.folds]
     data = _data_of_run(runs[0])
-    _, _, _, meta = _ground_truth(data, spec.folds_used)
+    meta = _cache_meta(data, problem.image_ids)  # the ground truth is the problem's
     scores = record.get("scores", {})
     return ReportData(
         name=spec.name, kind="ensemble", image_ids=problem.image_ids, image_fold=pd.Series(oof.image_fold,
