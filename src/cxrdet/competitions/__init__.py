@@ -15,7 +15,8 @@ from cxrdet.competitions.base import (
     detect,
     get_competition,
     of_data,
+    with_labels,
 )
 
 __all__ = ["COMPETITIONS", "Competition", "Evaluator", "competition_of_labels", "competition_of_submission",
-           "data_layout", "detect", "get_competition", "of_data"]
+           "data_layout", "detect", "get_competition", "of_data", "with_labels"]

@@ -158,6 +158,11 @@ def competition_of_submission(path: str | Path) -> Competition:
     raise TableError(path, [f"line 1: header {','.join(header)!r} is no competition's submission header ({known})"])
 
 
+def with_labels(root: Path) -> list[Competition]:
+    """The registered competitions whose label table is in `root`."""
+    return [c for _, c in COMPETITIONS.items() if Path(c.layout(root).labels_csv).is_file()]
+
+
 def of_data(data_cfg: Mapping[str, Any] | None) -> Competition:
     """The competition of a config's `data` section: `data.competition` when set, else told by `data.root`'s layout
     (default `cxrdet.paths.data_root()`).
@@ -180,7 +185,7 @@ def data_layout(root: str | Path) -> Any:
     """
     root = Path(root)
     nih = paths.NihLayout(root)
-    found = [c for _, c in COMPETITIONS.items() if Path(c.layout(root).labels_csv).is_file()]
+    found = with_labels(root)
     if nih.labels_csv.is_file() and not found:
         return nih
     if len(found) == 1 and not nih.labels_csv.is_file():
@@ -199,7 +204,7 @@ def detect(root: str | Path) -> Competition:
         ConfigError: No registered competition's label table is in `root`, or several are.
     """
     root = Path(root)
-    found = [c for _, c in COMPETITIONS.items() if Path(c.layout(root).labels_csv).is_file()]
+    found = with_labels(root)
     if len(found) != 1:
         expected = "; ".join(f"{c.name}: {Path(c.layout(root).labels_csv).name}" for _, c in COMPETITIONS.items())
         what = "none" if not found else f"several ({', '.join(c.name for c in found)})"

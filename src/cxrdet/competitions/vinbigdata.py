@@ -32,6 +32,7 @@ import pandas as pd
 from cxrdet.competitions.base import COMPETITIONS, Competition
 from cxrdet.data.labels import (
     Annotations,
+    box_field_problems,
     by_line,
     duplicate_problems,
     field_problems,
@@ -162,16 +163,11 @@ def _problems(df: pd.DataFrame, sizes: Mapping[str, tuple[int, int]] | None
                                "a radiologist id such as R8 (every row is one reader's)")
     finding = valid_id & (class_id < NO_FINDING_ID)
     normal = valid_id & (class_id == NO_FINDING_ID)
-    nums: dict[str, pd.Series] = {}
-    for field in BOX_FIELDS:
-        raw = df[field]
-        num = pd.to_numeric(raw.where(raw != ""), errors="coerce")
-        nums[field] = num
-        finite = np.isfinite(num.to_numpy(dtype=np.float64, na_value=np.nan))
-        problems += field_problems(df, finding & ~finite, field, "a number (finding rows, class_id 0-13, need a box)")
-        problems += field_problems(df, normal & (raw != ""), field,
-                                   "an empty cell ('No finding' rows, class_id 14, have no box)")
-        problems += field_problems(df, finding & (num < 0), field, "a number >= 0 (inside the image)")
+    found, nums = box_field_problems(
+        df, BOX_FIELDS, finding, normal, "a number (finding rows, class_id 0-13, need a box)",
+        "an empty cell ('No finding' rows, class_id 14, have no box)",
+        also=[(lambda num: num < 0, "a number >= 0 (inside the image)")])
+    problems += found
     for lo, hi in (("x_min", "x_max"), ("y_min", "y_max")):
         inverted = finding & (nums[hi] < nums[lo])
         problems += [f"line {n}: {hi}={df.at[i, hi]!r} < {lo}={df.at[i, lo]!r}: expected {hi} >= {lo} (xyxy box)"

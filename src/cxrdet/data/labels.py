@@ -217,6 +217,37 @@ def field_problems(df: pd.DataFrame, mask: pd.Series, field: str, expected: str)
     return [f"line {n}: {field}={v!r}: expected {expected}" for n, v in zip(file_lines(mask), values, strict=True)]
 
 
+def box_field_problems(
+    df: pd.DataFrame, fields: Sequence[str], boxed: pd.Series, empty: pd.Series, need_box: str, no_box: str,
+    also: Sequence[tuple[Callable[[pd.Series], pd.Series], str]] = (),
+) -> tuple[list[str], dict[str, pd.Series]]:
+    """The box fields of a label table whose rows either have a box or have none (a negative, "No finding").
+
+    Args:
+        df: The table, every field a stripped string.
+        fields: The box's columns.
+        boxed, empty: The rows that must have a box, and those that must leave every box field empty.
+        need_box, no_box: What is expected of a boxed row's field and of an empty row's field (named in messages).
+        also: More checks of a boxed row's number, `(test, expected)`, each run per field after the first two.
+
+    Returns:
+        One message per bad field (in field order, each field's checks together) and each field's numbers (NaN where
+        a cell is empty or not a number).
+    """
+    problems: list[str] = []
+    nums: dict[str, pd.Series] = {}
+    for field in fields:
+        raw = df[field]
+        num = pd.to_numeric(raw.where(raw != ""), errors="coerce")
+        nums[field] = num
+        finite = np.isfinite(num.to_numpy(dtype=np.float64, na_value=np.nan))
+        problems += field_problems(df, boxed & ~finite, field, need_box)
+        problems += field_problems(df, empty & (raw != ""), field, no_box)
+        for test, expected in also:
+            problems += field_problems(df, boxed & test(num), field, expected)
+    return problems, nums
+
+
 def duplicate_problems(df: pd.DataFrame, keys: Sequence[str], what: str) -> list[str]:
     """One message per row that repeats an earlier row on `keys`, naming both lines."""
     dup = df.duplicated(subset=list(keys), keep=False)
@@ -395,14 +426,9 @@ def _rsna_problems(df: pd.DataFrame, image_size: tuple[int, int] | None) -> list
     is_pos = target == "1"
     is_neg = target == "0"
 
-    nums: dict[str, pd.Series] = {}
-    for field in RSNA_BOX_FIELDS:
-        raw = df[field]
-        num = pd.to_numeric(raw.where(raw != ""), errors="coerce")
-        nums[field] = num
-        finite = np.isfinite(num.to_numpy(dtype=np.float64, na_value=np.nan))
-        problems += field_problems(df, is_pos & ~finite, field, "a number (Target=1 rows need a box)")
-        problems += field_problems(df, is_neg & (raw != ""), field, "an empty cell (Target=0 rows have no box)")
+    found, nums = box_field_problems(df, RSNA_BOX_FIELDS, is_pos, is_neg, "a number (Target=1 rows need a box)",
+                                     "an empty cell (Target=0 rows have no box)")
+    problems += found
     for field in ("width", "height"):
         problems += field_problems(df, is_pos & (nums[field] <= 0), field, "a number > 0")
     if image_size is not None:

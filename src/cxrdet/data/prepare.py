@@ -239,13 +239,13 @@ def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
 def _list_sources(data_root: Path, splits: Sequence[str]) -> list[tuple[str, Path]]:
     """`(split, dicom path)` of every image file of the requested splits (the competition's suffix: RSNA `*.dcm`,
     VinBigData `*.dicom`), sorted by split order then name."""
-    from cxrdet.competitions import COMPETITIONS
+    from cxrdet.competitions import COMPETITIONS, with_labels
 
     if not data_root.is_dir():
         raise CxrdetError(f"{data_root}: data folder not found (expected the Kaggle layout: stage_2_train_images/...)")
     known = [c for _, c in COMPETITIONS.items()]
     # The competition whose label table is there, else the one whose training image folder is (images first).
-    found = ([c for c in known if Path(c.layout(data_root).labels_csv).is_file()]
+    found = (with_labels(data_root)
              or [c for c in known if Path(c.layout(data_root).images_dir("train")).is_dir()] or known[:1])
     if len(found) > 1:
         raise CxrdetError(f"{data_root}: holds the files of several competitions ({', '.join(c.name for c in found)}): "
