@@ -283,3 +283,10 @@ def test_reads_an_nih_root_built_by_synth_and_prepare(tmp_path: Path) -> None:
     folds.to_csv(folds_csv, index=False)
     with pytest.raises(MissingImagesError, match=r"'00009999_000'"):
         DetectionDataModule(data, 0).setup()
+
+
+def test_readers_on_a_table_with_one_reader_per_image_are_refused(data_cfg: dict[str, Any]) -> None:
+    dm = DetectionDataModule({**data_cfg, "readers": {"mode": "fuse"}}, fold=0)
+    with pytest.raises(ConfigError, match=r"data.readers is set but the labels .*stage_2_train_labels.csv have no "
+                                          "reader column: leave it unset"):
+        dm.setup()

@@ -101,3 +101,27 @@ def test_per_class_thresholds_expand_to_one_parameter_per_class() -> None:
                        Path("x.py"))
     with pytest.raises(ConfigError, match="postprocess.class_thr='0.1': expected a list of one number per class"):
         parse_ensemble({**RAW, "postprocess": {"class_thr": "0.1"}}, Path("x.py"))
+
+
+def test_competition_and_readers_entries_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"competition=3: expected a competition name such as 'vinbigdata'; "
+                                          r"readers='fuse': expected None or dict\(mode="):
+        parse_ensemble({**RAW, "competition": 3, "readers": "fuse"}, Path("x.py"))
+
+
+def test_varying_image_sizes_need_a_cache_that_holds_them(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from cxrdet.competitions import get_competition
+    from cxrdet.ensemble.problem import DataSources, image_sizes
+
+    spec = parse_ensemble(RAW, Path("pair.py"))
+    sources = DataSources(tmp_path / "f.csv", tmp_path / "train.csv", {}, get_competition("vinbigdata"),
+                          caches=(tmp_path / "no_cache",))
+    with pytest.raises(ConfigError, match=r"pair.py: vinbigdata images vary in size and no prepare cache of the "
+                                          r"members \(.*no_cache\) holds all 2 images: run `cxrdet prepare`"):
+        image_sizes(spec, sources, pd.Index(["a", "b"]))
+    fixed = parse_ensemble({**RAW, "image_size": (640, 480)}, Path("pair.py"))
+    assert [v.tolist() for v in image_sizes(fixed, sources, pd.Index(["a", "b"]))] == [[640.0, 640.0], [480.0, 480.0]]
+    rsna = DataSources(tmp_path / "f.csv", tmp_path / "l.csv", {}, get_competition("rsna"))
+    assert [v.tolist() for v in image_sizes(spec, rsna, pd.Index(["a"]))] == [[1024.0], [1024.0]]

@@ -156,3 +156,9 @@ def test_cli_writes_a_vinbigdata_root(tmp_path: Path) -> None:
     assert "3 train + 1 test DICOMs" in result.output and (tmp_path / "v" / "train.csv").is_file()
     bad = CliRunner().invoke(app, ["synth", "--competition", "siim", "--out", str(tmp_path / "s")])
     assert bad.exit_code != 0 and "expected rsna or vinbigdata" in bad.output
+
+
+def test_cli_refuses_options_that_are_not_vinbigdatas(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["synth", "--competition", "vinbigdata", "--out", str(tmp_path / "v"),
+                                      "--labels-only"])
+    assert result.exit_code != 0 and "--labels-only and --size are not for vinbigdata" in result.output
