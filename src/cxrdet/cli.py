@@ -60,16 +60,18 @@ def synth_command(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="Data set format: rsna (Kaggle DICOMs) or nih (PNGs).")] = "rsna",
     competition: Annotated[
-        str | None, typer.Option("--competition", help="A competition's layout: rsna or vinbigdata (sets --format).")
+        str | None, typer.Option("--competition", help="A competition's layout: rsna, vinbigdata or siim (sets "
+                                    "--format).")
     ] = None,
     scale: Annotated[
-        float, typer.Option("--scale", help="vinbigdata only: factor of the real image sides (2,000-3,000 px).")
-    ] = 0.25,
+        float, typer.Option("--scale", help="vinbigdata and siim: factor of the real image sides "
+                           "(2,000-3,000 px; siim 2,000-4,000; default 0.25, siim 0.2).")
+    ] = None,
     size: Annotated[
         int | None, typer.Option("--size", help="nih only: side of the PNGs (default 1024, as NIH's).", min=32)
     ] = None,
-    n_train: Annotated[int, typer.Option("--n-train", help="Training images.", min=0)] = 400,
-    n_test: Annotated[int, typer.Option("--n-test", help="Test images.", min=0)] = 100,
+    n_train: Annotated[int, typer.Option("--n-train", help="Training images (siim: studies).", min=0)] = 400,
+    n_test: Annotated[int, typer.Option("--n-test", help="Test images (siim: studies).", min=0)] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Data-set seed; the same seed gives the same bytes.", min=0)] = 0,
     workers: Annotated[
         int | None, typer.Option("--workers", help="Rendering processes (default: all CPUs).", min=1)
@@ -87,18 +89,35 @@ def synth_command(
     synth_boxes.csv (where each finding was drawn). vinbigdata (--competition vinbigdata) writes train.csv (three
     of 17 readers per image, 14 classes and "No finding"), train/*.dicom and test/*.dicom (uncompressed, 12-16 bit,
     some MONOCHROME1, sides 2,000-3,000 px times --scale), sample_submission.csv, synth_test_labels.csv and
-    synth_truth.csv. Reads nothing. Refuses a folder that holds data not written by this command; an earlier synth
+    synth_truth.csv. siim (--competition siim) writes train_image_level.csv and train_study_level.csv (--n-train
+    studies of 1-3 images, four categories with their own opacity patterns), train/<study>/<series>/<image>.dcm and
+    test/... (uncompressed, 10-16 bit, sides 2,000-4,000 px times --scale), sample_submission.csv, the test labels
+    synth_test_image_level.csv and synth_test_study_level.csv, and synth_truth.csv. Reads nothing. Refuses a folder that holds data not written by this command; an earlier synth
     folder is overwritten.
     """
     from cxrdet import paths
     from cxrdet.errors import ConfigError
 
     if competition is not None:
-        if competition not in ("rsna", "vinbigdata"):
-            raise ConfigError(f"--competition {competition!r}: expected rsna or vinbigdata")
+        if competition not in ("rsna", "vinbigdata", "siim"):
+            raise ConfigError(f"--competition {competition!r}: expected rsna, vinbigdata or siim")
         fmt = competition
-    if fmt not in ("rsna", "nih", "vinbigdata"):
-        raise ConfigError(f"--format {fmt!r}: expected rsna, nih or vinbigdata")
+    if fmt not in ("rsna", "nih", "vinbigdata", "siim"):
+        raise ConfigError(f"--format {fmt!r}: expected rsna, nih, vinbigdata or siim")
+    if scale is not None and fmt not in ("vinbigdata", "siim"):
+        raise ConfigError(f"--scale {scale}: only vinbigdata and siim images vary in size (--format {fmt})")
+    if fmt == "siim":
+        from cxrdet.synth.siim import generate_siim_dataset
+
+        if labels_only or size is not None:
+            raise ConfigError("--labels-only and --size are not for siim (its labels come from the drawn opacities; "
+                              "its sizes vary: --scale)")
+        target = out if out is not None else paths.demo_dir("siim")
+        m = generate_siim_dataset(target, n_train, n_test, seed=seed, scale=0.2 if scale is None else scale,
+                                  workers=workers)
+        typer.echo(f"{m.root}: {m.n_train_studies} train + {m.n_test_studies} test studies, {m.n_images} DICOMs "
+                   f"({m.n_none_images} without opacity), seed {m.seed}, {m.seconds:.1f} s")
+        return
     if fmt == "vinbigdata":
         from cxrdet.synth.vinbigdata import generate_vinbigdata_dataset
 
@@ -106,7 +125,8 @@ def synth_command(
             raise ConfigError("--labels-only and --size are not for vinbigdata (its labels come from the drawn "
                               "signs; its sizes vary: --scale)")
         target = out if out is not None else paths.demo_dir("vinbigdata")
-        v = generate_vinbigdata_dataset(target, n_train, n_test, seed=seed, scale=scale, workers=workers)
+        v = generate_vinbigdata_dataset(target, n_train, n_test, seed=seed, scale=0.25 if scale is None else scale,
+                                        workers=workers)
         typer.echo(f"{v.root}: {v.n_train} train + {v.n_test} test DICOMs ({v.n_normal} 'No finding'), "
                    f"{v.n_rows} train.csv rows, seed {v.seed}, {v.seconds:.1f} s")
         return
@@ -217,7 +237,8 @@ def folds_command(
 
 
 CompetitionOpt = Annotated[
-    str, typer.Option("--competition", help="rsna, vinbigdata, or auto (told by the file's header).")
+    str, typer.Option("--competition", help="rsna, vinbigdata, siim, or auto (told by the file's "
+                                    "header).")
 ]
 
 
@@ -225,11 +246,13 @@ CompetitionOpt = Annotated[
 @user_errors
 def score_command(
     labels: Annotated[Path, typer.Option("--labels", help="Label table: RSNA stage_2_train_labels.csv (or its test "
-                                         "labels) or a VinBigData train.csv-format table.")],
+                                         "labels), a VinBigData train.csv-format table or a SIIM *_image_level.csv "
+                                         "(its *_study_level.csv beside it).")],
     submission: Annotated[Path, typer.Option("--submission", help="Submission CSV of the same competition.")],
     metric: Annotated[
         str | None, typer.Option("--metric", help="RSNA: rsna (the competition metric, default) or coco (score = "
-                                 "mAP@0.50:0.95). VinBigData: voc (mAP at IoU > 0.4, the only one).")
+                                 "mAP@0.50:0.95). VinBigData: voc (mAP at IoU > 0.4, the only one). SIIM: its own "
+                                 "mAP at IoU > 0.5 over the six study and image classes.")
     ] = None,
     competition: CompetitionOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the last line) instead.")] = False,
@@ -264,6 +287,9 @@ def score_command(
         for t, v in report["per_threshold"].items():
             typer.echo(f"  IoU > {t}: {v:.6f}")
     elif "per_class" in report:
+        if "study_map" in report:
+            typer.echo(f"  study-level mAP {report['study_map']:.6f} ({report['n_studies']} studies), image-level mAP "
+                       f"{report['image_map']:.6f}")
         for name, ap in report["per_class"].items():
             typer.echo(f"  AP {name}: {'-' if ap is None else f'{ap:.6f}'}")
     else:
@@ -274,7 +300,7 @@ def score_command(
 @app.command("validate-submission")
 @user_errors
 def validate_submission_command(
-    submission: Annotated[Path, typer.Argument(help="Submission CSV to check (RSNA or VinBigData format).")],
+    submission: Annotated[Path, typer.Argument(help="Submission CSV to check (RSNA, VinBigData or SIIM format).")],
     sample: Annotated[Path, typer.Option("--sample", help="Sample submission whose ids are the test set.")],
     image_size: Annotated[int | None, typer.Option("--image-size", help="RSNA: side of the square images, pixels "
                                                    "(default 1024).", min=1)] = None,

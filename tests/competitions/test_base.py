@@ -27,7 +27,7 @@ def test_data_layout_tells_the_layouts_apart(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"several \(rsna, nih\) of the known label tables"):
         data_layout(both)
     with pytest.raises(ConfigError, match="none of the known label tables found: expected one of rsna: "
-                                          "stage_2_train_labels.csv; vinbigdata: train.csv; nih: Data_Entry"):
+                                          "stage_2_train_labels.csv; siim: train_image_level.csv; vinbigdata: train.csv; nih: Data_Entry"):
         data_layout(neither)
     with pytest.raises(ConfigError, match="the folder does not exist"):
         data_layout(tmp_path / "missing")
@@ -37,7 +37,7 @@ def test_a_config_names_its_competition_or_its_root_tells_it(tmp_path: Path) -> 
     (tmp_path / "train.csv").write_text("x\n")
     assert of_data({"root": str(tmp_path)}).name == "vinbigdata"
     assert of_data({"root": str(tmp_path), "competition": "rsna"}).name == "rsna"  # the config wins
-    with pytest.raises(ConfigError, match=r"data.competition='siim' is not a registered competition; expected one "
-                                          r"of \['rsna', 'vinbigdata'\]"):
-        of_data({"competition": "siim"})
+    with pytest.raises(ConfigError, match=r"data.competition='chexpert' is not a registered competition; expected "
+                                          r"one of \['rsna', 'siim', 'vinbigdata'\]"):
+        of_data({"competition": "chexpert"})
     assert get_competition("vinbigdata").monitor == "val/map40" and get_competition("rsna").monitor == "val/rsna"

@@ -132,3 +132,30 @@ def reference_voc_map(gt: pd.DataFrame, pred: pd.DataFrame, n_classes: int,
         aps.append(sum((mrec[i] - mrec[i - 1]) * mpre[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1]))
     scored = [a for a in aps if a == a]
     return (sum(scored) / len(scored) if scored else float("nan")), aps
+
+
+def reference_siim_score(image_truth: dict[str, list[tuple[float, float, float, float]]],
+                         study_of: dict[str, str], study_truth: dict[str, str],
+                         rows: dict[str, list[tuple[str, float, float, float, float, float]]]) -> float:
+    """The SIIM-COVID metric from plain dicts, by the devkit loops (`reference_voc_map`) at IoU > 0.5: the six classes
+    (`negative typical indeterminate atypical` on `<study>_study` rows, each study's truth one `0 0 1 1` box of its
+    class; `opacity none` on `<image>_image` rows, an image without opacity having one `none 0 0 1 1`) weigh alike.
+
+    Args:
+        image_truth: Image id -> its opacity boxes (xyxy).
+        study_of: Image id -> study id.
+        study_truth: Study id -> its class name.
+        rows: Submission row id (`<study>_study`, `<image>_image`) -> `(class, confidence, x1, y1, x2, y2)` groups.
+    """
+    names = ["opacity", "none", "negative", "typical", "indeterminate", "atypical"]
+    gt, pred = [], []
+    for image_id, boxes in image_truth.items():
+        key = f"{image_id}_image"
+        gt += [(key, *b, 0) for b in boxes] or [(key, 0.0, 0.0, 1.0, 1.0, 1)]
+    for study_id in set(study_of.values()):
+        gt.append((f"{study_id}_study", 0.0, 0.0, 1.0, 1.0, names.index(study_truth[study_id])))
+    for key, groups in rows.items():
+        pred += [(key, x1, y1, x2, y2, names.index(name), conf) for name, conf, x1, y1, x2, y2 in groups]
+    gt_frame = pd.DataFrame(gt, columns=["image_id", "x1", "y1", "x2", "y2", "label"])
+    pred_frame = pd.DataFrame(pred, columns=["image_id", "x1", "y1", "x2", "y2", "label", "score"])
+    return reference_voc_map(gt_frame, pred_frame, len(names), iou_thr=0.5)[0]

@@ -290,7 +290,7 @@ def test_cli_synth_nih(tmp_path: Path) -> None:
     assert len(list((out / "images").glob("*.png"))) == 6
 
 
-@pytest.mark.parametrize(("args", "message"), [(["--format", "dicom"], "expected rsna, nih or vinbigdata"),
+@pytest.mark.parametrize(("args", "message"), [(["--format", "dicom"], "expected rsna, nih, vinbigdata or siim"),
                                                (["--size", "512"], "1024 x 1024 only")])  # fmt: skip
 def test_cli_synth_rejects_bad_options(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--labels-only", *args])

@@ -154,8 +154,10 @@ def test_cli_writes_a_vinbigdata_root(tmp_path: Path) -> None:
                                       "--n-train", "3", "--n-test", "1", "--scale", "0.05", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert "3 train + 1 test DICOMs" in result.output and (tmp_path / "v" / "train.csv").is_file()
-    bad = CliRunner().invoke(app, ["synth", "--competition", "siim", "--out", str(tmp_path / "s")])
-    assert bad.exit_code != 0 and "expected rsna or vinbigdata" in bad.output
+    bad = CliRunner().invoke(app, ["synth", "--competition", "chexpert", "--out", str(tmp_path / "s")])
+    assert bad.exit_code != 0 and "expected rsna, vinbigdata or siim" in bad.output
+    scaled = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "r"), "--scale", "0.5"])
+    assert scaled.exit_code != 0 and "only vinbigdata and siim images vary in size" in scaled.output
 
 
 def test_cli_refuses_options_that_are_not_vinbigdatas(tmp_path: Path) -> None:

@@ -39,8 +39,13 @@ class Evaluator(Protocol):
     def score_vs_threshold(self, pred: pd.DataFrame, thresholds: Sequence[float] | npt.ArrayLike) -> pd.DataFrame: ...
 
 
-def _as_is(pred: pd.DataFrame, image_ids: Sequence[str], prob: npt.NDArray[np.float64] | None) -> pd.DataFrame:
+def _as_is(pred: pd.DataFrame, image_ids: Sequence[str], prob: npt.NDArray[np.float64] | None,
+           images: pd.DataFrame | None = None, post: Any = None) -> pd.DataFrame:
     return pred
+
+
+def _same(ids: list[str]) -> list[str]:
+    return ids
 
 
 @dataclass(frozen=True)
@@ -59,21 +64,32 @@ class Competition:
             against the competition's labels (`metric` None: the competition's own).
         validate: `(submission_path, image_ids, image_size) -> summary line`: a submission file checked against the
             test set (`image_size` None: the competition's own sizes).
-        sample_ids: `sample_submission_path -> test image ids`.
+        sample_ids: `sample_submission_path -> its row ids` (RSNA, VinBigData: the test image ids; SIIM:
+            `<study>_study` and `<image>_image`).
         submission_columns: The header of its submission files.
         fold_columns: Per-image columns its folds are stratified on, most important first.
-        evaluator: `(gt, image_ids) -> Evaluator`: the metric on one image set; `gt` is `ground_truth`'s table.
+        evaluator: `(gt, image_ids, images=None) -> Evaluator`: the metric on one image set; `gt` is
+            `ground_truth`'s table, `images` the label table's per-image rows of the set (`Annotations.images`:
+            SIIM's study of each image and its class; without them SIIM scores the image level alone).
         ground_truth: `(labels, readers) -> boxes` (`image_id, x1, y1, x2, y2, label`): the boxes the metric
             compares with, made from the label table (several readers fused by `data.readers`; see
             `cxrdet.data.readers`).
-        complete: `(pred, image_ids, prob) -> pred`: the boxes a submission needs besides the detector's (VinBigData:
-            the no-finding box of every image, from an image-level probability `prob` of "abnormal" when given);
-            identity where there are none.
+        complete: `(pred, image_ids, prob, images=None, post=None) -> pred`: the rows a submission needs besides
+            the detector's boxes (VinBigData: the no-finding box of every image, from an image-level probability
+            `prob` of "abnormal" when given; SIIM: each image's `none` box and each study's four classes, from
+            `images`' `study_id` and `prob_<class>` columns); `post` (`PostParams`) carries their tuned options
+            (`none_weight`, `study_pool`). Identity where there are none (RSNA).
         write_submission: `(path, pred, image_ids, sizes) -> stats dict` (`n_rows, n_boxes, n_empty, n_dropped`):
             the competition's file, written atomically and read back through its validator. `sizes` maps an image
             id to `(width, height)`.
         monitor: The validation metric's logged name (`val/rsna`), which picks the best checkpoint.
         image_suffix: The suffix of its image files (`.dcm`, `.dicom`).
+        image_glob: Where a split folder's image files lie, as a glob (`*`; SIIM `*/*/*`: study/series/image).
+        studies: `(root, split) -> image_id, study_id` of a split's image files, for a competition that predicts
+            studies (SIIM), else None.
+        image_ids_of: `sample row ids -> test image ids` (identity, SIIM keeps the `_image` rows).
+        study_classes: The study-level classes (SIIM's four), else empty.
+        time_limit_minutes: A code competition's notebook time limit, else None.
     """
 
     name: str
@@ -88,13 +104,23 @@ class Competition:
     sample_ids: Callable[[Path], list[str]]
     submission_columns: tuple[str, ...]
     fold_columns: tuple[str, ...] = ()
-    evaluator: Callable[[pd.DataFrame, Sequence[str]], Evaluator] | None = None
+    evaluator: Callable[..., Evaluator] | None = None
     ground_truth: Callable[[Annotations, Mapping[str, Any] | None], pd.DataFrame] | None = None
-    complete: Callable[[pd.DataFrame, Sequence[str], npt.NDArray[np.float64] | None], pd.DataFrame] = _as_is
+    complete: Callable[..., pd.DataFrame] = _as_is
     write_submission: Callable[[Path, pd.DataFrame, Sequence[str], Mapping[str, tuple[int, int]]],
                                dict[str, int]] | None = None
     monitor: str = "val/score"
     image_suffix: str = ".dcm"
+    image_glob: str = "*"
+    studies: Callable[[Path, str], pd.DataFrame] | None = None
+    image_ids_of: Callable[[list[str]], list[str]] = _same
+    study_classes: tuple[str, ...] = ()
+    time_limit_minutes: int | None = None
+
+    def image_files(self, folder: str | Path) -> list[Path]:
+        """The image files of a split folder (`image_glob`, `image_suffix`), sorted by path."""
+        return sorted(p for p in Path(folder).glob(self.image_glob)
+                      if p.suffix.lower() == self.image_suffix and p.is_file())
 
     def test_image_ids(self, root: str | Path) -> list[str]:
         """The test image set of a data root: its sample submission's ids, else its test folder's image files.
@@ -104,10 +130,10 @@ class Competition:
         """
         layout = self.layout(Path(root))
         if Path(layout.sample_submission).is_file():
-            return self.sample_ids(Path(layout.sample_submission))
+            return self.image_ids_of(self.sample_ids(Path(layout.sample_submission)))
         folder = Path(layout.images_dir("test"))
         if folder.is_dir():
-            return sorted(p.stem for p in folder.iterdir() if p.suffix.lower() == self.image_suffix)
+            return sorted(p.stem for p in self.image_files(folder))
         raise ConfigError(f"{root}: no test image list: expected {layout.sample_submission} or {folder}/*"
                           f"{self.image_suffix}")
 

@@ -44,6 +44,11 @@ def _ground_truth(labels: Annotations, readers: Mapping[str, Any] | None) -> pd.
     return labels.boxes[GT_COLUMNS].reset_index(drop=True)
 
 
+def _evaluator(gt: pd.DataFrame, image_ids: Sequence[str], images: pd.DataFrame | None = None) -> RsnaEvaluator:
+    """The RSNA metric (per-image metadata plays no part)."""
+    return RsnaEvaluator(gt, image_ids)
+
+
 def _write(path: Path, pred: pd.DataFrame, image_ids: Sequence[str], sizes: Mapping[str, tuple[int, int]]
            ) -> dict[str, int]:
     size = sizes if sizes else RSNA_IMAGE_SIZE
@@ -58,6 +63,6 @@ RSNA = COMPETITIONS.register(Competition(
     layout=KaggleLayout, image_size=RSNA_IMAGE_SIZE, metric="rsna", score=_score, validate=_validate,
     sample_ids=submission.read_image_ids,
     submission_columns=submission.SUBMISSION_HEADER, fold_columns=("positive", "n_boxes", "view", "sex", "age"),
-    evaluator=RsnaEvaluator, ground_truth=_ground_truth, write_submission=_write, monitor="val/rsna",
+    evaluator=_evaluator, ground_truth=_ground_truth, write_submission=_write, monitor="val/rsna",
     image_suffix=".dcm",
 ), name="rsna")  # fmt: skip

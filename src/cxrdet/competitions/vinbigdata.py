@@ -338,28 +338,33 @@ def score_submission(labels: Annotations, path: Path, image_ids: Sequence[str], 
             "n_missing": len(ids.difference(pd.Index(pred["image_id"].unique()))), "n_boxes": len(pred)}
 
 
-def complete(pred: pd.DataFrame, image_ids: Sequence[str], prob: np.ndarray | None = None) -> pd.DataFrame:
+def complete(pred: pd.DataFrame, image_ids: Sequence[str], prob: np.ndarray | None = None,
+             images: pd.DataFrame | None = None, post: Any = None) -> pd.DataFrame:
     """The finding boxes plus one no-finding box `14 conf 0 0 1 1` per image, unless `pred` already has class 14.
 
-    The no-finding confidence is `1 - p` for an image-level probability `p` of "abnormal" (the 2-class filter: a
-    classifier's output, aligned with `image_ids`), else `1 - (the image's highest finding confidence)` (1 on an
-    image without a finding box). Only its rank among images matters to the metric (AP of class 14).
+    The no-finding confidence is `w * (1 - p) + (1 - w) * (1 - top)`: `p` an image-level probability of "abnormal"
+    (the 2-class filter: a classifier's output, aligned with `image_ids`), `top` the image's highest finding
+    confidence (0 on an image without a finding box), `w` = `post.none_weight` (default 1 with a classifier, and 0
+    without one). Only its rank among images matters to the metric (AP of class 14).
 
     Args:
         pred: `image_id, x1, y1, x2, y2, score, label` (labels 0-13; extra columns are dropped).
         image_ids: The image set (every image gets its box).
         prob: P(abnormal) per image of `image_ids`, or None.
+        images: Unused (VinBigData has no studies).
+        post: Anything with a `none_weight` attribute (`cxrdet.ensemble.postprocess.PostParams`), or None.
     """
     cols = ["image_id", "x1", "y1", "x2", "y2", "score", "label"]
     pred = pred[cols]
     if len(pred) and (pred["label"].to_numpy() == NO_FINDING_ID).any():
         return pred
     ids = pd.Index(image_ids)
+    top = pred.groupby(pd.Index(np.asarray(pred["image_id"], dtype=object)), sort=False)["score"].max()
+    normal = 1.0 - top.reindex(ids, fill_value=0.0).to_numpy(dtype=np.float64)
     if prob is not None:
-        normal = 1.0 - np.asarray(prob, dtype=np.float64)
-    else:
-        top = pred.groupby(pd.Index(np.asarray(pred["image_id"], dtype=object)), sort=False)["score"].max()
-        normal = 1.0 - top.reindex(ids, fill_value=0.0).to_numpy(dtype=np.float64)
+        weight = getattr(post, "none_weight", None)
+        weight = 1.0 if weight is None else float(weight)
+        normal = weight * (1.0 - np.asarray(prob, dtype=np.float64)) + (1.0 - weight) * normal
     x1, y1, x2, y2 = NO_FINDING_BOX
     extra = pd.DataFrame({"image_id": ids.to_numpy(dtype=object), "x1": x1, "y1": y1, "x2": x2, "y2": y2,
                           "score": np.clip(normal, 0.0, 1.0), "label": NO_FINDING_ID})
@@ -382,9 +387,10 @@ class VinBigDataEvaluator:
     Args:
         gt: The finding boxes (`ground_truth`'s table before the no-finding boxes: labels 0-13, readers fused).
         image_ids: The image set; an image without a finding box is a "No finding" image.
+        images: Unused (per-image metadata plays no part in this metric).
     """
 
-    def __init__(self, gt: pd.DataFrame, image_ids: Sequence[str]) -> None:
+    def __init__(self, gt: pd.DataFrame, image_ids: Sequence[str], images: pd.DataFrame | None = None) -> None:
         from cxrdet.metrics.voc import VocEvaluator
 
         self.image_ids = pd.Index(image_ids)

@@ -44,7 +44,7 @@ from cxrdet.errors import ConfigError, TableError
 from cxrdet.io import write_csv
 
 FOLD_COLUMNS: tuple[str, ...] = ("image_id", "patient_id", "fold")
-DEFAULT_STRATA: tuple[str, ...] = ("positive", "finding", "n_boxes", "view", "sex", "age")
+DEFAULT_STRATA: tuple[str, ...] = ("study_label", "positive", "finding", "n_boxes", "view", "sex", "age")
 UNKNOWN = "?"
 NO_FINDING = "none"
 
@@ -138,7 +138,7 @@ def make_folds(images: pd.DataFrame, k: int, seed: int, strata_columns: Sequence
         k: Number of folds (>= 2, at most the number of patients).
         seed: Seed of the shuffle; the same inputs and seed give the same folds whatever the row order.
         strata_columns: Columns to stratify on, most important first; None takes those of `DEFAULT_STRATA`
-            (positive, finding, n_boxes, view, sex, age) that `images` has.
+            (study_label, positive, finding, n_boxes, view, sex, age) that `images` has.
         multilabel: The 0/1 class columns of a multi-label table with one image per patient: then the folds are
             made by iterative multi-label stratification of those classes (and "no finding") instead, and
             `strata_columns` is not used.

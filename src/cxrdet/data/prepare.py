@@ -237,8 +237,8 @@ def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 def _list_sources(data_root: Path, splits: Sequence[str]) -> list[tuple[str, Path]]:
-    """`(split, dicom path)` of every image file of the requested splits (the competition's suffix: RSNA `*.dcm`,
-    VinBigData `*.dicom`), sorted by split order then name."""
+    """`(split, dicom path)` of every image file of the requested splits (the competition's files: RSNA `*.dcm`,
+    VinBigData `*.dicom`, SIIM `<study>/<series>/*.dcm`), sorted by split order then path."""
     from cxrdet.competitions import COMPETITIONS, with_labels
 
     if not data_root.is_dir():
@@ -261,7 +261,7 @@ def _list_sources(data_root: Path, splits: Sequence[str]) -> list[tuple[str, Pat
                 raise CxrdetError(f"{folder}: training image folder not found (expected <data>/{folder.name}/"
                                   f"*{suffix})")
             continue  # the test images are optional
-        found += [(split, p) for p in sorted(folder.iterdir()) if p.suffix.lower() == suffix]
+        found += [(split, p) for p in competition.image_files(folder)]
     return found
 
 

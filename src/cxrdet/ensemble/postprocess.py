@@ -13,6 +13,11 @@ Applied by `postprocess` in this order (a step whose parameter has its neutral v
 5. `shrink`: width and height scaled by `factor` around each box centre (RSNA 1st place: 0.875). Neutral: 1.
 6. `cap_per_image`: at most `max_boxes` boxes per image, the highest scores first. Neutral: None.
 
+Two parameters act after these steps, in the competition's `complete` (the rows a submission needs besides the
+boxes): `none_weight`, the weight of the classifier against the detector in an image's no-finding confidence
+(VinBigData's class 14, SIIM's `none`; None: the classifier alone when there is one), and `study_pool`, how SIIM
+pools its images' class probabilities into a study's (`mean` or `max`).
+
 The per-member confidence threshold acts before fusion (`FusionInput.fuse(member_thr=...)`).
 """
 
@@ -44,6 +49,9 @@ class PostParams:
         final_thr: Lowest score kept.
         max_boxes: Most boxes kept per image (None: no cap).
         class_thr: Lowest score kept per class index (classes past its end: no cut of their own).
+        none_weight: In [0, 1]: the no-finding confidence is `w * (1 - p) + (1 - w) * (1 - top box score)` with
+            `p` the classifier's probability; None: 1 with a classifier, 0 without (see `Competition.complete`).
+        study_pool: `mean` or `max` of a study's images' class probabilities (SIIM).
     """
 
     vote_power: float = 0.0
@@ -53,6 +61,8 @@ class PostParams:
     final_thr: float = 0.0
     max_boxes: int | None = None
     class_thr: tuple[float, ...] = ()
+    none_weight: float | None = None
+    study_pool: str = "mean"
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,6 +72,10 @@ class PostParams:
             problems.append(f"max_boxes {self.max_boxes!r}: expected an integer >= 1 or None")
         if self.vote_power < 0 or self.cls_alpha < 0:
             problems.append(f"vote_power {self.vote_power!r}, cls_alpha {self.cls_alpha!r}: expected numbers >= 0")
+        if self.none_weight is not None and not 0.0 <= self.none_weight <= 1.0:
+            problems.append(f"none_weight {self.none_weight!r}: expected None or a number in [0, 1]")
+        if self.study_pool not in ("mean", "max"):
+            problems.append(f"study_pool {self.study_pool!r}: expected 'mean' or 'max'")
         if problems:
             raise ConfigError("postprocess: " + "; ".join(problems))
 

@@ -24,7 +24,7 @@ from cxrdet import paths
 from cxrdet.competitions import Competition, competition_of_labels, data_layout, get_competition
 from cxrdet.data.readers import scored_readers
 from cxrdet.ensemble.fuse import BoxSet, FusionInput
-from cxrdet.ensemble.postprocess import classifier_probs, postprocess
+from cxrdet.ensemble.postprocess import PostParams, classifier_probs, postprocess
 from cxrdet.ensemble.spec import EnsembleParams, EnsembleSpec
 from cxrdet.errors import ConfigError, CxrdetError, TableError
 from cxrdet.runs import Run
@@ -42,16 +42,21 @@ class EnsembleProblem:
         prob: Classifier probability of each image of `inp.image_ids`, or None.
         engine: `fast` or `library` (see `cxrdet.ensemble.fuse`).
         competition: Whose metric scores (default RSNA).
+        images: Per image of `inp.image_ids` (in order), for a competition with studies (SIIM): `image_id,
+            study_id`, the truth `study_class` (the metric's) and the study classifier's `prob_<class>` columns
+            (`complete`'s); None for the others.
     """
 
     def __init__(self, inp: FusionInput, gt: pd.DataFrame, prob: npt.NDArray[np.float64] | None = None,
-                 engine: str = "fast", competition: Competition | None = None) -> None:
+                 engine: str = "fast", competition: Competition | None = None,
+                 images: pd.DataFrame | None = None) -> None:
         self.inp = inp
         self.gt = gt if "label" in gt.columns else gt.assign(label=0)
         self.prob = prob
         self.engine = engine
         self.competition = competition or get_competition("rsna")
-        self.evaluator = self.competition.evaluator(self.gt, inp.image_ids)
+        self.images = images
+        self.evaluator = self.competition.evaluator(self.gt, inp.image_ids, images)
 
     @property
     def image_ids(self) -> pd.Index:
@@ -68,12 +73,13 @@ class EnsembleProblem:
 
     def score(self, params: EnsembleParams) -> float:
         """The competition metric of the predictions under `params` (0 when no image counts)."""
-        value = self.evaluator.score(self.submitted(self.predict(params))).score
+        value = self.evaluator.score(self.submitted(self.predict(params), params.post)).score
         return 0.0 if np.isnan(value) else float(value)
 
-    def submitted(self, boxes: BoxSet) -> pd.DataFrame:
-        """What a submission would hold: `boxes` as a table, completed by the competition (`Competition.complete`)."""
-        return self.competition.complete(self.frame(boxes), self.image_ids, self.prob)
+    def submitted(self, boxes: BoxSet, post: PostParams | None = None) -> pd.DataFrame:
+        """What a submission would hold: `boxes` as a table, completed by the competition (`Competition.complete`,
+        with the `none_weight` and `study_pool` of `post`)."""
+        return self.competition.complete(self.frame(boxes), self.image_ids, self.prob, self.images, post)
 
     def frame(self, boxes: BoxSet) -> pd.DataFrame:
         """A metric-ready table of `boxes`: image ids as a categorical over this image set (fast to index)."""
@@ -88,7 +94,8 @@ class EnsembleProblem:
         inp = self.inp.subset(image_mask)
         gt = self.gt[self.gt["image_id"].isin(inp.image_ids)]
         prob = None if self.prob is None else self.prob[image_mask]
-        return EnsembleProblem(inp, gt, prob, self.engine, self.competition)
+        images = None if self.images is None else self.images[np.asarray(image_mask)].reset_index(drop=True)
+        return EnsembleProblem(inp, gt, prob, self.engine, self.competition, images)
 
 
 @dataclass(frozen=True)
@@ -276,10 +283,55 @@ def load_oof(spec: EnsembleSpec) -> OofData:
         raise TableError("OOF predictions", problems)
     inp = FusionInput.from_frames(list(members.values()), image_ids, *image_sizes(spec, sources, image_ids),
                                   names=spec.member_names)
-    prob = None
-    if spec.classifier is not None:
-        exp = spec.classifier["experiment"]
-        frame = pd.concat([Run(exp, k).read_predictions("oof") for k in spec.folds_used], ignore_index=True)
-        prob = classifier_probs(frame, image_ids, f"OOF probabilities of {exp}", spec.classifier.get("column"))
-    problem = EnsembleProblem(inp, gt, prob, spec.engine, sources.competition)
+    prob, class_probs = classifier_inputs(spec, sources.competition, image_ids, "oof")
+    images = None
+    if sources.competition.studies is not None:
+        images = study_images(ann.images, image_ids, class_probs, str(sources.labels))
+    problem = EnsembleProblem(inp, gt, prob, spec.engine, sources.competition, images)
     return OofData(problem, folds["fold"].to_numpy(dtype=np.int64), sources, members)
+
+
+def classifier_inputs(spec: EnsembleSpec, competition: Competition, image_ids: pd.Index, split: str
+                      ) -> tuple[npt.NDArray[np.float64] | None, pd.DataFrame | None]:
+    """The ensemble classifier's outputs on `split` (`oof`: each image from its fold's model; `test`: the mean of the
+    fold models), aligned with `image_ids`: the gate probability (its `column`, or 1 - it with `complement=True`) and,
+    for a competition with study classes (SIIM), the `prob_<class>` table of every study class. `(None, None)`
+    without a classifier.
+
+    Raises:
+        TableError: A missing column, a probability outside [0, 1], an image without a row.
+    """
+    if spec.classifier is None:
+        return None, None
+    exp = spec.classifier["experiment"]
+    frame = pd.concat([Run(exp, k).read_predictions(split) for k in spec.folds_used], ignore_index=True)
+    source = f"{'OOF' if split == 'oof' else split} probabilities of {exp}"
+    prob = classifier_probs(frame, image_ids, source, spec.classifier.get("column"))
+    if spec.classifier.get("complement"):
+        prob = 1.0 - prob
+    if not competition.study_classes:
+        return prob, None
+    table = pd.DataFrame({f"prob_{c}": classifier_probs(frame, image_ids, source, c)
+                          for c in competition.study_classes})
+    return prob, table
+
+
+def study_images(images: pd.DataFrame, image_ids: pd.Index, class_probs: pd.DataFrame | None,
+                 source: str) -> pd.DataFrame:
+    """`EnsembleProblem.images`: the `image_id, study_id` (and `study_class` when labelled) rows of `image_ids` from a
+    per-image table (`Annotations.images`, or a test split's `Competition.studies`), with the study classifier's
+    `prob_<class>` columns beside them.
+
+    Raises:
+        TableError: An image of the set has no row in `images`.
+    """
+    columns = [c for c in ("image_id", "study_id", "study_class") if c in images.columns]
+    found = images[columns].drop_duplicates("image_id").set_index("image_id").reindex(image_ids)
+    if found["study_id"].isna().any():
+        missing = image_ids[found["study_id"].isna().to_numpy()]
+        raise TableError(source, [f"{len(missing)} image(s) of the set have no study, e.g. "
+                                  f"{list(missing[:_MAX_LISTED])}"])
+    out = found.rename_axis("image_id").reset_index()
+    if class_probs is not None:
+        out = pd.concat([out, class_probs.reset_index(drop=True)], axis=1)
+    return out

@@ -15,7 +15,9 @@ An ensemble config is an mmengine Python config with these keys (see `configs/en
   one parameter per class, `class_thr.<k>`.
 - `classifier`: None, or `dict(experiment=NAME, column=None)`: an image-level classifier whose files at
   `predictions_path(NAME, fold, split)` hold `image_id` and one probability column per class (`cxrdet predict` of a
-  classifier config); `column` names the class that gates the boxes (None: the table's only class column).
+  classifier config); `column` names the class that gates the boxes (None: the table's only class column), and
+  `complement=True` gates with 1 - that column (SIIM: P(opacity) = 1 - P(negative)). For a competition with study
+  classes (SIIM) the classifier's columns of those classes are also the study predictions (`Competition.complete`).
 - `search_space`: parameter name -> `dict(type='float'|'int'|'categorical', low=, high=, step=, log=, choices=)`.
   Names are fusion and postprocess keys; `weight` and `member_thr` expand to one parameter per member
   (`weight.<member>`, `member_thr.<member>`; the first member's weight stays fixed: only ratios matter).
@@ -51,7 +53,7 @@ PER_CLASS_KEY = "class_thr"
 FOLD_MERGES: tuple[str, ...] = ("before", "after")
 ENGINES: tuple[str, ...] = ("fast", "library")
 SPACE_TYPES: tuple[str, ...] = ("float", "int", "categorical")
-CLASSIFIER_KEYS: frozenset[str] = frozenset({"experiment", "column"})
+CLASSIFIER_KEYS: frozenset[str] = frozenset({"experiment", "column", "complement"})
 TOP_KEYS: tuple[str, ...] = (
     "name", "members", "fusion", "postprocess", "classifier", "search_space", "n_trials", "honest_trials", "seed",
     "image_size", "folds", "labels", "storage", "test_ids", "competition", "readers",
@@ -226,7 +228,7 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
     if classifier is not None:
         if not isinstance(classifier, Mapping) or "experiment" not in classifier or set(classifier) - CLASSIFIER_KEYS:
             problems.append(f"classifier={classifier!r}: expected None or dict(experiment=NAME, column=None or a "
-                            "class name)")
+                            "class name, complement=False)")
         else:
             classifier = {"column": None, **dict(classifier)}
     for key in ("folds", "labels", "storage"):

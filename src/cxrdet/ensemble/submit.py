@@ -23,8 +23,15 @@ import pandas as pd
 
 from cxrdet import paths
 from cxrdet.ensemble.fuse import BoxSet, FusionInput, FusionParams
-from cxrdet.ensemble.postprocess import classifier_probs, drop_non_finite, postprocess, scale_by_votes
-from cxrdet.ensemble.problem import DataSources, data_sources, image_sizes, require_predictions
+from cxrdet.ensemble.postprocess import drop_non_finite, postprocess, scale_by_votes
+from cxrdet.ensemble.problem import (
+    DataSources,
+    classifier_inputs,
+    data_sources,
+    image_sizes,
+    require_predictions,
+    study_images,
+)
 from cxrdet.ensemble.spec import EnsembleParams, EnsembleSpec, resolve
 from cxrdet.errors import ConfigError
 from cxrdet.io import file_sha256, write_json
@@ -51,35 +58,35 @@ def load_test_image_ids(spec: EnsembleSpec, sources: DataSources) -> list[str]:
         ConfigError: None of them exists.
     """
     if spec.raw.get("test_ids"):
-        return sources.competition.sample_ids(Path(spec.raw["test_ids"]))
+        return sources.competition.image_ids_of(sources.competition.sample_ids(Path(spec.raw["test_ids"])))
     try:
         return sources.competition.test_image_ids(sources.labels.parent)
     except ConfigError as err:
         raise ConfigError(f"{spec.path}: {err}, or set test_ids=<a submission-format CSV> in the config") from err
 
 
-def classifier_test_probs(spec: EnsembleSpec, ids: pd.Index) -> np.ndarray | None:
-    """The classifier's test probability of each image (the mean of its fold models), or None without one."""
-    if spec.classifier is None:
-        return None
-    exp = spec.classifier["experiment"]
-    table = pd.concat([Run(exp, k).read_predictions("test") for k in spec.folds_used], ignore_index=True)
-    return classifier_probs(table, ids, f"test probabilities of {exp}", spec.classifier.get("column"))
-
-
 @dataclass(frozen=True)
 class SubmissionImages:
-    """What the test images bring besides the members' boxes: their index, sizes and classifier probabilities."""
+    """What the test images bring besides the members' boxes: their index, sizes, classifier probabilities and (for
+    a competition with studies) their studies with the study classifier's probabilities (`EnsembleProblem.images`)."""
 
     ids: pd.Index
     sizes: tuple[np.ndarray, np.ndarray]
     prob: np.ndarray | None
+    images: pd.DataFrame | None = None
 
 
 def submission_images(spec: EnsembleSpec, sources: DataSources, image_ids: list[str]) -> SubmissionImages:
-    """The test image set's index, `(widths, heights)` (`image_sizes`) and `classifier_test_probs`, read once."""
+    """The test image set's index, `(widths, heights)` (`image_sizes`), classifier outputs (`classifier_inputs`) and
+    studies (`Competition.studies` of the data root's test folder), read once."""
     ids = pd.Index(image_ids)
-    return SubmissionImages(ids, image_sizes(spec, sources, ids), classifier_test_probs(spec, ids))
+    prob, class_probs = classifier_inputs(spec, sources.competition, ids, "test")
+    images = None
+    if sources.competition.studies is not None:
+        root = sources.labels.parent
+        images = study_images(sources.competition.studies(root, "test"), ids, class_probs,
+                              f"{root}: the test images' study folders")
+    return SubmissionImages(ids, image_sizes(spec, sources, ids), prob, images)
 
 
 def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str], test: SubmissionImages | None = None
@@ -162,7 +169,7 @@ def submit(spec: EnsembleSpec, out: str | Path | None = None) -> SubmitResult:
     frame = boxes.to_frame(ids)
     # The file format takes confidences in [0, 1]; weights can push a fused one above 1.
     frame["score"] = frame["score"].clip(0.0, 1.0)
-    frame = sources.competition.complete(frame, ids, test.prob)
+    frame = sources.competition.complete(frame, ids, test.prob, test.images, params.post)
     csv = Path(out) if out is not None else paths.SUBMISSIONS_DIR / f"{spec.name}.csv"
     widths, heights = test.sizes
     sizes = {i: (int(w), int(h)) for i, w, h in zip(ids, widths, heights, strict=True)}

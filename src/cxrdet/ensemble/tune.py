@@ -409,7 +409,8 @@ def tune(spec: EnsembleSpec, n_trials: int | None = None, storage: str | None = 
             sub = run_study(oof.problem.subset(oof.image_fold != k), spec, name, url, n_trials or spec.honest_trials,
                             spec.seed + 1000 * (int(k) + 1), progress(name))
             part = oof.problem.subset(oof.image_fold == k)
-            frame = part.submitted(part.predict(resolve(spec, best_values(sub)[0])))
+            chosen = resolve(spec, best_values(sub)[0])
+            frame = part.submitted(part.predict(chosen), chosen.post)
             held_out.append(frame.assign(image_id=frame["image_id"].astype(str)))
             per_fold[int(k)] = _score(part.evaluator.score(held_out[-1]).score)
         # Scored like the optimistic figure: the pooled held-out predictions of all folds, on all OOF images (a

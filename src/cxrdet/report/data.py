@@ -169,7 +169,7 @@ def load_ensemble_data(config: Path) -> ReportData:
     params = resolve(spec, record["params"])
     # Fuse without the final cut so that the curve shows every cut; the tuned cut is marked on it.
     uncut = dataclasses.replace(params, post=dataclasses.replace(params.post, final_thr=0.0))
-    fused = problem.submitted(problem.predict(uncut))  # with the competition's extra boxes (no-finding)
+    fused = problem.submitted(problem.predict(uncut), uncut.post)  # with the competition's extra boxes (no-finding)
     fused["image_id"] = fused["image_id"].astype(str)
     predictions = {ENSEMBLE: fused, **{name: frame for name, frame in oof.members.items()}}
     chosen = {ENSEMBLE: float(params.post.final_thr)}
