@@ -92,8 +92,8 @@ def synth_command(
     synth_truth.csv. siim (--competition siim) writes train_image_level.csv and train_study_level.csv (--n-train
     studies of 1-3 images, four categories with their own opacity patterns), train/<study>/<series>/<image>.dcm and
     test/... (uncompressed, 10-16 bit, sides 2,000-4,000 px times --scale), sample_submission.csv, the test labels
-    synth_test_image_level.csv and synth_test_study_level.csv, and synth_truth.csv. Reads nothing. Refuses a folder that holds data not written by this command; an earlier synth
-    folder is overwritten.
+    synth_test_image_level.csv and synth_test_study_level.csv, and synth_truth.csv. Reads nothing. Refuses a folder
+    that holds data not written by this command; an earlier synth folder is overwritten.
     """
     from cxrdet import paths
     from cxrdet.errors import ConfigError

@@ -27,7 +27,8 @@ def test_data_layout_tells_the_layouts_apart(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"several \(rsna, nih\) of the known label tables"):
         data_layout(both)
     with pytest.raises(ConfigError, match="none of the known label tables found: expected one of rsna: "
-                                          "stage_2_train_labels.csv; siim: train_image_level.csv; vinbigdata: train.csv; nih: Data_Entry"):
+                                          "stage_2_train_labels.csv; siim: train_image_level.csv; vinbigdata: "
+                                          "train.csv; nih: Data_Entry"):
         data_layout(neither)
     with pytest.raises(ConfigError, match="the folder does not exist"):
         data_layout(tmp_path / "missing")
