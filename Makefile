@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PIP := $(VENV)/bin/pip --disable-pip-version-check -q
 
-.PHONY: setup mmdet demo demo-nih demo-vinbigdata test test-fast bench clean
+.PHONY: setup mmdet demo demo-nih demo-vinbigdata demo-siim test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ demo: setup mmdet
 # VinBigData (14 classes, three readers, mAP at IoU > 0.4) on synthetic VinBigData-format data; no mmdet needed.
 demo-vinbigdata: setup
 	@bash scripts/demo_vinbigdata.sh
+
+# SIIM-COVID (a code competition: study and image level, six-class mAP at IoU > 0.5) on synthetic SIIM-format data,
+# ending with the offline bundle whose notebook reproduces the submission with the network cut; no mmdet needed.
+demo-siim: setup
+	@bash scripts/demo_siim.sh
 
 # The multi-label classifier path on synthetic NIH ChestX-ray14-format data (no detector, so no mmdet needed).
 demo-nih: setup

@@ -102,7 +102,8 @@ TASKS.register(Task(
 ), name="detect")  # fmt: skip
 TASKS.register(Task(
     name="classify", module=LitClassifier, datamodule=ClassificationDataModule,
-    batch_frame=lambda model, logits, metas, size: probabilities_frame(logits, metas, model.classes),
+    batch_frame=lambda model, logits, metas, size: probabilities_frame(logits, metas, model.classes,
+                                                                       getattr(model, "multiclass", False)),
     merge=lambda passes, sizes, pred_cfg: mean_passes(passes), sidecar=_classification_sidecar,
     refuse_format=lambda fmt: None, write_model=exporting.write_classifier,
     model_fields=exporting.classifier_fields, inference_model=inferring.ProbabilityModel,

@@ -396,15 +396,17 @@ class OnnxDetector(OnnxGraph):
 
 
 class ClassifierGraph(nn.Module):
-    """The exported classifier: images `[N, 3, S, S]` in [0, 1] -> (logits `[N, K]`, sigmoid probabilities)."""
+    """The exported classifier: images `[N, 3, S, S]` in [0, 1] -> (logits `[N, K]`, probabilities: a softmax over
+    the classes of a multi-class classifier, else each class's sigmoid)."""
 
     def __init__(self, classifier: Classifier) -> None:
         super().__init__()
         self.classifier = classifier
+        self.multiclass = bool(getattr(classifier, "multiclass", False))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.classifier(image)
-        return logits, torch.sigmoid(logits)
+        return logits, torch.softmax(logits, dim=1) if self.multiclass else torch.sigmoid(logits)
 
 
 def export_classifier_onnx(classifier: Classifier, size: int, out: Path) -> Path:
@@ -487,11 +489,15 @@ def classifier_fields(cfg: Mapping[str, Any], classifier: Classifier, record: Ma
         },
         "outputs": {
             "logits": "float32 [n, K], one per class in the order of classes",
-            "probabilities": "float32 [n, K], sigmoid(logits): each class independently (multi-label, not softmax)",
+            "probabilities": ("float32 [n, K], softmax(logits): the classes exclude each other (multi-class)"
+                              if getattr(classifier, "multiclass", False) else
+                              "float32 [n, K], sigmoid(logits): each class independently (multi-label, not softmax)"),
         },
+        "multiclass": bool(getattr(classifier, "multiclass", False)),
         "threshold": record.get("val_threshold") if binary else None,
         "threshold_note": ("probability cut of best F1 on this fold's validation images" if binary else
-                           "multi-label: no single cut; choose one per class for the use at hand"),
+                           "multi-class: the arg-max is the prediction" if getattr(classifier, "multiclass", False)
+                           else "multi-label: no single cut; choose one per class for the use at hand"),
         "val_auroc": record.get("val_score"),
     }  # fmt: skip
 

@@ -115,15 +115,18 @@ class BoxModel(InferenceModel):
 
 
 class ProbabilityModel(InferenceModel):
-    """A classifier: `model(images)` gives sigmoid probabilities `[N, K]` of float32 images `[N, 3, S, S]`."""
+    """A classifier: `model(images)` gives probabilities `[N, K]` of float32 images `[N, 3, S, S]` (sigmoid per class,
+    or a softmax for a multi-class classifier)."""
 
     @classmethod
     def from_onnx(cls, model_file: Path, threads: int = 0) -> ProbabilityModel:
         from cxrdet.deploy.export import OnnxClassifier
 
         runner = OnnxClassifier(model_file, threads=threads)
-        return cls(runner.size, list(runner.classes), runner.meta.get("threshold"), f"onnx {model_file}",
-                   lambda images: runner(images)[1])
+        model = cls(runner.size, list(runner.classes), runner.meta.get("threshold"), f"onnx {model_file}",
+                    lambda images: runner(images)[1])
+        model.multiclass = bool(runner.meta.get("multiclass", False))
+        return model
 
     @staticmethod
     def _module() -> type:
@@ -136,12 +139,17 @@ class ProbabilityModel(InferenceModel):
                 ) -> ProbabilityModel:
         classes = list(classifier.classes)
 
+        multiclass = bool(getattr(classifier, "multiclass", False))
+
         @torch.inference_mode()
         def forward(images: np.ndarray) -> np.ndarray:
-            return torch.sigmoid(classifier(torch.from_numpy(images))).numpy()
+            logits = classifier(torch.from_numpy(images))
+            return (torch.softmax(logits, dim=1) if multiclass else torch.sigmoid(logits)).numpy()
 
-        return cls(int(cfg["data"]["size"]), classes, record.get("val_threshold") if len(classes) == 1 else None,
-                   description, forward)
+        model = cls(int(cfg["data"]["size"]), classes, record.get("val_threshold") if len(classes) == 1 else None,
+                    description, forward)
+        model.multiclass = multiclass
+        return model
 
 
 def checkpoint_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -318,7 +326,8 @@ def classify(model: ProbabilityModel, dicoms: Sequence[str | Path], out_dir: str
     written = [write_csv(out / "probabilities.csv", table, index=False), write_json(out / "probabilities.json", {
         "model": model.description, "classes": list(model.classes), "threshold": model.threshold,
         "threshold_note": "binary: probability cut of best F1 on the validation fold; multi-label: none",
-        "probability": "sigmoid per class, independent (multi-label)",
+        "probability": ("softmax over the classes (multi-class)" if getattr(model, "multiclass", False)
+                        else "sigmoid per class, independent (multi-label)"),
         "studies": json.loads(table.to_json(orient="records")),
         "errors": [{"source": k, "error": v} for k, v in errors.items()],
     })]  # fmt: skip

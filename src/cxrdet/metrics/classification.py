@@ -188,6 +188,38 @@ def evaluate(probs: pd.DataFrame, truth: pd.DataFrame, image_fold: pd.Series | N
     )  # fmt: skip
 
 
+def group_map(truth: npt.ArrayLike, probs: npt.ArrayLike, groups: npt.ArrayLike, pool: str = "mean") -> float:
+    """The mAP of group-level predictions from image-level probabilities: SIIM's study level.
+
+    Each group (study) takes the `pool` (`mean` or `max`) of its images' probabilities per class and the truth of its
+    first image (a study's images share its class); per class, the groups ranked by that probability are scored by
+    the VOC 2010 all-point AP (`cxrdet.metrics.voc.all_point_ap`: a group is a true positive when it has the class,
+    as a `0 0 1 1` study box matches its truth); the mean is over the classes some group has.
+
+    Args:
+        truth: `(N, K)` 0/1 labels of the images.
+        probs: `(N, K)` probabilities.
+        groups: `(N,)` group key of each image.
+    """
+    from cxrdet.metrics.voc import all_point_ap
+
+    y = np.asarray(truth, dtype=np.float64).reshape(len(truth), -1)
+    p = np.asarray(probs, dtype=np.float64).reshape(y.shape)
+    frame = pd.DataFrame(p).groupby(np.asarray(groups), sort=False)
+    pooled = frame.agg(pool).to_numpy()
+    first = pd.DataFrame(y).groupby(np.asarray(groups), sort=False).first().to_numpy()
+    aps = []
+    for c in range(y.shape[1]):
+        n_pos = first[:, c].sum()
+        if n_pos == 0:
+            continue
+        order = np.argsort(-pooled[:, c], kind="stable")
+        hits = first[order, c] > 0.5
+        cum = np.cumsum(hits)
+        aps.append(all_point_ap(cum / n_pos, cum / np.arange(1, len(hits) + 1)))
+    return float(np.mean(aps)) if aps else math.nan
+
+
 def _nanmean(values: npt.NDArray[np.float64]) -> float:
     kept = values[~np.isnan(values)]
     return float(kept.mean()) if len(kept) else math.nan

@@ -133,9 +133,13 @@ def create_classifier(cfg: Mapping[str, Any]) -> Classifier:
     if not classes:
         raise ConfigError("data.classes is empty: a classifier needs at least one class")
     try:
-        return builder(classes, **kwargs)
+        classifier = builder(classes, **kwargs)
     except TypeError as err:
         raise ConfigError(f"model ({name}): {err}") from err
+    # Softmax over classes that exclude each other (loss.type='ce'), else one sigmoid per class: read by prediction,
+    # export and inference (a plain attribute, rebuilt from the config with the model).
+    classifier.multiclass = str((cfg.get("loss") or {}).get("type", "bce")) == "ce"
+    return classifier
 
 
 @register_classifier
