@@ -48,7 +48,7 @@ score_submissions "$CXRDET_DATA/sample_submission.csv" "$CXRDET_DATA/synth_test_
 step "8/8 the offline code-competition bundle of demo_siim, and its notebook run with no network"
 rm -rf "$BUNDLE"
 "$CXRDET" package configs/ensembles/demo_siim.py --out "$BUNDLE" --data "$CXRDET_DATA"
-bash scripts/run_bundle_offline.sh "$BUNDLE" "$CXRDET_DATA" "$OUT/demo/bundle_run"
+"$PY" scripts/run_bundle_offline.py "$BUNDLE" "$CXRDET_DATA" "$OUT/demo/bundle_run"
 cmp "$OUT/demo/bundle_run/submission.csv" "$SUBS/demo_siim.csv" && echo "bundle notebook output == cxrdet submit"
 
 step "reports: the submission (per-class AP, figures) and the study classifier (ROC)"

@@ -165,6 +165,10 @@ def prepare_command(
         int | None, typer.Option("--workers", help="Decoding processes (default: all CPUs).", min=1)
     ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Stop with exit status 1 at the first bad file.")] = False,
+    split: Annotated[
+        list[str] | None, typer.Option("--split", help="train or test; repeat for both (default both). An offline "
+                                       "bundle's notebook prepares the test images only.")
+    ] = None,
 ) -> None:
     """Decode every DICOM (or NIH PNG) once into a cache of square 8-bit PNGs plus a metadata table.
 
@@ -178,7 +182,8 @@ def prepare_command(
     from cxrdet import paths
     from cxrdet.data.prepare import prepare_cache
 
-    report = prepare_cache(data, size, out=out, workers=workers, strict=strict)
+    report = prepare_cache(data, size, out=out, workers=workers, strict=strict,
+                           **({"splits": tuple(split)} if split else {}))
     cache = paths.CacheLayout(report.cache_root)
     typer.echo(f"cache: {cache.root}\n  images: {cache.root / 'images'}\n  meta: {cache.meta}\n"
                f"  errors: {cache.errors}")
@@ -390,6 +395,46 @@ def submit_command(
     result = submit(load_ensemble(config), out)
     typer.echo(f"wrote {result.csv}: {result.n_rows} rows, {result.n_boxes} boxes, {result.n_empty} empty rows "
                f"(validated); provenance {result.provenance}")
+
+
+@app.command("package")
+@user_errors
+def package_command(
+    config: Annotated[Path, typer.Argument(help="Ensemble config, configs/ensembles/NAME.py (tuned, test predicted).")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to write (refused when it exists).")],
+    data: Annotated[Path | None, typer.Option("--data", help="Data root whose test images time the bundle (default "
+                                              "the members' data root).")] = None,
+    max_minutes: Annotated[float | None, typer.Option("--max-minutes", help="Refuse a bundle whose estimated run "
+                                                      "exceeds this (default: the competition's notebook limit, "
+                                                      "SIIM 540).", min=0)] = None,
+    n_test_images: Annotated[int | None, typer.Option("--n-test-images", help="Test set size of the estimate "
+                                                      "(default: this data root's test images).", min=1)] = None,
+    measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Run and time the bundle's notebook code "
+                                          "here, checking its submission equals `cxrdet submit`'s.")] = True,
+    wheelhouse: Annotated[Path | None, typer.Option("--wheelhouse", help="A folder of wheels to take the bundled "
+                                                    "distributions from (besides the package index).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle folder.")] = False,
+) -> None:
+    """Write the offline code-competition bundle of a tuned ensemble: wheels, stripped checkpoints, parameters,
+    provenance, and inference.ipynb / inference.py that write submission.csv with the internet off.
+
+    Reads the ensemble config, its params.json, the members' and classifier's run configs, test-prediction sidecars
+    and checkpoints, and configs/kaggle/offline_wheels.txt; builds a cxrdet wheel and downloads the listed wheels.
+    Writes --out (built beside it, renamed into place when complete): see cxrdet.deploy.bundle. Run the notebook as
+    Kaggle would with `python scripts/run_bundle_offline.py BUNDLE DATA WORK`.
+    """
+    from cxrdet.deploy.bundle import package
+    from cxrdet.ensemble.spec import load_ensemble
+
+    result = package(load_ensemble(config), out, data_root=data, max_minutes=max_minutes,
+                     n_test_images=n_test_images, measure=measure, wheelhouse=wheelhouse, overwrite=overwrite)
+    typer.echo(f"wrote {result.folder}: {result.n_files} files, {result.n_bytes / 1e6:.1f} MB, wheels "
+               f"{', '.join(result.wheels)}")
+    if result.seconds_per_image is not None:
+        limit = f" (limit {result.limit_minutes:g} min)" if result.limit_minutes is not None else ""
+        typer.echo(f"measured {result.seconds:.1f} s for {result.n_images} test images here: "
+                   f"{result.seconds_per_image:.3f} s per image; estimate {result.estimate_minutes:.1f} min{limit}; "
+                   "its submission equals `cxrdet submit`'s")
 
 
 # ---- detectors: train, predict ----

@@ -1,9 +1,12 @@
 """The only owner of data and output locations.
 
 Every folder the pipeline reads or writes is derived here, from the repository root, the data root the user points
-at, an experiment name and a fold. Two environment variables move the defaults:
+at, an experiment name and a fold. Environment variables move the defaults:
 
+- `CXRDET_HOME`: the project folder holding `configs/`, `folds/` and `submissions/` (default the repository; an
+  offline bundle, `cxrdet.deploy.bundle`, sets it to its own copy, cxrdet being installed there from a wheel).
 - `CXRDET_OUTPUTS`: the outputs folder (default `<repo>/outputs`, gitignored).
+- `CXRDET_DATA`: the data root a config without `data.root` reads (`data_root`).
 - `CXRDET_SHARED_DATA`: the folder of real label tables (default `<repo>/../shared/data`).
 """
 
@@ -13,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(os.environ.get("CXRDET_HOME") or Path(__file__).resolve().parents[2])
 CONFIGS_DIR = REPO_ROOT / "configs"
 FOLDS_DIR = REPO_ROOT / "folds"
 SUBMISSIONS_DIR = REPO_ROOT / "submissions"

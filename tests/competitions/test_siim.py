@@ -157,11 +157,16 @@ def test_a_box_needs_iou_above_one_half() -> None:
     assert above.per_class.set_index("class").at["opacity", "ap"] == 1.0
 
 
-def test_a_missing_none_box_is_completed_from_the_top_opacity_score() -> None:
+def test_missing_none_and_study_rows_are_completed_from_the_boxes() -> None:
     ev = SiimEvaluator(GT, ["i1", "i2", "i3"])
     # none = 1 - top opacity: i1 0.1, i2 0.2, i3 1.0 -> ranked i3 (TP), i2 (TP), i1 (FP): AP 1.
     result = ev.score(PRED[PRED["label"] == 0])
     assert result.per_class.set_index("class").at["none", "ap"] == pytest.approx(1.0)
+    # With studies: negative = the mean none of a study's images (s1 0.1, s2 0.6: AP 1), typical = 1 - that (AP 1).
+    full = SiimEvaluator(GT, ["i1", "i2", "i3"], STUDY_INFO).score(PRED[PRED["label"] == 0])
+    ap = full.per_class.set_index("class")["ap"]
+    assert ap["negative"] == pytest.approx(1.0) and ap["typical"] == pytest.approx(1.0)
+    assert full.score == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("seed", range(6))

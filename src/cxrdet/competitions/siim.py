@@ -389,10 +389,14 @@ class SiimEvaluator:
 
     def score(self, pred: pd.DataFrame) -> SiimResult:
         """The metric of `pred` (`image_id, x1, y1, x2, y2, score, label`: image rows labelled 0 (opacity) or 1
-        (none), study rows keyed `<study>_study` labelled 2 + class). Without `none` rows the image's `none` box is
-        added by `complete` (`1 - its top opacity score`); without study rows the study classes score 0."""
-        if not (pred["label"].to_numpy() == NONE_ID).any():
-            pred = complete(pred, self.image_ids)
+        (none), study rows keyed `<study>_study` labelled 2 + class). What it lacks, `complete` adds from the boxes
+        alone, as a detector's submission would hold them: without `none` rows each image's `none` is 1 - its top
+        opacity score; without study rows (scored with studies) each study's `negative` is its images' mean none
+        confidence and the three other classes its complement."""
+        labels = pred["label"].to_numpy()
+        no_study = self.studies is not None and not (labels >= STUDY_OFFSET).any()
+        if no_study or not (labels == NONE_ID).any():
+            pred = complete(pred, self.image_ids, None, self.studies[["image_id", "study_id"]] if no_study else None)
         result = self._voc.score(pred[["image_id", "x1", "y1", "x2", "y2", "score", "label"]])
         ap = result.per_class["ap"].to_numpy(dtype=np.float64)
         if self.studies is None:

@@ -246,12 +246,6 @@ class DetectionDataModule(pl.LightningDataModule):
         except FileNotFoundError as err:
             hint = self._prepare_hint()
             raise CxrdetError(f"the prepare cache {self.cfg.cache} is incomplete ({err}). {hint}") from err
-        train_ids = set(meta.loc[meta["split"] == "train", "image_id"])
-        missing = folds.loc[~folds["image_id"].isin(train_ids), "image_id"].tolist()
-        if missing:
-            raise MissingImagesError(
-                self.cfg.folds, f"the train split of the prepare cache {self.cfg.cache}", missing, self._prepare_hint()
-            )
         labels_csv = data_layout(self.cfg.root).labels_csv
         annotations = read_labels(labels_csv)
         missing = folds.loc[~folds["image_id"].isin(set(annotations.images["image_id"])), "image_id"].tolist()
@@ -317,9 +311,24 @@ class DetectionDataModule(pl.LightningDataModule):
         gt = boxes.loc[boxes["image_id"].isin(set(self.val_image_ids)), list(GT_COLUMNS)]
         return gt.reset_index(drop=True)
 
+    @cached_property
+    def _train_cached(self) -> bool:
+        """Check that the cache's train split holds every image of the fold file (training, validation and OOF
+        prediction read them; test prediction alone does not, as an offline bundle caches the test images only)."""
+        meta, folds = self._tables.meta, self._tables.folds
+        train_ids = set(meta.loc[meta["split"] == "train", "image_id"])
+        missing = folds.loc[~folds["image_id"].isin(train_ids), "image_id"].tolist()
+        if missing:
+            raise MissingImagesError(
+                self.cfg.folds, f"the train split of the prepare cache {self.cfg.cache}", missing, self._prepare_hint()
+            )
+        return True
+
     def _records(self, image_ids: Sequence[str], split: str, copies: bool = False) -> list[ImageRecord]:
         """Records of cache split `split` (`train`: labelled, `test`: no boxes); `copies`: with
         `data.readers.mode='each'`, one record per reader who drew on an image (an image nobody drew on: one)."""
+        if split == "train":
+            self._train_cached  # noqa: B018 -- reading the property checks the cache
         meta = self._tables.meta
         meta = meta[meta["split"] == split]
         boxes = self._tables.train_boxes if split == "train" else None
@@ -336,8 +345,11 @@ class DetectionDataModule(pl.LightningDataModule):
         return [replace(r, image_id=i) for r, (_, i) in zip(records, pairs, strict=True)]
 
     def setup(self, stage: str | None = None) -> None:
-        """Read and check the tables (idempotent; the loaders call it too)."""
+        """Read and check the tables (idempotent; the loaders call it too); every stage but `predict` also checks
+        that the cache holds the fold file's images (prediction checks what its split reads)."""
         self._tables  # noqa: B018 -- reading the property loads and checks the tables
+        if stage != "predict":
+            self._train_cached  # noqa: B018
 
     # ---- datasets ----
 

@@ -1,0 +1,667 @@
+"""The `cxrdet` command: thin wrappers, argument -> function. All logic lives in importable modules.
+
+Heavy imports (torch, pydicom, ...) happen inside each command so that `cxrdet --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from cxrdet.errors import CxrdetError
+
+app = typer.Typer(
+    name="cxrdet",
+    help="Chest X-ray object detection, Kaggle-style: synthetic data, prepare, folds, train, predict, tune, submit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@app.callback()
+def _root() -> None:
+    """Chest X-ray object detection, Kaggle-style. Each subcommand's --help says what it reads and writes."""
+
+
+def user_errors(func: F) -> F:
+    """Turn a `CxrdetError` into its message on stderr and exit status 1 (no traceback: the message says what to
+    fix)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CxrdetError as err:
+            console.print(
+                f"[bold red]error:[/bold red] {escape(str(err))}", markup=True, highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(code=1) from err
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ---- data: synth, prepare, folds ----
+
+
+@app.command("synth")
+@user_errors
+def synth_command(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder to write (default: outputs/demo/data; nih: outputs/demo/nih).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Data set format: rsna (Kaggle DICOMs) or nih (PNGs).")] = "rsna",
+    competition: Annotated[
+        str | None, typer.Option("--competition", help="A competition's layout: rsna, vinbigdata or siim (sets "
+                                    "--format).")
+    ] = None,
+    scale: Annotated[
+        float, typer.Option("--scale", help="vinbigdata and siim: factor of the real image sides "
+                           "(2,000-3,000 px; siim 2,000-4,000; default 0.25, siim 0.2).")
+    ] = None,
+    size: Annotated[
+        int | None, typer.Option("--size", help="nih only: side of the PNGs (default 1024, as NIH's).", min=32)
+    ] = None,
+    n_train: Annotated[int, typer.Option("--n-train", help="Training images (siim: studies).", min=0)] = 400,
+    n_test: Annotated[int, typer.Option("--n-test", help="Test images (siim: studies).", min=0)] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Data-set seed; the same seed gives the same bytes.", min=0)] = 0,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Rendering processes (default: all CPUs).", min=1)
+    ] = None,
+    labels_only: Annotated[bool, typer.Option("--labels-only", help="Write the tables but no images.")] = False,
+) -> None:
+    """Generate a synthetic RSNA-format data set laid out like the Kaggle download, or (--format nih) an NIH
+    ChestX-ray14-format one.
+
+    rsna writes into --out: stage_2_train_labels.csv, stage_2_detailed_class_info.csv, stage_2_sample_submission.csv,
+    stage_2_train_images/*.dcm and stage_2_test_images/*.dcm (1024 x 1024, 8-bit, JPEG baseline), plus the test
+    labels (synth_test_labels.csv) and per-image truth (synth_truth.csv). nih writes Data_Entry_2017_v2020.csv
+    (14 findings, several images per patient), images/<patient>_<follow-up>.png (8-bit, --size), the
+    patient-disjoint train_val_list.txt (--n-train images) and test_list.txt (--n-test), synth_truth.csv and
+    synth_boxes.csv (where each finding was drawn). vinbigdata (--competition vinbigdata) writes train.csv (three
+    of 17 readers per image, 14 classes and "No finding"), train/*.dicom and test/*.dicom (uncompressed, 12-16 bit,
+    some MONOCHROME1, sides 2,000-3,000 px times --scale), sample_submission.csv, synth_test_labels.csv and
+    synth_truth.csv. siim (--competition siim) writes train_image_level.csv and train_study_level.csv (--n-train
+    studies of 1-3 images, four categories with their own opacity patterns), train/<study>/<series>/<image>.dcm and
+    test/... (uncompressed, 10-16 bit, sides 2,000-4,000 px times --scale), sample_submission.csv, the test labels
+    synth_test_image_level.csv and synth_test_study_level.csv, and synth_truth.csv. Reads nothing. Refuses a folder
+    that holds data not written by this command; an earlier synth folder is overwritten.
+    """
+    from cxrdet import paths
+    from cxrdet.errors import ConfigError
+
+    if competition is not None:
+        if competition not in ("rsna", "vinbigdata", "siim"):
+            raise ConfigError(f"--competition {competition!r}: expected rsna, vinbigdata or siim")
+        fmt = competition
+    if fmt not in ("rsna", "nih", "vinbigdata", "siim"):
+        raise ConfigError(f"--format {fmt!r}: expected rsna, nih, vinbigdata or siim")
+    if scale is not None and fmt not in ("vinbigdata", "siim"):
+        raise ConfigError(f"--scale {scale}: only vinbigdata and siim images vary in size (--format {fmt})")
+    if fmt == "siim":
+        from cxrdet.synth.siim import generate_siim_dataset
+
+        if labels_only or size is not None:
+            raise ConfigError("--labels-only and --size are not for siim (its labels come from the drawn opacities; "
+                              "its sizes vary: --scale)")
+        target = out if out is not None else paths.demo_dir("siim")
+        m = generate_siim_dataset(target, n_train, n_test, seed=seed, scale=0.2 if scale is None else scale,
+                                  workers=workers)
+        typer.echo(f"{m.root}: {m.n_train_studies} train + {m.n_test_studies} test studies, {m.n_images} DICOMs "
+                   f"({m.n_none_images} without opacity), seed {m.seed}, {m.seconds:.1f} s")
+        return
+    if fmt == "vinbigdata":
+        from cxrdet.synth.vinbigdata import generate_vinbigdata_dataset
+
+        if labels_only or size is not None:
+            raise ConfigError("--labels-only and --size are not for vinbigdata (its labels come from the drawn "
+                              "signs; its sizes vary: --scale)")
+        target = out if out is not None else paths.demo_dir("vinbigdata")
+        v = generate_vinbigdata_dataset(target, n_train, n_test, seed=seed, scale=0.25 if scale is None else scale,
+                                        workers=workers)
+        typer.echo(f"{v.root}: {v.n_train} train + {v.n_test} test DICOMs ({v.n_normal} 'No finding'), "
+                   f"{v.n_rows} train.csv rows, seed {v.seed}, {v.seconds:.1f} s")
+        return
+    if fmt == "nih":
+        from cxrdet.synth.nih import DEFAULT_SIZE, generate_nih_dataset
+
+        target = out if out is not None else paths.demo_nih_data_dir()
+        n = generate_nih_dataset(target, n_train, n_test, seed=seed, size=size or DEFAULT_SIZE, workers=workers,
+                                 labels_only=labels_only)  # fmt: skip
+        typer.echo(f"{n.root}: {n.n_train} train ({n.n_train_patients} patients) + {n.n_test} test "
+                   f"({n.n_test_patients} patients), {n.n_no_finding} 'No Finding', {n.images_written} PNGs of "
+                   f"{n.size} px, seed {n.seed}, {n.seconds:.1f} s")  # fmt: skip
+        return
+    if size is not None and size != 1024:
+        raise ConfigError(f"--size {size}: the RSNA format is 1024 x 1024 only (--size is for --format nih)")
+    from cxrdet.synth.rsna import generate_dataset
+
+    target = out if out is not None else paths.demo_data_dir()
+    s = generate_dataset(target, n_train, n_test, seed=seed, workers=workers, labels_only=labels_only)
+    typer.echo(f"{s.root}: {s.n_train} train ({s.n_train_positive} positive, {s.n_train_boxes} boxes) + {s.n_test} "
+               f"test ({s.n_test_positive} positive, {s.n_test_boxes} boxes), {s.images_written} DICOMs, "
+               f"seed {s.seed}, {s.seconds:.1f} s")
+
+
+@app.command("prepare")
+@user_errors
+def prepare_command(
+    data: Annotated[
+        Path, typer.Option("--data", help="Data root: RSNA Kaggle layout (stage_2_train_images/) or NIH (images/).")
+    ],
+    size: Annotated[int, typer.Option("--size", help="Side of the square cached images, in pixels.", min=1)] = 512,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Cache folder (default: outputs/cache/<data name>/<size>px).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Decoding processes (default: all CPUs).", min=1)
+    ] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop with exit status 1 at the first bad file.")] = False,
+    split: Annotated[
+        list[str] | None, typer.Option("--split", help="train or test; repeat for both (default both). An offline "
+                                       "bundle's notebook prepares the test images only.")
+    ] = None,
+) -> None:
+    """Decode every DICOM (or NIH PNG) once into a cache of square 8-bit PNGs plus a metadata table.
+
+    Reads --data/stage_2_train_images/*.dcm and stage_2_test_images/*.dcm (optional); or, for an NIH root
+    (Data_Entry_2017*.csv), images/*.png split by train_val_list.txt and test_list.txt, with sex, age and view from the
+    table. Writes into the cache folder
+    images/{train,test}/<image_id>.png, meta.parquet (original size, header fields) and errors.csv (path,reason of the
+    files that could not be used). Incremental: up-to-date images are skipped. Without --strict a bad file is reported
+    and the others are still cached (exit status 0).
+    """
+    from cxrdet import paths
+    from cxrdet.data.prepare import prepare_cache
+
+    report = prepare_cache(data, size, out=out, workers=workers, strict=strict,
+                           **({"splits": tuple(split)} if split else {}))
+    cache = paths.CacheLayout(report.cache_root)
+    typer.echo(f"cache: {cache.root}\n  images: {cache.root / 'images'}\n  meta: {cache.meta}\n"
+               f"  errors: {cache.errors}")
+    typer.echo(f"written {report.n_written}, skipped {report.n_skipped} (up to date), failed {len(report.errors)}")
+    for path, reason in report.errors:
+        typer.echo(f"  failed: {path}: {reason}")
+
+
+@app.command("folds")
+@user_errors
+def folds_command(
+    labels: Annotated[Path, typer.Option("--labels", help="Label table: RSNA stage_2_train_labels.csv, VinBigData "
+                                         "train.csv or the NIH CSV.")],
+    out: Annotated[Path, typer.Option("--out", help="Fold CSV to write (image_id,patient_id,fold), e.g. folds/x.csv.")],
+    headers: Annotated[
+        Path | None,
+        typer.Option(
+            "--headers",
+            help="Per-image view/sex/age to stratify on: a DICOM header table (CSV/CSV.gz) or a prepare meta.parquet.",
+        ),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Label format: auto, rsna, vinbigdata or nih.")] = "auto",
+    k: Annotated[int, typer.Option("--k", help="Number of folds.", min=2)] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fold shuffle.")] = 42,
+    strata: Annotated[
+        str | None,
+        typer.Option(
+            "--strata",
+            help="Comma-separated columns to stratify on, most important first "
+            "(default: those of positive,finding,n_boxes,view,sex,age the tables have; finding: an NIH-style "
+            "multi-label image's rarest finding).",
+        ),
+    ] = None,
+) -> None:
+    """Build patient-grouped, stratified folds from a label table (and headers); write them and print their balance.
+
+    Reads --labels (and --headers); writes --out atomically, sorted by image id (same inputs and seed, same bytes).
+    An NIH table beside its train_val_list.txt gives folds of the listed images only (test_list.txt is held out).
+    """
+    from rich.console import Console as StdoutConsole
+
+    import cxrdet.competitions  # noqa: F401 -- registers the competitions' label formats (vinbigdata, ...)
+    from cxrdet.data.folds import (fold_summary, images_for_folds, label_classes, make_folds, multilabel_classes,
+                                   summary_table, write_folds)
+
+    images = images_for_folds(labels, headers, fmt=fmt)
+    columns = [c.strip() for c in strata.split(",") if c.strip()] if strata is not None else None
+    # A multi-label table with one image per patient (VinBigData) is stratified on all its classes at once.
+    multilabel = multilabel_classes(images, label_classes(labels, fmt)) if strata is None else None
+    folds = make_folds(images, k=k, seed=seed, strata_columns=columns, multilabel=multilabel)
+    write_folds(folds, out)
+    StdoutConsole().print(summary_table(fold_summary(folds, images), title=f"{out} (k={k}, seed={seed})"))
+
+
+# ---- metric and submissions: score, validate-submission ----
+
+
+CompetitionOpt = Annotated[
+    str, typer.Option("--competition", help="rsna, vinbigdata, siim, or auto (told by the file's "
+                                    "header).")
+]
+
+
+@app.command("score")
+@user_errors
+def score_command(
+    labels: Annotated[Path, typer.Option("--labels", help="Label table: RSNA stage_2_train_labels.csv (or its test "
+                                         "labels), a VinBigData train.csv-format table or a SIIM *_image_level.csv "
+                                         "(its *_study_level.csv beside it).")],
+    submission: Annotated[Path, typer.Option("--submission", help="Submission CSV of the same competition.")],
+    metric: Annotated[
+        str | None, typer.Option("--metric", help="RSNA: rsna (the competition metric, default) or coco (score = "
+                                 "mAP@0.50:0.95). VinBigData: voc (mAP at IoU > 0.4, the only one). SIIM: its own "
+                                 "mAP at IoU > 0.5 over the six study and image classes.")
+    ] = None,
+    competition: CompetitionOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the last line) instead.")] = False,
+    allow_missing: Annotated[
+        bool, typer.Option("--allow-missing", help="Labelled images without a submission row get no predictions.")
+    ] = False,
+) -> None:
+    """Score a submission against a labels file with the competition's metric; the labels define the image set.
+
+    Reads --labels and --submission (both validated, every problem listed); writes nothing. Submission ids that are
+    not labelled are an error; labelled ids without a row are an error unless --allow-missing. VinBigData labels with
+    several readers per image are fused per class (WBF, IoU 0.4) into one ground truth; an image left without a box
+    is scored as "No finding" (class 14, box 0 0 1 1).
+    """
+    import json
+
+    from cxrdet.competitions import competition_of_labels, get_competition
+
+    comp = competition_of_labels(labels) if competition == "auto" else get_competition(competition)
+    table = comp.read_labels(labels)
+    report = {"labels": str(labels), **comp.score(table, submission, table.image_ids, allow_missing, metric)}
+    metric = report["metric"]
+    if report["n_missing"]:
+        console.print(f"note: {report['n_missing']} labelled image(s) had no submission row and were scored as "
+                      "having no predictions (--allow-missing)", highlight=False)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    typer.echo(f"{metric} score {report['score']:.6f} over {report['n_images']} image(s) "
+               f"({report['n_labelled_images']} labelled, {report['n_boxes']} predicted boxes)")
+    if "per_threshold" in report:
+        for t, v in report["per_threshold"].items():
+            typer.echo(f"  IoU > {t}: {v:.6f}")
+    elif "per_class" in report:
+        if "study_map" in report:
+            typer.echo(f"  study-level mAP {report['study_map']:.6f} ({report['n_studies']} studies), image-level mAP "
+                       f"{report['image_map']:.6f}")
+        for name, ap in report["per_class"].items():
+            typer.echo(f"  AP {name}: {'-' if ap is None else f'{ap:.6f}'}")
+    else:
+        for key in ("map_50_95", "map_50", "map_40"):
+            typer.echo(f"  {key}: {report[key]:.6f}")
+
+
+@app.command("validate-submission")
+@user_errors
+def validate_submission_command(
+    submission: Annotated[Path, typer.Argument(help="Submission CSV to check (RSNA, VinBigData or SIIM format).")],
+    sample: Annotated[Path, typer.Option("--sample", help="Sample submission whose ids are the test set.")],
+    image_size: Annotated[int | None, typer.Option("--image-size", help="RSNA: side of the square images, pixels "
+                                                   "(default 1024).", min=1)] = None,
+    competition: CompetitionOpt = "auto",
+) -> None:
+    """Check a submission file against the sample submission's ids; list every problem with its line.
+
+    Reads SUBMISSION and --sample; writes nothing. Exit status 1 when any problem is found. The competition is told
+    by the sample submission's header unless --competition names it.
+    """
+    from cxrdet.competitions import competition_of_submission, get_competition
+
+    comp = competition_of_submission(sample) if competition == "auto" else get_competition(competition)
+    typer.echo(f"{submission}: OK: {comp.validate(submission, comp.sample_ids(sample), image_size)}")
+
+
+# ---- ensemble: tune, submit ----
+
+
+@app.command("tune")
+@user_errors
+def tune_command(
+    config: Annotated[Path, typer.Argument(help="Ensemble config, configs/ensembles/NAME.py.")],
+    n_trials: Annotated[
+        int | None, typer.Option("--n-trials", min=1, help="COMPLETE trials wanted per study (default: the config's).")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option("--storage", help="Study storage: sqlite:///PATH, postgresql://USER@HOST/DB or journal:PATH "
+                                       "(default: SQLite in outputs/ensembles/NAME/)."),
+    ] = None,
+    honest: Annotated[
+        bool, typer.Option("--honest/--no-honest", help="Also tune on k-1 folds and score the held-out fold.")
+    ] = True,
+) -> None:
+    """Tune an ensemble's fusion and post-processing on the members' pooled OOF boxes (RSNA metric, Optuna TPE).
+
+    Reads the members' OOF predictions (outputs/<experiment>/fold<k>/oof.parquet), the fold file and the labels.
+    Writes the study (resumable: run the same command again after a kill; several workers may share --storage) and
+    outputs/ensembles/NAME/params.json (best parameters, optimistic and honest CV scores, parameter importances).
+    """
+    import optuna
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cxrdet.ensemble.spec import load_ensemble
+    from cxrdet.ensemble.tune import summary_frame, tune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = load_ensemble(config)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("best {task.fields[best]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def on_trial(study_name: str, trial: Any) -> None:
+            total = n_trials or (spec.n_trials if study_name == spec.name else spec.honest_trials)
+            if study_name not in tasks:
+                tasks[study_name] = bar.add_task(study_name, total=total, best="-")
+            best = max(bar.tasks[tasks[study_name]].fields.get("best_value", float("-inf")), trial.value)
+            bar.update(tasks[study_name], advance=1, best=f"{best:.5f}", best_value=best)
+
+        result = tune(spec, n_trials=n_trials, storage=storage, honest=honest, on_trial=on_trial)
+    frame = summary_frame(result)
+    typer.echo(frame.to_string(index=False, float_format=lambda v: f"{v:.5f}"))
+    honest_text = f"{result.honest:.5f}" if result.honest is not None else "not estimated (--no-honest)"
+    typer.echo(f"ensemble {spec.name}: tuned-on-all OOF score {result.optimistic:.5f} (optimistic), honest "
+               f"{honest_text}; {result.n_complete} trials")
+    if result.importances:
+        typer.echo("importance: " + ", ".join(f"{k} {v:.3f}" for k, v in result.importances.items()))
+    typer.echo(f"wrote {result.params_path}")
+
+
+@app.command("submit")
+@user_errors
+def submit_command(
+    config: Annotated[Path, typer.Argument(help="Ensemble config, configs/ensembles/NAME.py (tuned).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Submission CSV (default submissions/NAME.csv).")] = None,
+) -> None:
+    """Apply the tuned parameters to the members' test boxes and write a validated submission.
+
+    Reads outputs/ensembles/NAME/params.json and outputs/<experiment>/fold<k>/test.parquet of every member and fold.
+    Writes the CSV and, beside it, NAME.json (git revision, configs, fold-file hashes, parameters, CV scores, date).
+    """
+    from cxrdet.ensemble.spec import load_ensemble
+    from cxrdet.ensemble.submit import submit
+
+    result = submit(load_ensemble(config), out)
+    typer.echo(f"wrote {result.csv}: {result.n_rows} rows, {result.n_boxes} boxes, {result.n_empty} empty rows "
+               f"(validated); provenance {result.provenance}")
+
+
+@app.command("package")
+@user_errors
+def package_command(
+    config: Annotated[Path, typer.Argument(help="Ensemble config, configs/ensembles/NAME.py (tuned, test predicted).")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to write (refused when it exists).")],
+    data: Annotated[Path | None, typer.Option("--data", help="Data root whose test images time the bundle (default "
+                                              "the members' data root).")] = None,
+    max_minutes: Annotated[float | None, typer.Option("--max-minutes", help="Refuse a bundle whose estimated run "
+                                                      "exceeds this (default: the competition's notebook limit, "
+                                                      "SIIM 540).", min=0)] = None,
+    n_test_images: Annotated[int | None, typer.Option("--n-test-images", help="Test set size of the estimate "
+                                                      "(default: this data root's test images).", min=1)] = None,
+    measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Run and time the bundle's notebook code "
+                                          "here, checking its submission equals `cxrdet submit`'s.")] = True,
+    wheelhouse: Annotated[Path | None, typer.Option("--wheelhouse", help="A folder of wheels to take the bundled "
+                                                    "distributions from (besides the package index).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle folder.")] = False,
+) -> None:
+    """Write the offline code-competition bundle of a tuned ensemble: wheels, stripped checkpoints, parameters,
+    provenance, and inference.ipynb / inference.py that write submission.csv with the internet off.
+
+    Reads the ensemble config, its params.json, the members' and classifier's run configs, test-prediction sidecars
+    and checkpoints, and configs/kaggle/offline_wheels.txt; builds a cxrdet wheel and downloads the listed wheels.
+    Writes --out (built beside it, renamed into place when complete): see cxrdet.deploy.bundle. Run the notebook as
+    Kaggle would with `python scripts/run_bundle_offline.py BUNDLE DATA WORK`.
+    """
+    from cxrdet.deploy.bundle import package
+    from cxrdet.ensemble.spec import load_ensemble
+
+    result = package(load_ensemble(config), out, data_root=data, max_minutes=max_minutes,
+                     n_test_images=n_test_images, measure=measure, wheelhouse=wheelhouse, overwrite=overwrite)
+    typer.echo(f"wrote {result.folder}: {result.n_files} files, {result.n_bytes / 1e6:.1f} MB, wheels "
+               f"{', '.join(result.wheels)}")
+    if result.seconds_per_image is not None:
+        limit = f" (limit {result.limit_minutes:g} min)" if result.limit_minutes is not None else ""
+        typer.echo(f"measured {result.seconds:.1f} s for {result.n_images} test images here: "
+                   f"{result.seconds_per_image:.3f} s per image; estimate {result.estimate_minutes:.1f} min{limit}; "
+                   "its submission equals `cxrdet submit`'s")
+
+
+# ---- detectors: train, predict ----
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment config, e.g. configs/experiments/<name>.py.")]
+FoldOpt = Annotated[int, typer.Option("--fold", help="The held-out fold (0-based).", min=0)]
+CfgOptions = Annotated[
+    list[str] | None,
+    typer.Option("--cfg-options", "-o", help="Config override KEY=VALUE with a dotted key (repeatable), e.g. "
+                 "-o data.size=512 -o train.epochs=2."),
+]
+
+
+@app.command("fold-ids")
+@user_errors
+def fold_ids_command(config: ConfigArg, cfg_options: CfgOptions = None) -> None:
+    """Print the fold numbers of the config's fold file (data.folds), space-separated; the bash loops use it.
+
+    Reads the config and its fold file; writes nothing.
+    """
+    from cxrdet import paths
+    from cxrdet.config import load_config
+    from cxrdet.data.folds import read_folds
+
+    cfg = load_config(config, cfg_options)
+    folds = read_folds(paths.folds_file(cfg["data"]["folds"]))
+    typer.echo(" ".join(str(k) for k in sorted(set(folds["fold"].tolist()))))
+
+
+@app.command("train")
+@user_errors
+def train_command(
+    config: ConfigArg,
+    fold: FoldOpt,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last.ckpt.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete this run's checkpoints, start again.")] = False,
+    limit_train_batches: Annotated[
+        float | None, typer.Option("--limit-train-batches", help="Batches per epoch (>1) or a fraction (<=1).")
+    ] = None,
+    accelerator: Annotated[str | None, typer.Option("--accelerator", help="cpu, gpu, ... (default: config).")] = None,
+    devices: Annotated[str | None, typer.Option("--devices", help="Device count or list (default: config).")] = None,
+    strategy: Annotated[str | None, typer.Option("--strategy", help="auto, ddp, ddp_spawn, ... (default: config).")
+                        ] = None,
+    cfg_options: CfgOptions = None,
+) -> None:
+    """Train a detector or a classifier (config task='classify') on every fold but --fold and validate on --fold
+    (detectors: RSNA metric over a threshold sweep; classifiers: mean per-class AUROC).
+
+    Reads the config, the fold file, the labels and the prepare cache. Writes outputs/<experiment>/fold<k>/:
+    config.py (resolved), provenance.json (git revision, fold-file hash), checkpoints/{best,last}.ckpt and done.json
+    (per curriculum stage in stage<i>_<name>/), tensorboard/ and csv/ logs.
+    """
+    from cxrdet.config import load_config
+    from cxrdet.tasks import train
+
+    overrides = list(cfg_options or [])
+    for key, value in (("limit_train_batches", limit_train_batches), ("accelerator", accelerator),
+                       ("devices", devices), ("strategy", strategy)):
+        if value is not None:
+            overrides.append(f"train.{key}={value}")
+    cfg = load_config(config, overrides)
+    result = train(cfg, fold, resume=resume, overwrite=overwrite)
+    typer.echo(f"{result.run_dir}: best {result.monitor} {result.best_score:.4f} at threshold "
+               f"{result.best_threshold:.2f} ({result.best_checkpoint})")
+
+
+@app.command("predict")
+@user_errors
+def predict_command(
+    config: ConfigArg,
+    fold: FoldOpt,
+    split: Annotated[
+        list[str] | None, typer.Option("--split", help="oof (the images of --fold) or test; repeat for both.")
+    ] = None,
+    tta: Annotated[str | None, typer.Option("--tta", help="none or hflip (default: config predict.tta).")] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", help="best, last or a .ckpt path (default: config, best).")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: CUDA if present).")
+                      ] = None,
+    cfg_options: CfgOptions = None,
+) -> None:
+    """Predict boxes (or a classifier's per-image probabilities) of a split with the fold-k model (OOF = fold k's
+    images, which that model never trained on).
+
+    Reads the config, the run's checkpoint, the fold file and the prepare cache. Writes, per --split,
+    outputs/<experiment>/fold<k>/<split>.parquet and a <split>.json sidecar (checkpoint, settings). Detectors: one row
+    per box, image_id, x1, y1, x2, y2 in original pixels, score, label. Classifiers (task='classify'): one row per
+    image, image_id and one probability column per class; hflip TTA averages the two passes.
+    """
+    from cxrdet.runs import run_config
+    from cxrdet.tasks import predict
+
+    cfg = run_config(config, fold, cfg_options)
+    for one in split or ["oof"]:
+        typer.echo(str(predict(cfg, fold, split=one, tta=tta, checkpoint=checkpoint, device=device)))
+
+
+# ---- reports and export: report, explain, export, infer ----
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    name: Annotated[str, typer.Argument(help="An experiment name (outputs/<experiment>/fold<k>) or a tuned ensemble "
+                                        "(configs/ensembles/<name>.py with params.json).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default outputs/<experiment>/report or "
+                                             "outputs/ensembles/<name>/report).")] = None,
+) -> None:
+    """Write an offline HTML report with PNG figures of OOF results: score vs threshold, PR curves, per-IoU metric,
+    per-fold scores, training curves, an image gallery, error analysis and the box-size bias. For a classifier
+    experiment: ROC curves and AUROC per class and per fold, F1 at the best threshold (binary), training curves and
+    probability histograms by truth.
+
+    Reads the runs' configs, OOF predictions, CSV logs and checkpoint records (and, for an ensemble, params.json),
+    the labels, fold file and prepare cache. Writes index.html, report.json and the PNGs to --out.
+    """
+    from cxrdet.tasks import report
+
+    typer.echo(str(report(name, out)))
+
+
+@app.command("explain")
+@user_errors
+def explain_command(
+    config: Annotated[Path, typer.Argument(help="Classifier experiment config, e.g. configs/experiments/cls_*.py.")],
+    fold: Annotated[int, typer.Option("--fold", help="The fold whose model is explained (0-based).", min=0)],
+    image_id: Annotated[list[str] | None, typer.Option("--image-id", help="An image to explain (repeatable; train or "
+                                                       "test split of the cache). Default: the fold's OOF images of "
+                                                       "highest probability for the chosen classes.")] = None,
+    n: Annotated[int, typer.Option("--n", help="Images to pick when no --image-id is given.", min=1)] = 8,
+    classes: Annotated[str, typer.Option("--classes", help="auto (the top 4 classes by OOF AUROC) or names, "
+                                         "comma-separated: A,B.")] = "auto",
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last or a .ckpt path.")] = "best",
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default outputs/<experiment>/report/"
+                                             "explain/fold<k>).")] = None,
+    cfg_options: Annotated[list[str] | None, typer.Option("--cfg-options", "-o", help="Config override KEY=VALUE "
+                                                          "(repeatable).")] = None,
+) -> None:
+    """Grad-CAM of a fold's classifier: one PNG per image and class, the heatmap over the original X-ray at its own
+    size, captioned with the class, probability and truth.
+
+    Reads the config, the run's checkpoint, the prepare cache and labels, the original DICOM or PNG of each image
+    (the cached image stretched back when it is gone), and (for --classes auto or no --image-id) the OOF
+    probabilities of the experiment's folds. Writes <image_id>_<class>.png and explain.csv (image_id, role, class,
+    probability, truth, file, width, height, drawn_on) to --out.
+    """
+    from cxrdet.runs import run_config
+    from cxrdet.tasks import explain
+
+    cfg = run_config(config, fold, cfg_options)
+    result = explain(cfg, fold, image_ids=image_id, n=n, classes=classes, out_dir=out, checkpoint=checkpoint)
+    drawn = result.table["drawn_on"].value_counts().to_dict()
+    typer.echo(f"{result.folder}: {len(result.table)} overlays of {result.table['image_id'].nunique()} images at "
+               f"their original size (heatmaps from the {result.size} x {result.size} px input; drawn on "
+               f"{', '.join(f'{n} {k}' for k, n in sorted(drawn.items()))})")
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    config: Annotated[Path, typer.Argument(help="Experiment config, e.g. configs/experiments/<name>.py.")],
+    fold: Annotated[int, typer.Option("--fold", help="The fold whose model is exported (0-based).", min=0)],
+    fmt: Annotated[str, typer.Option("--format", help="onnx; coreml (classifiers; refused for detectors, with "
+                                     "the reason); or safetensors (the weights alone, no pickle, for sharing).")
+                   ] = "onnx",
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last or a .ckpt path.")] = "best",
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default outputs/<experiment>/fold<k>/"
+                                             "export).")] = None,
+    cfg_options: Annotated[list[str] | None, typer.Option("--cfg-options", "-o", help="Config override KEY=VALUE "
+                                                          "(repeatable).")] = None,
+) -> None:
+    """Export a fold's detector for deployment, post-processing (score floor, NMS, cap) inside the graph; or a
+    classifier (task='classify'), with logits and sigmoid probabilities as outputs.
+
+    Reads the config and the run's checkpoint. Writes model.onnx (or, for a classifier with --format coreml,
+    model.mlpackage; with --format safetensors, model.safetensors), model.json (input size and range, the
+    pre-processing, normalisation, score floor, NMS IoU or the classifier's outputs, validation threshold, classes;
+    for safetensors the config that rebuilds the network) and manifest.json (the SHA-256 of each file) to --out.
+    """
+    from cxrdet.runs import run_config
+    from cxrdet.tasks import export
+
+    cfg = run_config(config, fold, cfg_options)
+    typer.echo(str(export(cfg, fold, fmt=fmt, checkpoint=checkpoint, out_dir=out)))
+
+
+@app.command("infer")
+@user_errors
+def infer_command(
+    model: Annotated[Path, typer.Option("--model", help="An exported model.onnx or model.safetensors (cxrdet export) "
+                                        "or a .ckpt file.")],
+    dicom: Annotated[list[Path] | None, typer.Option("--dicom", help="A DICOM file (repeatable); more may follow "
+                                                     "as arguments: --dicom A.dcm B.dcm.")] = None,
+    files: Annotated[list[Path] | None, typer.Argument(help="More DICOM files.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default outputs/infer).")] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="Keep boxes with score >= this (default: "
+                                                    "the model's validation threshold; detectors only).")] = None,
+) -> None:
+    """Detect on single studies: read each DICOM, run the model, write boxes and an overlay PNG per study; or, with a
+    classifier, write each study's class probabilities.
+
+    Reads the model (and the .json sidecar of an .onnx) and the DICOM files. Writes to --out: boxes.csv (image_id,
+    source, x1, y1, x2, y2 in original pixels, score, label, class), boxes.json (per study, with errors) and
+    <image_id>.png overlays; for a classifier probabilities.csv (image_id, source, one column per class) and
+    probabilities.json (per study, with classes, threshold and errors). A file that cannot be read is reported with
+    the reason; the others are still processed, and the exit status is 1 if any failed.
+    """
+    from cxrdet import paths
+    from cxrdet.tasks import infer, load_model
+
+    out = out or paths.infer_dir()
+    sources = [*(dicom or []), *(files or [])]
+    if not sources:
+        raise CxrdetError("no DICOM files: pass --dicom FILE (repeatable) or files after the options")
+    result = infer(load_model(model), sources, out, threshold=threshold)
+    typer.echo(result.summary(out, len(sources)))
+    for message in result.errors.values():
+        console.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+    if result.errors:
+        raise typer.Exit(code=1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

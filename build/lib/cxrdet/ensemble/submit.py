@@ -1,0 +1,192 @@
+"""Apply an ensemble's tuned parameters to its members' test boxes and write a validated submission.
+
+Each member has one model per fold, so the test set has k predictions per member. They are merged per image with
+weighted boxes fusion (equal weights, `avg`, the tuned IoU threshold) either before the members are fused (each
+member's folds first: `test_fold_merge='before'`) or after (each fold's members fused with the tuned parameters, the
+vote scaling applied, then the folds merged: `'after'`); the remaining post-processing steps follow. A single member
+with `method='none'` is an ensemble too, so every model is submitted the same way.
+
+Outputs: the competition's CSV (`Competition.write_submission`: written, then read back through its validator;
+VinBigData's gets every image's no-finding box, `Competition.complete`) and, beside it, a JSON provenance record:
+git revision, the ensemble config, the member configs and fold-file hashes, the parameters, both CV scores and date.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrdet import paths
+from cxrdet.ensemble.fuse import BoxSet, FusionInput, FusionParams
+from cxrdet.ensemble.postprocess import drop_non_finite, postprocess, scale_by_votes
+from cxrdet.ensemble.problem import (
+    DataSources,
+    classifier_inputs,
+    data_sources,
+    image_sizes,
+    require_predictions,
+    study_images,
+)
+from cxrdet.ensemble.spec import EnsembleParams, EnsembleSpec, resolve
+from cxrdet.errors import ConfigError
+from cxrdet.io import file_sha256, write_json
+from cxrdet.provenance import git_revision
+from cxrdet.runs import EnsembleRun, Run
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What `submit` wrote."""
+
+    csv: Path
+    provenance: Path
+    n_rows: int
+    n_boxes: int
+    n_empty: int
+
+
+def load_test_image_ids(spec: EnsembleSpec, sources: DataSources) -> list[str]:
+    """The test image set: the config's `test_ids` file, else the data root's sample submission, else the ids of
+    its test image folder.
+
+    Raises:
+        ConfigError: None of them exists.
+    """
+    if spec.raw.get("test_ids"):
+        return sources.competition.image_ids_of(sources.competition.sample_ids(Path(spec.raw["test_ids"])))
+    try:
+        return sources.competition.test_image_ids(sources.labels.parent)
+    except ConfigError as err:
+        raise ConfigError(f"{spec.path}: {err}, or set test_ids=<a submission-format CSV> in the config") from err
+
+
+@dataclass(frozen=True)
+class SubmissionImages:
+    """What the test images bring besides the members' boxes: their index, sizes, classifier probabilities and (for
+    a competition with studies) their studies with the study classifier's probabilities (`EnsembleProblem.images`)."""
+
+    ids: pd.Index
+    sizes: tuple[np.ndarray, np.ndarray]
+    prob: np.ndarray | None
+    images: pd.DataFrame | None = None
+
+
+def submission_images(spec: EnsembleSpec, sources: DataSources, image_ids: list[str]) -> SubmissionImages:
+    """The test image set's index, `(widths, heights)` (`image_sizes`), classifier outputs (`classifier_inputs`) and
+    studies (`Competition.studies` of the data root's test folder), read once."""
+    ids = pd.Index(image_ids)
+    prob, class_probs = classifier_inputs(spec, sources.competition, ids, "test")
+    images = None
+    if sources.competition.studies is not None:
+        root = sources.labels.parent
+        images = study_images(sources.competition.studies(root, "test"), ids, class_probs,
+                              f"{root}: the test images' study folders")
+    return SubmissionImages(ids, image_sizes(spec, sources, ids), prob, images)
+
+
+def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str], test: SubmissionImages | None = None
+                 ) -> tuple[BoxSet, pd.Index]:
+    """The ensemble's test boxes (xyxy pixels of the original image) under `params`.
+
+    Args:
+        test: The image set's sizes and probabilities when already read (`submission_images`).
+
+    Returns:
+        The boxes and the image index their `image` refers to.
+
+    Raises:
+        TableError: Missing prediction files (all listed).
+    """
+    test = test if test is not None else submission_images(spec, data_sources(spec), image_ids)
+    ids, size, prob = test.ids, test.sizes, test.prob
+    folds = spec.folds_used
+    require_predictions(spec, "test")
+    frames = {m.name: [Run(m.experiment, k).read_predictions("test") for k in folds] for m in spec.members}
+    merge = FusionParams(method="wbf", iou_thr=params.fusion.iou_thr, conf_type=spec.test_fold_conf_type)
+    n_members = len(spec.members)
+
+    def merge_folds(parts: list[pd.DataFrame], names: list[str]) -> BoxSet:
+        inp = FusionInput.from_frames(parts, ids, *size, names=names)
+        return inp.fuse(replace(merge, method="none") if len(parts) == 1 else merge)
+
+    if spec.test_fold_merge == "before":
+        merged = [merge_folds(frames[m.name], [f"{m.name} fold {k}" for k in folds]).to_frame(ids)
+                  for m in spec.members]
+        inp = FusionInput.from_frames(merged, ids, *size, names=spec.member_names)
+        fused = inp.fuse(params.fusion, params.member_thr, spec.engine)
+        return postprocess(fused, params.post, n_members, prob), ids
+    per_fold = []
+    for i, k in enumerate(folds):
+        inp = FusionInput.from_frames([frames[m.name][i] for m in spec.members], ids, *size,
+                                      names=[f"{m.name} fold {k}" for m in spec.members])
+        fused = drop_non_finite(inp.fuse(params.fusion, params.member_thr, spec.engine))
+        per_fold.append(scale_by_votes(fused, n_members, params.post.vote_power).to_frame(ids))
+    merged = merge_folds(per_fold, [f"fold {k}" for k in folds])
+    return postprocess(merged, replace(params.post, vote_power=0.0), n_members, prob), ids
+
+
+def member_provenance(spec: EnsembleSpec, sources: DataSources) -> list[dict[str, Any]]:
+    """Per member: experiment, folds, config file and hash, and the fold file and hash each run recorded."""
+    out = []
+    for m in spec.members:
+        config = sources.member_configs.get(m.name)
+        runs = {}
+        for k in m.folds:
+            data = Run(m.experiment, k).provenance()
+            if data:
+                runs[str(k)] = {"folds_file": data.get("folds_file"), "folds_sha256": data.get("folds_sha256"),
+                                "git": data.get("git")}
+        out.append({
+            "name": m.name, "experiment": m.experiment, "folds": list(m.folds),
+            "config": str(config) if config else None, "config_sha256": file_sha256(config) if config else None,
+            "runs": runs,
+        })  # fmt: skip
+    return out
+
+
+def submit(spec: EnsembleSpec, out: str | Path | None = None) -> SubmitResult:
+    """Write `out` (default `submissions/NAME.csv`) and its provenance `out` with suffix `.json`.
+
+    Raises:
+        ConfigError: Not tuned yet, or no test image list. TableError: Missing or invalid prediction files, or the
+            written file fails validation.
+    """
+    ensemble = EnsembleRun(spec.name)
+    record = ensemble.read_params()
+    if record.get("config_sha256") not in (None, file_sha256(spec.path)):
+        raise ConfigError(f"{spec.path} changed since it was tuned ({ensemble.params_path} "
+                          "records another hash): tune again")
+    params = resolve(spec, record["params"])
+    sources = data_sources(spec)
+    image_ids = load_test_image_ids(spec, sources)
+    test = submission_images(spec, sources, image_ids)
+    boxes, ids = predict_test(spec, params, image_ids, test)
+    frame = boxes.to_frame(ids)
+    # The file format takes confidences in [0, 1]; weights can push a fused one above 1.
+    frame["score"] = frame["score"].clip(0.0, 1.0)
+    frame = sources.competition.complete(frame, ids, test.prob, test.images, params.post)
+    csv = Path(out) if out is not None else paths.SUBMISSIONS_DIR / f"{spec.name}.csv"
+    widths, heights = test.sizes
+    sizes = {i: (int(w), int(h)) for i, w, h in zip(ids, widths, heights, strict=True)}
+    stats = sources.competition.write_submission(csv, frame, image_ids, sizes)
+    provenance = csv.with_suffix(".json")
+    write_json(provenance, {
+        "submission": str(csv), "sha256": file_sha256(csv), "ensemble": spec.name,
+        "config": {"path": str(spec.path), "sha256": file_sha256(spec.path),
+                   "text": spec.path.read_text(encoding="utf-8")},
+        "members": member_provenance(spec, sources),
+        "folds": {"file": str(sources.folds), "sha256": file_sha256(sources.folds)},
+        "params": record["params"], "scores": record["scores"], "test_fold_merge": spec.test_fold_merge,
+        "params_json": {"path": str(ensemble.params_path), "sha256": file_sha256(ensemble.params_path)},
+        "competition": sources.competition.name,
+        "stats": {**stats, "n_test_images": len(image_ids),
+                  "mean_boxes_per_image": float(np.float64(stats["n_boxes"]) / max(stats["n_rows"], 1))},
+        "git": git_revision(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    })  # fmt: skip
+    return SubmitResult(csv, provenance, stats["n_rows"], stats["n_boxes"], stats["n_empty"])

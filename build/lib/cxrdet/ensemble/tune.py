@@ -1,0 +1,477 @@
+"""Tune an ensemble's parameters against the competition's metric on pooled OOF boxes, with Optuna.
+
+- Objective: the competition metric (RSNA's, VinBigData's mAP, ...) of the fused, post-processed OOF boxes of all
+  folds, completed as a submission would be (`EnsembleProblem.score`).
+- Sampler: TPE, reseeded for every trial from (seed, trial number). The suggestions of trial n then do not depend on
+  how many processes ran before it: a resumed study does not replay the first trials' random draws, and two
+  workers on one study do not draw the same points.
+- Storage: SQLite under `outputs/ensembles/NAME/study.db` by default (`optuna-dashboard sqlite:///...` shows it), or
+  any URL: `postgresql://...`, `sqlite:///...`, or `journal:PATH` (a JournalFileStorage log, for several workers
+  on a shared disk).
+- Resume: only COMPLETE trials count towards `n_trials`. A trial left RUNNING by a killed worker (its process is
+  gone, or it ran past `stale_after_s` on another host) is marked FAIL and its parameters are enqueued once, so the
+  next trial re-runs it: nothing is lost and nothing done is repeated. A trial that starts when the target is already
+  covered by earlier trials (another worker's) is pruned at once, so workers together stop at exactly `n_trials`.
+- Honest estimate: for each fold k, a study tuned on the other folds' OOF boxes picks the parameters that then
+  predict fold k; the pooled held-out predictions of all folds, scored like the optimistic figure (the metric over
+  all OOF images), estimate the score on unseen images (each fold's own score is kept too). The tuned-on-all score
+  is optimistic.
+- Output: `outputs/ensembles/NAME/params.json`: best parameters, both scores, each member's own scores and the
+  importance of each parameter.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.samplers import BaseSampler, TPESampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from cxrdet.ensemble.problem import EnsembleProblem, OofData, load_oof
+from cxrdet.ensemble.spec import EnsembleSpec, expanded_space, fixed_params, flat_params, resolve
+from cxrdet.errors import ConfigError
+from cxrdet.io import file_sha256
+from cxrdet.provenance import git_revision
+from cxrdet.runs import EnsembleRun
+
+STALE_AFTER_S = 600.0  # a RUNNING trial of another host older than this is taken as killed
+YOUNG_S = 60.0  # a RUNNING trial without an owner yet (just created) counts as alive this long
+THRESHOLD_GRID = np.round(np.arange(0.0, 1.0, 0.025), 3)  # members scored alone: confidence cuts tried
+
+# ---- storage and sampler ----
+
+
+def storage_url(spec: EnsembleSpec, url: str | None = None) -> str:
+    """The study storage: `url`, else the config's `storage`, else SQLite in the ensemble's folder."""
+    url = url or spec.storage
+    if url:
+        return url
+    db = EnsembleRun(spec.name).study_db
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for a URL: `journal:PATH` (JournalFileStorage) or an SQLAlchemy URL (SQLite, PostgreSQL)."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # Several workers on one SQLite file wait for each other's writes instead of failing at once.
+        kwargs = {"engine_kwargs": {"connect_args": {"timeout": 120}}}
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except (ImportError, ModuleNotFoundError, ValueError) as err:
+            raise ConfigError(f"storage {redact(url)!r}: {err}; expected journal:PATH, sqlite:///PATH or "
+                              "postgresql://user@host/db (with psycopg installed)") from err
+        except Exception as err:  # SQLAlchemy raises its own types: unreachable server, or a schema race
+            # Workers starting together on an empty database race to create its tables; the loser retries.
+            if attempt == 4:
+                raise ConfigError(f"storage {redact(url)!r} cannot be opened: {err}") from err
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def redact(url: str) -> str:
+    """The URL without a password (saved in params.json and printed)."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+class TrialSeededTPE(BaseSampler):
+    """TPE whose random state for trial n is seeded from (seed, n), whatever process runs the trial.
+
+    Args:
+        seed: The study's seed.
+        **tpe_kwargs: `TPESampler` arguments.
+    """
+
+    def __init__(self, seed: int, **tpe_kwargs: Any) -> None:
+        self._seed = int(seed)
+        self._kwargs = tpe_kwargs
+        self._by_trial: dict[int, TPESampler] = {}
+
+    def _for(self, trial: FrozenTrial) -> TPESampler:
+        if trial.number not in self._by_trial:
+            seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate TPE
+                self._by_trial[trial.number] = TPESampler(seed=seed, **self._kwargs)
+        return self._by_trial[trial.number]
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
+        del self._by_trial[trial.number]
+
+    def reseed_rng(self) -> None:
+        """Nothing to do: every trial's random state derives from the seed and its number."""
+
+
+def distributions(space: Mapping[str, Mapping[str, Any]]) -> dict[str, BaseDistribution]:
+    """Optuna distributions of an expanded search space."""
+    out: dict[str, BaseDistribution] = {}
+    for name, e in space.items():
+        if e["type"] == "categorical":
+            out[name] = CategoricalDistribution(list(e["choices"]))
+        elif e["type"] == "int":
+            out[name] = IntDistribution(int(e["low"]), int(e["high"]), log=bool(e.get("log", False)),
+                                        step=int(e.get("step", 1)))
+        else:
+            out[name] = FloatDistribution(float(e["low"]), float(e["high"]), log=bool(e.get("log", False)),
+                                          step=e.get("step"))
+    return out
+
+
+def suggest(trial: Trial, dists: Mapping[str, BaseDistribution]) -> dict[str, Any]:
+    """Draw every parameter of the space for one trial."""
+    values: dict[str, Any] = {}
+    for name, d in dists.items():
+        if isinstance(d, CategoricalDistribution):
+            values[name] = trial.suggest_categorical(name, d.choices)
+        elif isinstance(d, IntDistribution):
+            values[name] = trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+        else:
+            values[name] = trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+    return values
+
+
+# ---- worker bookkeeping: who runs a trial, and is it still alive ----
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of a process (Linux /proc), to tell a live worker from a new process that reused its pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def worker_id() -> dict[str, Any]:
+    """This process, as recorded on the trials it runs."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
+def _alive(trial: FrozenTrial, now: float, stale_after_s: float) -> bool:
+    """Whether the worker of a RUNNING trial may still be running it."""
+    owner = trial.user_attrs.get("worker")
+    age = now - trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+    if not owner:
+        return age < YOUNG_S
+    if owner.get("host") != socket.gethostname():
+        return age < stale_after_s
+    pid = int(owner["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return owner.get("start") is None or _process_start(pid) == owner.get("start")
+
+
+def recover_killed(study: Study, storage: optuna.storages.BaseStorage, stale_after_s: float = STALE_AFTER_S) -> list[
+        int]:
+    """Mark trials of dead workers FAIL and enqueue their parameters once (see the module docstring).
+
+    Returns:
+        The numbers of the recovered trials.
+    """
+    now = time.time()
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    study_id = storage.get_study_id_from_name(study.study_name)
+    recovered = []
+    for t in trials:
+        if t.state != TrialState.RUNNING or _alive(t, now, stale_after_s):
+            continue
+        if t.number not in retried and t.params:
+            # Enqueue before failing it: a kill between the two leaves it RUNNING, and the next resume retries.
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        recovered.append(t.number)
+    return recovered
+
+
+def n_complete(study: Study) -> int:
+    """COMPLETE trials of a study."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def _covered_before(study: Study, number: int, stale_after_s: float) -> int:
+    """Trials numbered below `number` that are COMPLETE or still running in a live worker."""
+    now = time.time()
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    return sum(1 for t in trials if t.number < number
+               and (t.state == TrialState.COMPLETE or _alive(t, now, stale_after_s)))
+
+
+# ---- one study ----
+
+
+def run_study(problem: EnsembleProblem, spec: EnsembleSpec, study_name: str, storage_url_: str, n_trials: int,
+              seed: int, on_trial: Callable[[FrozenTrial], None] | None = None,
+              stale_after_s: float = STALE_AFTER_S) -> Study:
+    """Create or resume one study and run it until it has `n_trials` COMPLETE trials.
+
+    Args:
+        problem: The data the objective scores.
+        spec: The ensemble (search space and fixed parameters).
+        study_name: Name of the study in the storage.
+        storage_url_: Storage URL (see `open_storage`).
+        n_trials: COMPLETE trials wanted in total (over all runs and workers).
+        seed: Sampler seed.
+        on_trial: Called after each trial of this process (progress display).
+        stale_after_s: See `recover_killed`.
+
+    Returns:
+        The study.
+    """
+    storage = open_storage(storage_url_)
+    dists = distributions(expanded_space(spec))
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=TrialSeededTPE(seed, multivariate=True, n_startup_trials=10))
+    recover_killed(study, storage, stale_after_s)
+    if not study.get_trials(deepcopy=False):
+        # The config's own values first, so that tuning never ends below them on its data.
+        defaults = fixed_params(spec)
+        start = {k: defaults[k] for k, d in dists.items() if k in defaults and _contains(d, defaults[k])}
+        if start:
+            study.enqueue_trial(start, user_attrs={"config_values": True}, skip_if_exists=True)
+    me = worker_id()
+
+    def objective(trial: Trial) -> float:
+        trial.set_user_attr("worker", me)
+        if _covered_before(study, trial.number, stale_after_s) >= n_trials:
+            study.stop()
+            raise optuna.TrialPruned("the target number of trials is covered by earlier trials")
+        earlier = study.get_trials(deepcopy=False) if trial.user_attrs.get("config_values") else []
+        if any(t.user_attrs.get("config_values") and t.number < trial.number for t in earlier):
+            # Two workers that started on an empty study both enqueued the config's values: run them once.
+            raise optuna.TrialPruned("the config's values are already another trial")
+        return problem.score(resolve(spec, suggest(trial, dists)))
+
+    def stop_at_target(study_: Study, trial: FrozenTrial) -> None:
+        if on_trial is not None and trial.state == TrialState.COMPLETE:
+            on_trial(trial)
+        if n_complete(study_) >= n_trials:
+            study_.stop()
+
+    while n_complete(study) < n_trials:
+        study.optimize(objective, n_trials=n_trials - n_complete(study), callbacks=[stop_at_target],
+                       gc_after_trial=False, show_progress_bar=False)
+        if _covered_before(study, 1 << 62, stale_after_s) >= n_trials:
+            break  # the rest is running in other workers
+    return study
+
+
+def _contains(dist: BaseDistribution, value: Any) -> bool:
+    """Whether a fixed value lies in a distribution (only such values can be enqueued)."""
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
+
+
+def best_values(study: Study) -> tuple[dict[str, Any], float]:
+    """Best parameters and value of a study's COMPLETE trials."""
+    if n_complete(study) == 0:
+        raise ConfigError(f"study {study.study_name!r} has no complete trial")
+    return dict(study.best_params), float(study.best_value)
+
+
+def importances(study: Study) -> dict[str, float]:
+    """Importance of each tuned parameter (Optuna's default evaluator); empty when it cannot be computed."""
+    try:
+        return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return {}
+
+
+# ---- members scored alone ----
+
+
+def _score(value: float) -> float:
+    return 0.0 if np.isnan(value) else float(value)
+
+
+def member_scores(oof: OofData) -> dict[str, dict[str, float]]:
+    """Each member alone, its boxes cut at the best confidence threshold: the score tuned on all folds (optimistic),
+    and the honest one (for each fold, the threshold best on the other folds keeps that fold's boxes; the pooled
+    kept boxes scored on all OOF images, as the optimistic one is)."""
+    problem = oof.problem
+    folds = np.unique(oof.image_fold)
+    out = {}
+    for name, frame in oof.members.items():
+        curve = problem.evaluator.score_vs_threshold(frame, THRESHOLD_GRID)["score"].fillna(0.0).to_numpy()
+        best = int(np.argmax(curve))
+        kept = []
+        for k in folds:
+            ev = problem.subset(oof.image_fold != k).evaluator
+            boxes = frame[frame["image_id"].isin(ev.image_ids)]
+            cut = THRESHOLD_GRID[int(np.argmax(ev.score_vs_threshold(boxes, THRESHOLD_GRID)["score"].fillna(0.0)))]
+            held = frame[frame["image_id"].isin(problem.image_ids[oof.image_fold == k])]
+            kept.append(held[held["score"].to_numpy() >= cut])
+        honest = _score(problem.evaluator.score(pd.concat(kept, ignore_index=True)).score)
+        out[name] = {"threshold": float(THRESHOLD_GRID[best]), "optimistic": float(curve[best]), "honest": honest}
+    return out
+
+
+# ---- the whole tuning ----
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What `tune` found (also written to `params.json`)."""
+
+    params_path: Path
+    best_params: dict[str, Any]
+    optimistic: float
+    honest: float | None
+    honest_per_fold: dict[int, float]
+    members: dict[str, dict[str, float]]
+    n_complete: int
+    importances: dict[str, float]
+
+
+def tune(spec: EnsembleSpec, n_trials: int | None = None, storage: str | None = None, honest: bool = True,
+         on_trial: Callable[[str, FrozenTrial], None] | None = None, oof: OofData | None = None) -> TuneResult:
+    """Tune the ensemble on all folds' OOF boxes, estimate its score honestly, and write `params.json`.
+
+    Args:
+        spec: The ensemble.
+        n_trials: COMPLETE trials of the main study and of each held-out-fold study (default: the config's
+            `n_trials` and `honest_trials`).
+        storage: Storage URL (default: the config's, else SQLite in `outputs/ensembles/NAME/`).
+        honest: Also run the held-out-fold studies.
+        on_trial: Called with the study name and each finished trial (progress display).
+        oof: Already loaded data (default: `load_oof(spec)`).
+
+    Returns:
+        The result, also written to `outputs/ensembles/NAME/params.json`.
+    """
+    oof = oof or load_oof(spec)
+    url = storage_url(spec, storage)
+    main_trials = n_trials or spec.n_trials
+    study_name = spec.name
+
+    def progress(name: str) -> Callable[[FrozenTrial], None] | None:
+        return None if on_trial is None else (lambda t: on_trial(name, t))
+
+    study = run_study(oof.problem, spec, study_name, url, main_trials, spec.seed, progress(study_name))
+    best, optimistic = best_values(study)
+    per_fold: dict[int, float] = {}
+    if honest:
+        folds = np.unique(oof.image_fold)
+        if len(folds) < 2:
+            raise ConfigError(f"{spec.path}: the honest estimate needs at least 2 folds, the members have "
+                              f"{folds.tolist()}; run with --no-honest")
+        held_out = []
+        for k in folds:
+            name = f"{spec.name}.holdout{k}"
+            sub = run_study(oof.problem.subset(oof.image_fold != k), spec, name, url, n_trials or spec.honest_trials,
+                            spec.seed + 1000 * (int(k) + 1), progress(name))
+            part = oof.problem.subset(oof.image_fold == k)
+            chosen = resolve(spec, best_values(sub)[0])
+            frame = part.submitted(part.predict(chosen), chosen.post)
+            held_out.append(frame.assign(image_id=frame["image_id"].astype(str)))
+            per_fold[int(k)] = _score(part.evaluator.score(held_out[-1]).score)
+        # Scored like the optimistic figure: the pooled held-out predictions of all folds, on all OOF images (a
+        # per-class mAP is not the mean of per-fold mAPs).
+        honest_score: float | None = _score(oof.problem.evaluator.score(pd.concat(held_out, ignore_index=True)).score)
+    else:
+        honest_score = None
+    members = member_scores(oof)
+    result = TuneResult(
+        params_path=EnsembleRun(spec.name).params_path, best_params=best, optimistic=optimistic,
+        honest=honest_score, honest_per_fold=per_fold,
+        members=members, n_complete=n_complete(study), importances=importances(study),
+    )  # fmt: skip
+    write_params(spec, result, oof, url)
+    return result
+
+
+def write_params(spec: EnsembleSpec, result: TuneResult, oof: OofData, url: str) -> Path:
+    """Write `params.json`: parameters, scores, members alone, study summary and where the data came from."""
+
+    record = {
+        "ensemble": spec.name,
+        "config": str(spec.path),
+        "config_sha256": file_sha256(spec.path),
+        "params": _jsonable(flat_params(spec, result.best_params)),
+        "tuned": _jsonable(result.best_params),
+        "scores": {
+            "optimistic": result.optimistic,
+            "honest": result.honest,
+            "honest_per_fold": {str(k): v for k, v in result.honest_per_fold.items()},
+            "best_member_honest": max(m["honest"] for m in result.members.values()),
+        },
+        "members": result.members,
+        "study": {"name": spec.name, "storage": redact(url), "n_complete": result.n_complete, "seed": spec.seed,
+                  "importances": result.importances},
+        "data": {"folds": str(oof.sources.folds), "folds_sha256": file_sha256(oof.sources.folds),
+                 "labels": str(oof.sources.labels), "n_images": len(oof.problem.image_ids),
+                 "n_gt_boxes": len(oof.problem.gt)},
+        "git": git_revision(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return EnsembleRun(spec.name).write_params(record)
+
+
+def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain Python values (numpy scalars and tuples made JSON-friendly)."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, tuple):
+            v = list(v)
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[k] = v
+    return out
+
+
+def summary_frame(result: TuneResult) -> pd.DataFrame:
+    """Members and the ensemble side by side: optimistic and honest OOF scores."""
+    rows = [{"model": name, "optimistic": m["optimistic"], "honest": m["honest"]}
+            for name, m in result.members.items()]
+    rows.append({"model": "ensemble", "optimistic": result.optimistic, "honest": result.honest})
+    return pd.DataFrame(rows)
