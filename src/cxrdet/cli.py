@@ -430,11 +430,12 @@ def package_command(
                      n_test_images=n_test_images, measure=measure, wheelhouse=wheelhouse, overwrite=overwrite)
     typer.echo(f"wrote {result.folder}: {result.n_files} files, {result.n_bytes / 1e6:.1f} MB, wheels "
                f"{', '.join(result.wheels)}")
-    if result.seconds_per_image is not None:
-        limit = f" (limit {result.limit_minutes:g} min)" if result.limit_minutes is not None else ""
-        typer.echo(f"measured {result.seconds:.1f} s for {result.n_images} test images here: "
-                   f"{result.seconds_per_image:.3f} s per image; estimate {result.estimate_minutes:.1f} min{limit}; "
-                   "its submission equals `cxrdet submit`'s")
+    t = result.timing
+    if t is not None:
+        limit = f" of the {result.limit_minutes:g} min limit" if result.limit_minutes is not None else ""
+        typer.echo(f"measured here: {t.seconds:.1f} s on {t.n_images} test images ({t.fixed:.1f} s of start-ups of "
+                   f"{t.n_steps} steps, {t.per_image:.3f} s per image); estimate for {result.estimate_n_images} "
+                   f"images {result.estimate_minutes:.1f} min{limit}; its submission equals `cxrdet submit`'s")
 
 
 # ---- detectors: train, predict ----

@@ -24,10 +24,12 @@ attached files. The bundle (a folder to upload as a Kaggle dataset):
   the measured seconds per image and the time estimate).
 
 Time budget: packaging runs the bundle's own script on this machine's test images (installation skipped: cxrdet is
-installed here), times it, and checks that its `submission.csv` equals `cxrdet submit`'s byte for byte. Seconds per
-image times the test set's size (the sample submission's, or `--n-test-images`) is the estimate; a bundle whose
-estimate exceeds `--max-minutes` (default: the competition's notebook limit) is refused. The folder is written
-beside `--out` and renamed into place only when complete.
+installed here), times it, and checks that its `submission.csv` equals `cxrdet submit`'s byte for byte. The run is
+split into a fixed part, the start-up of each of its `cxrdet` steps (one per input size, fold model and the submit;
+each step's start-up measured as a fresh interpreter importing cxrdet's task layer), and a part per image (the rest,
+over the images run). The estimate is the fixed part plus the per-image part times the test set's size (the sample
+submission's, or `--n-test-images`); a bundle whose estimate exceeds `--max-minutes` (default: the competition's
+notebook limit) is refused. The folder is written beside `--out` and renamed into place only when complete.
 """
 
 from __future__ import annotations
@@ -73,16 +75,45 @@ class BundledFold:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """The measured run of a bundle's script (see the module docstring).
+
+    Attributes:
+        seconds: The whole run.
+        n_images: Test images it ran on.
+        n_steps: Its `cxrdet` steps.
+        startup: Seconds of one step's start-up.
+    """
+
+    seconds: float
+    n_images: int
+    n_steps: int
+    startup: float
+
+    @property
+    def fixed(self) -> float:
+        """Seconds that do not grow with the images (the steps' start-ups, at most the whole run)."""
+        return min(self.seconds, self.n_steps * self.startup)
+
+    @property
+    def per_image(self) -> float:
+        return (self.seconds - self.fixed) / max(self.n_images, 1)
+
+    def minutes_for(self, n_images: int) -> float:
+        """The estimated run on `n_images` test images, in minutes."""
+        return (self.fixed + self.per_image * n_images) / 60.0
+
+
+@dataclass(frozen=True)
 class PackageResult:
-    """What `package` wrote and measured."""
+    """What `package` wrote and measured (`timing` None when not measured)."""
 
     folder: Path
     n_files: int
     n_bytes: int
     wheels: list[str]
-    seconds: float | None
-    n_images: int | None
-    seconds_per_image: float | None
+    timing: Timing | None
+    estimate_n_images: int
     estimate_minutes: float | None
     limit_minutes: float | None
 
@@ -121,8 +152,9 @@ def bundled_folds(spec: Any) -> list[BundledFold]:
             run = Run(experiment, k)
             sidecar = run.sidecar("test") if run.has_predictions("test") else {}
             if not sidecar or not run.has_config():
-                problems.append(f"{experiment} fold {k}: no test predictions or run config ({run.predictions_path('test')}"
-                                f", {run.config_path}): train and predict --split test first")
+                problems.append(f"{experiment} fold {k}: no test predictions or run config "
+                                f"({run.predictions_path('test')}, {run.config_path}): train and predict --split test "
+                                "first")
                 continue
             data = dict(load_config(run.config_path).get("data") or {})
             for key in ("root", "cache"):
@@ -267,7 +299,8 @@ def notebook_json(source: str) -> dict[str, Any]:
         head, _, body = block.partition("\n")
         if head.strip() == "[markdown]":
             text = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in body.splitlines())
-            cells.append({"cell_type": "markdown", "metadata": {}, "source": text.strip("\n").splitlines(keepends=True)})
+            cells.append({"cell_type": "markdown", "metadata": {},
+                          "source": text.strip("\n").splitlines(keepends=True)})
         else:
             cells.append({"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
                           "source": body.strip("\n").splitlines(keepends=True)})
@@ -351,14 +384,15 @@ def package(spec: Any, out: str | Path, data_root: str | Path | None = None, max
         (staging / "inference.ipynb").write_text(json.dumps(notebook_json(source), indent=1) + "\n",
                                                  encoding="utf-8")
         root = Path(data_root) if data_root is not None else sources.labels.parent
-        timing = _measure(spec, staging, root) if measure else None
+        steps = len({f.size for f in folds}) + len(folds) + 1
+        timing = _measure(spec, staging, root, steps) if measure else None
         n_images = n_test_images if n_test_images is not None else len(load_test_image_ids(spec, sources))
-        per_image = timing[0] / timing[1] if timing else None
-        estimate = per_image * n_images / 60.0 if per_image is not None else None
+        estimate = timing.minutes_for(n_images) if timing is not None else None
         if limit is not None and estimate is not None and estimate > limit:
-            raise CxrdetError(f"{spec.name}: the bundle's estimated run, {estimate:.1f} min ({per_image:.2f} s per "
-                              f"image measured here x {n_images} test images), exceeds the limit of {limit:g} min: "
-                              "drop members or folds, or predict at a smaller size")
+            raise CxrdetError(f"{spec.name}: the bundle's estimated run, {estimate:.1f} min ({timing.fixed:.0f} s of "
+                              f"start-ups + {timing.per_image:.3f} s per image measured here x {n_images} test "
+                              f"images), exceeds the limit of {limit:g} min: drop members or folds, or predict at a "
+                              "smaller size")
         _write_records(staging, spec, record, sources, folds, wheels, timing, n_images, estimate, limit, competition)
         if out.exists():
             shutil.rmtree(out)
@@ -367,16 +401,13 @@ def package(spec: Any, out: str | Path, data_root: str | Path | None = None, max
         shutil.rmtree(staging, ignore_errors=True)
         raise
     files = [p for p in out.rglob("*") if p.is_file()]
-    return PackageResult(out, len(files), sum(p.stat().st_size for p in files), wheels,
-                         timing[0] if timing else None, timing[1] if timing else None, per_image, estimate, limit)
+    return PackageResult(out, len(files), sum(p.stat().st_size for p in files), wheels, timing, n_images,
+                         estimate, limit)
 
 
-def _measure(spec: Any, bundle: Path, data_root: Path) -> tuple[float, int]:
-    """Run the bundle's script here (installation skipped), time it and compare its submission with `cxrdet submit`'s.
-
-    Returns:
-        Seconds and the number of test images.
-    """
+def _measure(spec: Any, bundle: Path, data_root: Path, n_steps: int) -> Timing:
+    """Run the bundle's script here (installation skipped), time it and compare its submission with `cxrdet submit`'s;
+    time one step's start-up (a fresh interpreter importing `cxrdet.tasks` and `cxrdet.cli`)."""
     from cxrdet.ensemble.submit import submit
 
     with tempfile.TemporaryDirectory(prefix="cxrdet-bundle-") as tmp:
@@ -394,7 +425,10 @@ def _measure(spec: Any, bundle: Path, data_root: Path) -> tuple[float, int]:
             where = _first_difference(produced, expected.csv)
             raise CxrdetError(f"the bundle's submission differs from `cxrdet submit`'s ({where}): the bundle would not "
                               "submit what was tuned")
-        return seconds, _n_images(produced)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import cxrdet.tasks, cxrdet.cli"], check=True)
+        startup = time.perf_counter() - start
+        return Timing(seconds, _n_images(produced), n_steps, startup)
 
 
 def _n_images(submission: Path) -> int:
@@ -413,14 +447,12 @@ def _first_difference(a: Path, b: Path) -> str:
 
 
 def _write_records(bundle: Path, spec: Any, record: dict[str, Any], sources: Any, folds: Sequence[BundledFold],
-                   wheels: Sequence[str], timing: tuple[float, int] | None, n_images: int, estimate: float | None,
+                   wheels: Sequence[str], timing: Timing | None, n_images: int, estimate: float | None,
                    limit: float | None, competition: Any) -> None:
     """`provenance.json`, `README.md` and the manifest `bundle.json` (written last: it lists every file)."""
     from cxrdet.ensemble.submit import member_provenance
     from cxrdet.provenance import git_revision
 
-    seconds, measured = (timing if timing else (None, None))
-    per_image = seconds / measured if timing else None
     write_json(bundle / "provenance.json", {
         "ensemble": spec.name, "competition": competition.name,
         "config": {"path": str(spec.path), "sha256": file_sha256(spec.path)},
@@ -430,11 +462,13 @@ def _write_records(bundle: Path, spec: Any, record: dict[str, Any], sources: Any
     })  # fmt: skip
     scores = record.get("scores", {})
     timing_text = (f"Measured on the packaging machine ({os.cpu_count()} CPUs"
-                   f"{', ' + _device() if _device() else ''}): {seconds:.1f} s for {measured} test images, "
-                   f"**{per_image:.3f} s per image** (every step included: installation excepted, preparation, "
-                   f"{len(folds)} fold models, fusion and the submission). Estimate for {n_images} test images: "
-                   f"**{estimate:.1f} min**" + (f" of the {limit:g} min limit." if limit is not None else ".")
-                   if timing else "Not measured (`--no-measure`).")
+                   f"{', ' + _device() if _device() else ''}): the script ran {timing.seconds:.1f} s on "
+                   f"{timing.n_images} test images (installation excepted: preparation, {len(folds)} fold models, "
+                   f"fusion and the submission), of which {timing.fixed:.1f} s were the start-ups of its "
+                   f"{timing.n_steps} steps ({timing.startup:.1f} s each) and the rest **{timing.per_image:.3f} s per "
+                   f"image**. Estimate for {n_images} test images: **{estimate:.1f} min**"
+                   + (f" of the {limit:g} min limit." if limit is not None else ".")
+                   if timing is not None else "Not measured (`--no-measure`).")
     (bundle / "README.md").write_text(f"""# {spec.name}: offline bundle for {competition.title}
 
 Generated by `cxrdet package` on {datetime.now(UTC).date().isoformat()} from git {git_revision().get('commit')}.
@@ -464,8 +498,11 @@ Generated by `cxrdet package` on {datetime.now(UTC).date().isoformat()} from git
     write_json(bundle / "bundle.json", {
         "ensemble": spec.name, "competition": competition.name, "wheels": list(wheels),
         "folds": [{"experiment": f.experiment, "fold": f.fold, "size": f.size, "tta": f.tta} for f in folds],
-        "timing": {"seconds": seconds, "n_images": measured, "seconds_per_image": per_image,
-                   "estimate_n_images": n_images, "estimate_minutes": estimate, "limit_minutes": limit},
+        "timing": None if timing is None else {
+            "seconds": timing.seconds, "n_images": timing.n_images, "n_steps": timing.n_steps,
+            "startup_seconds": timing.startup, "fixed_seconds": timing.fixed, "seconds_per_image": timing.per_image,
+        },
+        "estimate": {"n_images": n_images, "minutes": estimate, "limit_minutes": limit},
         "files": {p.relative_to(bundle).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
                   for p in files},
     })  # fmt: skip
