@@ -28,7 +28,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(("train", "predict"), 3),
     **dict.fromkeys(("report", "explain", "deploy"), 4),
     "tasks": 5,
-    "cli": 6,
+    **dict.fromkeys(("cli", "__main__"), 6),
 }
 
 
