@@ -52,7 +52,8 @@ def test_a_bundle_reproduces_the_submission_for_every_competition(competition: s
     images = images_for_folds(root / labels)
     multilabel = multilabel_classes(images, label_classes(root / labels, "auto"))
     (tmp_path / "outputs" / "folds").mkdir(parents=True)
-    write_folds(make_folds(images, k=2, seed=3, multilabel=multilabel), tmp_path / "outputs" / "folds" / "bundle_k2.csv")
+    folds = make_folds(images, k=2, seed=3, multilabel=multilabel)
+    write_folds(folds, tmp_path / "outputs" / "folds" / "bundle_k2.csv")
     cfg = to_dict(load_config(paths.CONFIGS_DIR / "experiments" / f"{experiment}.py",
                               [f"{k}={v}" for k, v in QUICK.items()]))
     for fold in (0, 1):
