@@ -19,12 +19,13 @@ N_TRAIN=${DEMO_SIIM_N_TRAIN:-200}
 N_TEST=${DEMO_SIIM_N_TEST:-50}
 SEED=${DEMO_SEED:-42}
 SIZE=128
-K=5
+K=3
 FOLDS="$OUT/folds/demo_siim_k${K}.csv"
 SUBS="$OUT/demo/submissions"
 BUNDLE="$OUT/demo/bundles/demo_siim"
 MODELS=(siim-fcos_mnv3s_128_tiny12e siim-cls_regnetx002_128_tiny12e)
 ENSEMBLES=(demo_siim_detector demo_siim)
+STEPS_TOTAL=8
 source scripts/demo_steps.sh
 
 step "1/8 synthetic SIIM-layout data: $N_TRAIN train + $N_TEST test studies -> $CXRDET_DATA"

@@ -9,9 +9,9 @@ step() { printf '\n==> [%4ds] %s\n' $((SECONDS - start)) "$*"; }
 train_and_predict() {
     local model
     for model in "$@"; do
-        step "4/7 train $model on every fold"
+        step "4/${STEPS_TOTAL:-7} train $model on every fold"
         bash scripts/train_folds.sh "configs/experiments/$model.py" -- --overwrite
-        step "5/7 predict OOF and test outputs of $model"
+        step "5/${STEPS_TOTAL:-7} predict OOF and test outputs of $model"
         bash scripts/predict_folds.sh "configs/experiments/$model.py" -- --split oof --split test
     done
 }

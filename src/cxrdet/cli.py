@@ -6,6 +6,7 @@ Heavy imports (torch, pydicom, ...) happen inside each command so that `cxrdet -
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -498,8 +499,9 @@ def train_command(
             overrides.append(f"train.{key}={value}")
     cfg = load_config(config, overrides)
     result = train(cfg, fold, resume=resume, overwrite=overwrite)
-    typer.echo(f"{result.run_dir}: best {result.monitor} {result.best_score:.4f} at threshold "
-               f"{result.best_threshold:.2f} ({result.best_checkpoint})")
+    # A multi-label or multi-class classifier has no single threshold: say nothing rather than "nan".
+    cut = "" if math.isnan(result.best_threshold) else f" at threshold {result.best_threshold:.2f}"
+    typer.echo(f"{result.run_dir}: best {result.monitor} {result.best_score:.4f}{cut} ({result.best_checkpoint})")
 
 
 @app.command("predict")

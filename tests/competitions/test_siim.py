@@ -223,14 +223,26 @@ def test_complete_adds_none_by_rule_and_pools_study_probabilities() -> None:
     images = STUDY_INFO[["image_id", "study_id"]].assign(prob_negative=[0.1, 0.5, 0.9], prob_typical=[0.7, 0.3, 0.1],
                                                         prob_indeterminate=0.1, prob_atypical=0.1)
     mean = complete(boxes, ids, prob, images).set_index(["image_id", "label"])["score"]
-    assert mean[("s2_study", STUDY_OFFSET)] == pytest.approx(0.7) and mean[("s1_study", STUDY_OFFSET + 1)] == 0.7
+    assert mean[("s2_study", STUDY_OFFSET)] == pytest.approx(0.7)
+    assert mean[("s1_study", STUDY_OFFSET + 1)] == pytest.approx(0.7)  # with the default weight and power: the classifier
     high = complete(boxes, ids, prob, images, PostParams(study_pool="max")).set_index(["image_id", "label"])["score"]
     assert high[("s2_study", STUDY_OFFSET)] == pytest.approx(0.9)
     assert len(mean[mean.index.get_level_values(0).str.endswith("_study")]) == 8  # 2 studies x 4 classes
-    # Without study probabilities: negative is the pooled none confidence, the others its complement.
+    # Without study probabilities: negative is the pooled none confidence, the others a third of its complement each.
     fallback = complete(boxes, ids, None, STUDY_INFO[["image_id", "study_id"]]).set_index(["image_id", "label"])
     assert fallback.at[("s2_study", STUDY_OFFSET), "score"] == pytest.approx((0.2 + 1.0) / 2)
-    assert fallback.at[("s2_study", STUDY_OFFSET + 3), "score"] == pytest.approx(1 - 0.6)
+    assert fallback.at[("s2_study", STUDY_OFFSET + 3), "score"] == pytest.approx((1 - 0.6) / 3)
+    # study_weight mixes the classifier's P(negative) with the detector's; study_power 0 spreads the rest evenly.
+    mixed = complete(boxes, ids, prob, images, PostParams(study_weight=0.25, study_power=0.0))
+    mixed = mixed.set_index(["image_id", "label"])["score"]
+    negative = 0.25 * 0.7 + 0.75 * (0.2 + 1.0) / 2  # s2: classifier 0.7, detector none 0.6
+    assert mixed[("s2_study", STUDY_OFFSET)] == pytest.approx(negative)
+    assert mixed[("s2_study", STUDY_OFFSET + 1)] == pytest.approx((1 - negative) / 3)
+    sharp = complete(boxes, ids, prob, images, PostParams(study_power=2.0)).set_index(["image_id", "label"])["score"]
+    q = np.array([0.7, 0.1, 0.1]) ** 2  # s1's positive categories
+    assert sharp[("s1_study", STUDY_OFFSET + 1)] == pytest.approx(0.9 * q[0] / q.sum())
+    with pytest.raises(ConfigError, match="study_weight 1.5"):
+        PostParams(study_weight=1.5)
     kept = complete(PRED, ids, prob, images)  # rows already there are kept as given
     assert len(kept) == len(PRED)
 

@@ -336,3 +336,23 @@ def test_cli_folds_on_a_synthetic_nih_table(tmp_path: Path) -> None:
     folds = read_folds(out)
     assert len(folds) == 80 and set(folds["fold"]) == {0, 1, 2, 3, 4}
     assert_grouped(folds)
+
+
+def test_siim_folds_keep_a_study_together_and_balance_its_category(tmp_path: Path) -> None:
+    """SIIM images carry their study as patient id: a study's images share a fold; each fold gets its share of every
+    study category, which the summary table shows."""
+    from cxrdet.data.folds import fold_summary, images_for_folds, make_folds, summary_table
+    from cxrdet.synth.siim import generate_siim_dataset
+
+    root = tmp_path / "siim"
+    generate_siim_dataset(root, 80, 0, seed=2, scale=0.02, workers=1, grid=32)
+    images = images_for_folds(root / "train_image_level.csv")
+    folds = make_folds(images, k=4, seed=0)
+    assert folds.groupby("patient_id")["fold"].nunique().max() == 1
+    study_of = images.set_index("image_id")["study_id"]
+    assert (folds["patient_id"].to_numpy() == study_of.loc[folds["image_id"]].to_numpy()).all()
+    summary = fold_summary(folds, images).set_index("fold")
+    shares = summary.drop(index="all")["typical_share"]
+    assert abs(shares - summary.at["all", "typical_share"]).max() < 0.1
+    assert {"negative_share", "indeterminate_share", "atypical_share"} <= set(summary.columns)
+    assert "typic %" in [c.header for c in summary_table(fold_summary(folds, images)).columns]

@@ -430,10 +430,14 @@ def complete(pred: pd.DataFrame, image_ids: Sequence[str], prob: np.ndarray | No
     - `none`: `w * (1 - p) + (1 - w) * (1 - top opacity score)`, `p` the classifier's P(opacity) of the image
       (`prob`, aligned with `image_ids`), `w` = `post.none_weight` (default 1 with a classifier, else 0). Kept as
       given when `pred` already has `none` rows.
-    - studies (`images`: `image_id, study_id` and one `prob_<class>` column per study class, a study classifier's
-      probabilities): each class's confidence is the `post.study_pool` (`mean`, default, or `max`) of its images'
-      probabilities; without `prob_` columns, `negative` is the pooled none confidence and the other three the
-      pooled 1 - none. Kept as given when `pred` already has study rows.
+    - studies (`images`: `image_id, study_id` and optional `prob_<class>` columns, a study classifier's
+      probabilities): each column is pooled over the study's images by `post.study_pool` (`mean`, default, or `max`),
+      and so is the detector's none confidence of each image (1 - top opacity score). The study's `negative` is
+      `w * P(negative) + (1 - w) * pooled detector none` with `w` = `post.study_weight` (default 1 with classifier
+      probabilities, else 0); each positive category's is `(1 - negative) * q ** s / sum(q ** s)` over the three,
+      `q` their pooled probabilities and `s` = `post.study_power` (default 1: with `w = 1` these are the classifier's
+      own probabilities; `s = 0`, or no classifier: a third of 1 - negative each). Kept as given when `pred` already
+      has study rows.
 
     Args:
         pred: `image_id, x1, y1, x2, y2, score, label` (extra columns dropped).
@@ -465,17 +469,26 @@ def complete(pred: pd.DataFrame, image_ids: Sequence[str], prob: np.ndarray | No
             raise ConfigError(f"postprocess.study_pool={pool!r}: expected one of {list(STUDY_POOLS)}")
         table = _studies_of(images, ids)
         columns = [f"prob_{c}" for c in STUDY_CLASSES]
-        if set(columns) <= set(table.columns):
-            per_image = table[columns].to_numpy(dtype=np.float64)
+        has_probs = set(columns) <= set(table.columns)
+        per_image = pd.DataFrame({"detector": np.clip(detector, 0.0, 1.0)})
+        if has_probs:
+            per_image[list(STUDY_CLASSES)] = table[columns].to_numpy(dtype=np.float64)
+        pooled = per_image.groupby(table["study_id"].to_numpy(), sort=False).agg(pool)
+        w = getattr(post, "study_weight", None)
+        w = (1.0 if has_probs else 0.0) if w is None else float(w)
+        negative = pooled["detector"].to_numpy()
+        if has_probs:
+            negative = w * pooled[STUDY_CLASSES[0]].to_numpy() + (1.0 - w) * negative
+            power = float(getattr(post, "study_power", 1.0))
+            q = np.clip(pooled[list(STUDY_CLASSES[1:])].to_numpy(), 1e-12, None) ** power
+            share = q / q.sum(axis=1, keepdims=True)
         else:
-            per_image = np.column_stack([none] + [1.0 - none] * (len(STUDY_CLASSES) - 1))
-        pooled = pd.DataFrame(per_image, columns=list(STUDY_CLASSES)).groupby(table["study_id"].to_numpy(),
-                                                                              sort=False).agg(pool)
+            share = np.full((len(pooled), len(STUDY_CLASSES) - 1), 1.0 / (len(STUDY_CLASSES) - 1))
+        scores = np.column_stack([negative, (1.0 - negative)[:, None] * share])
         keys = np.asarray([study_key(s) for s in pooled.index], dtype=object)
-        for k, name in enumerate(STUDY_CLASSES):
+        for k in range(len(STUDY_CLASSES)):
             parts.append(pd.DataFrame({"image_id": keys, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
-                                       "score": np.clip(pooled[name].to_numpy(), 0.0, 1.0),
-                                       "label": STUDY_OFFSET + k}))
+                                       "score": np.clip(scores[:, k], 0.0, 1.0), "label": STUDY_OFFSET + k}))
     parts = [p for p in parts if len(p)]
     return pd.concat(parts, ignore_index=True) if parts else pred
 

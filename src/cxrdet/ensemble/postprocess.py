@@ -15,8 +15,10 @@ Applied by `postprocess` in this order (a step whose parameter has its neutral v
 
 Two parameters act after these steps, in the competition's `complete` (the rows a submission needs besides the
 boxes): `none_weight`, the weight of the classifier against the detector in an image's no-finding confidence
-(VinBigData's class 14, SIIM's `none`; None: the classifier alone when there is one), and `study_pool`, how SIIM
-pools its images' class probabilities into a study's (`mean` or `max`).
+(VinBigData's class 14, SIIM's `none`; None: the classifier alone when there is one), and for SIIM's study rows
+`study_pool` (how a study's images are pooled: `mean` or `max`), `study_weight` (the weight of the classifier's
+P(negative) against the detector's in the study's `negative`) and `study_power` (how sharply the classifier's split
+among the three positive categories applies: 0 ignores it).
 
 The per-member confidence threshold acts before fusion (`FusionInput.fuse(member_thr=...)`).
 """
@@ -52,6 +54,10 @@ class PostParams:
         none_weight: In [0, 1]: the no-finding confidence is `w * (1 - p) + (1 - w) * (1 - top box score)` with
             `p` the classifier's probability; None: 1 with a classifier, 0 without (see `Competition.complete`).
         study_pool: `mean` or `max` of a study's images' class probabilities (SIIM).
+        study_weight: In [0, 1]: a study's `negative` is `w * classifier P(negative) + (1 - w) * (its images' pooled
+            none confidence from the detector)`; None: 1 with a classifier, 0 without (SIIM).
+        study_power: >= 0: each positive category's confidence is `(1 - negative) * q ** power` normalised over the
+            three, `q` the classifier's probabilities (SIIM; default 1).
     """
 
     vote_power: float = 0.0
@@ -63,6 +69,8 @@ class PostParams:
     class_thr: tuple[float, ...] = ()
     none_weight: float | None = None
     study_pool: str = "mean"
+    study_weight: float | None = None
+    study_power: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -74,6 +82,10 @@ class PostParams:
             problems.append(f"vote_power {self.vote_power!r}, cls_alpha {self.cls_alpha!r}: expected numbers >= 0")
         if self.none_weight is not None and not 0.0 <= self.none_weight <= 1.0:
             problems.append(f"none_weight {self.none_weight!r}: expected None or a number in [0, 1]")
+        if self.study_weight is not None and not 0.0 <= self.study_weight <= 1.0:
+            problems.append(f"study_weight {self.study_weight!r}: expected None or a number in [0, 1]")
+        if not self.study_power >= 0:
+            problems.append(f"study_power {self.study_power!r}: expected a number >= 0")
         if self.study_pool not in ("mean", "max"):
             problems.append(f"study_pool {self.study_pool!r}: expected 'mean' or 'max'")
         if problems:

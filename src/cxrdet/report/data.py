@@ -50,6 +50,8 @@ class ReportData:
         runs: The training runs behind it.
         notes: Lines for the report's header.
         competition: Whose metric the scores are (None: RSNA).
+        images: For a competition with studies (SIIM): per OOF image `image_id, study_id, study_class`, what its
+            evaluator scores the study rows against; else None.
     """
 
     name: str
@@ -64,6 +66,7 @@ class ReportData:
     runs: list[Run]
     notes: list[str] = field(default_factory=list)
     competition: Competition | None = None
+    images: pd.DataFrame | None = None
 
     @property
     def primary(self) -> str:
@@ -77,7 +80,8 @@ class ReportData:
     def evaluator(self, image_ids: pd.Index | None = None) -> Evaluator:
         """The competition metric on `image_ids` (default: every OOF image)."""
         ids = self.image_ids if image_ids is None else image_ids
-        return self.contest.evaluator(self.gt[self.gt["image_id"].isin(ids)], ids)
+        images = None if self.images is None else self.images[self.images["image_id"].isin(ids)]
+        return self.contest.evaluator(self.gt[self.gt["image_id"].isin(ids)], ids, images)
 
 
 def _data_of_run(run: Run) -> Any:
@@ -96,12 +100,19 @@ def _fold_images(data: Any, folds_used: Sequence[int]) -> pd.Series:
     return pd.Series(folds["fold"].to_numpy(), index=pd.Index(folds["image_id"].astype(str)))
 
 
-def _ground_truth(data: Any, competition: Competition, image_ids: pd.Index) -> pd.DataFrame:
-    """The competition's ground-truth boxes of `image_ids`, the run's `data.readers` scored as validation scored."""
+def _ground_truth(data: Any, competition: Competition, image_ids: pd.Index
+                  ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The competition's ground-truth boxes of `image_ids`, the run's `data.readers` scored as validation scored, and
+    for a competition with studies the images' `image_id, study_id, study_class` (else None)."""
     from cxrdet.data.labels import read_labels
 
-    truth = competition.ground_truth(read_labels(data_layout(data.root).labels_csv), scored_readers(data.readers))
-    return truth[truth["image_id"].isin(image_ids)].reset_index(drop=True)
+    labels = read_labels(data_layout(data.root).labels_csv)
+    truth = competition.ground_truth(labels, scored_readers(data.readers))
+    images = None
+    if competition.studies is not None:
+        table = labels.images[["image_id", "study_id", "study_class"]].drop_duplicates("image_id")
+        images = table.set_index("image_id").reindex(image_ids).rename_axis("image_id").reset_index()
+    return truth[truth["image_id"].isin(image_ids)].reset_index(drop=True), images
 
 
 def _cache_meta(data: Any, image_ids: pd.Index) -> pd.DataFrame:
@@ -136,13 +147,13 @@ def load_experiment(experiment: str) -> ReportData:
     competition = of_data({"root": data.root, "competition": data.competition})
     image_fold = _fold_images(data, [r.fold for r in runs])
     image_ids = image_fold.index
-    gt, meta = _ground_truth(data, competition, image_ids), _cache_meta(data, image_ids)
+    (gt, images), meta = _ground_truth(data, competition, image_ids), _cache_meta(data, image_ids)
     pred = pd.concat([r.read_predictions("oof") for r in runs], ignore_index=True)
-    curve = competition.evaluator(gt, image_ids).score_vs_threshold(pred, CUTS)
+    curve = competition.evaluator(gt, image_ids, images).score_vs_threshold(pred, CUTS)
     return ReportData(
         name=experiment, kind="experiment", image_ids=image_ids, image_fold=image_fold, gt=gt,
         predictions={experiment: pred}, chosen={experiment: best_cut(curve)}, meta=meta, cache=data.cache,
-        runs=runs, competition=competition,
+        runs=runs, competition=competition, images=images,
         notes=[f"folds {', '.join(str(r.fold) for r in runs)}; the chosen cut is the best of the pooled OOF curve "
                "(tuned on the same images it is scored on: slightly optimistic)"],
     )  # fmt: skip
@@ -182,7 +193,7 @@ def load_ensemble_data(config: Path) -> ReportData:
     return ReportData(
         name=spec.name, kind="ensemble", image_ids=problem.image_ids, image_fold=pd.Series(oof.image_fold,
         index=problem.image_ids), gt=problem.gt, predictions=predictions, chosen=chosen, meta=meta,
-        cache=data.cache, runs=runs, competition=problem.competition,
+        cache=data.cache, runs=runs, competition=problem.competition, images=problem.images,
         notes=[f"members: {', '.join(spec.member_names)}; folds {', '.join(map(str, spec.folds_used))}",
                f"tuned OOF score {number(scores.get('optimistic'))} (optimistic), honest "
                f"{number(scores.get('honest'))} (nested across folds; '-' when not run)",

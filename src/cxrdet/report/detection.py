@@ -6,7 +6,9 @@ Figures (fixed pixel sizes, `cxrdet.report.figures.FIGURES`):
   metric's greedy matching);
 - `per_iou.png`: the metric at the chosen cut, per IoU threshold (RSNA: its own per-threshold means; a VOC-scored
   competition: the mAP of the finding classes at each IoU threshold);
-- `per_class.png`: the AP of each finding class at IoU > 0.4 (VOC all-point) at the chosen cut, per prediction set;
+- `per_class.png`: the AP of each class at the chosen cut, per prediction set: the classes of the competition's metric
+  where it scores per class (VinBigData's 15 at IoU > 0.4, SIIM's six at IoU > 0.5, the rows a submission adds
+  included), else each detection class at IoU > 0.4 (VOC all-point);
 - `curves.png`: training loss and validation score per epoch, per experiment and fold (CSV logs);
 - `gallery.png`: OOF images, best, worst and with the most false positives: ground truth black, predictions green;
 - `errors.png`: false negatives and false positives grouped by box size, lung zone, view position and sex;
@@ -230,17 +232,31 @@ def per_iou_rows(data: ReportData, at_cut: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def class_ap(data: ReportData, name: str) -> pd.DataFrame:
+    """AP per class of one prediction set at its cut (its detection boxes cut; the rows a submission adds kept): the
+    competition metric's own table when it scores per class (`per_class` of its result: VinBigData, SIIM), else
+    `finding_ap` at IoU > 0.4 (RSNA)."""
+    frame = data.predictions[name]
+    detection = frame["label"].to_numpy() < len(data.contest.classes) if "label" in frame.columns else None
+    if detection is not None:
+        result = data.evaluator().score(frame[~detection | (frame["score"].to_numpy() >= data.chosen[name])])
+        table = getattr(result, "per_class", None)
+        if table is not None:
+            return table.reset_index(drop=True)
+    return finding_ap(data, name, 0.4)
+
+
 def plot_per_class(data: ReportData, folder: Path) -> tuple[Path, pd.DataFrame]:
-    """`per_class.png` and its table: AP at IoU > 0.4 of each class, per prediction set at its chosen cut."""
-    tables = {name: finding_ap(data, name, 0.4) for name in data.predictions}
-    classes = list(data.contest.classes)
+    """`per_class.png` and its table: AP of each class, per prediction set at its chosen cut (`class_ap`)."""
+    tables = {name: class_ap(data, name) for name in data.predictions}
+    classes = next(iter(tables.values()))["class"].tolist()
     fig, ax = new_figure("per_class")
     width = 0.8 / max(len(tables), 1)
     x = np.arange(len(classes))
     for i, (name, table) in enumerate(tables.items()):
         ax.bar(x + i * width, table["ap"].fillna(0.0).to_numpy(), width, label=name)
     ax.set_xticks(x + width * (len(tables) - 1) / 2, classes, rotation=30, ha="right", fontsize=7)
-    ax.set(ylabel="AP at IoU > 0.4 (OOF)", ylim=(0, 1.02), title="AP per class at the chosen cut")
+    ax.set(ylabel=f"AP (OOF, {data.contest.metric})", ylim=(0, 1.02), title="AP per class at the chosen cut")
     ax.legend(fontsize=8)
     first = next(iter(tables.values()))
     rows = pd.DataFrame({"class": classes, "true boxes": first["n_gt"].to_numpy()})
@@ -400,7 +416,8 @@ def write_report(data: ReportData, out_dir: str | Path | None = None) -> Path:
 {figure("threshold", f"{metric} score of the OOF boxes kept at each cut; dots and dotted lines mark the chosen cuts")}
 {table_html(at_cut)}
 <h2>AP per class</h2>
-{figure("per_class", "AP of each class at IoU > 0.4 (VOC all-point) at the chosen cut, per prediction set")}
+{figure("per_class", "AP of each class of the competition's metric (VOC all-point; detection classes at IoU > "
+         "0.4 where the metric has no per-class AP) at the chosen cut, per prediction set")}
 {table_html(class_table)}
 <h2>Precision and recall</h2>
 {figure("pr", "Precision-recall of boxes ranked over all OOF images, at IoU 0.4 and 0.75")}

@@ -220,8 +220,11 @@ def fold_summary(folds: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
 
     Columns: `fold` (str), `images`, `patients`, `positive_rate`, `mean_boxes`, `ap_share` (AP among images with a
     known view), `male_share` (M among images with a known sex), `mean_age`; NaN where `images` lacks the column.
+    A table with study categories (SIIM's `study_label`) adds one `<category>_share` column per category, in order of
+    frequency.
     """
     table = folds[["image_id", "fold"]].merge(images, on="image_id", how="left", validate="one_to_one")
+    categories = (table["study_label"].value_counts().index.tolist() if "study_label" in table.columns else [])
 
     def summarise(part: pd.DataFrame) -> dict[str, float]:
         def share(col: str, value: str) -> float:
@@ -241,6 +244,7 @@ def fold_summary(folds: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
             "ap_share": share("view", "AP"),
             "male_share": share("sex", "M"),
             "mean_age": mean("age"),
+            **{f"{c}_share": float((part["study_label"] == c).mean()) for c in categories},
         }
 
     rows = [{"fold": str(f), **summarise(part)} for f, part in table.groupby("fold", sort=True)]
@@ -254,9 +258,13 @@ def summary_table(summary: pd.DataFrame, title: str = "folds") -> Table:
                "mean_age": "age"}  # fmt: skip
     table = Table(title=title)
     for col in summary.columns:
-        table.add_column(headers.get(col, col), justify="left" if col == "fold" else "right")
+        name = headers.get(col, col.removesuffix("_share")[:5] + " %" if col.endswith("_share") else col)
+        table.add_column(name, justify="left" if col == "fold" else "right")
     formats = {"positive_rate": "{:.2%}", "ap_share": "{:.2%}", "male_share": "{:.2%}", "mean_boxes": "{:.3f}",
                "mean_age": "{:.1f}"}  # fmt: skip
+    for col in summary.columns:
+        if col.endswith("_share") and col not in formats:  # study categories (SIIM)
+            formats[col] = "{:.2%}"
     for _, row in summary.iterrows():
         if row["fold"] == "all":
             table.add_section()
