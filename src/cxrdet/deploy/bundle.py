@@ -199,7 +199,16 @@ def build_wheels(folder: Path, names: Sequence[str], wheelhouse: Path | None = N
     if not (paths.REPO_ROOT / "pyproject.toml").is_file():
         raise CxrdetError(f"{paths.REPO_ROOT}: no pyproject.toml: package from a cxrdet checkout")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(folder), str(paths.REPO_ROOT)], "cxrdet")
+    # Built from a copy of what the wheel holds: setuptools writes build/ into the source folder and may carry stale
+    # files of an earlier build into the wheel.
+    with tempfile.TemporaryDirectory(prefix="cxrdet-wheel-") as tmp:
+        source = Path(tmp) / "cxrdet"
+        shutil.copytree(paths.REPO_ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__",
+                                                                                              "*.egg-info"))
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            if (paths.REPO_ROOT / name).is_file():
+                shutil.copy2(paths.REPO_ROOT / name, source / name)
+        _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(folder), str(source)], "cxrdet")
     pins = []
     for name in names:
         try:
