@@ -224,7 +224,7 @@ def test_complete_adds_none_by_rule_and_pools_study_probabilities() -> None:
                                                         prob_indeterminate=0.1, prob_atypical=0.1)
     mean = complete(boxes, ids, prob, images).set_index(["image_id", "label"])["score"]
     assert mean[("s2_study", STUDY_OFFSET)] == pytest.approx(0.7)
-    assert mean[("s1_study", STUDY_OFFSET + 1)] == pytest.approx(0.7)  # with the default weight and power: the classifier
+    assert mean[("s1_study", STUDY_OFFSET + 1)] == pytest.approx(0.7)  # default weight and power: the classifier
     high = complete(boxes, ids, prob, images, PostParams(study_pool="max")).set_index(["image_id", "label"])["score"]
     assert high[("s2_study", STUDY_OFFSET)] == pytest.approx(0.9)
     assert len(mean[mean.index.get_level_values(0).str.endswith("_study")]) == 8  # 2 studies x 4 classes

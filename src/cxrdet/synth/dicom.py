@@ -149,3 +149,18 @@ def write_raw_dicom(path: str | Path, stored: npt.NDArray[np.uint16], image_id: 
     with cio.atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return Path(path)
+
+
+def refuse_foreign_root(root: Path) -> None:
+    """Refuse to write a synthetic data set into a folder holding data that `cxrdet synth` did not make (a real
+    download): one that is not empty and has no `synth_truth.csv` (VinBigData, SIIM).
+
+    Raises:
+        CxrdetError: Naming the folder.
+    """
+    from cxrdet.errors import CxrdetError
+
+    root = Path(root)
+    if root.exists() and not (root / "synth_truth.csv").exists() and any(root.iterdir()):
+        raise CxrdetError(f"{root}: not empty and not a synthetic data set (no synth_truth.csv): refusing to "
+                          "overwrite it; choose an empty or new folder")

@@ -52,7 +52,8 @@ from cxrdet.competitions.siim import (
     STUDY_SUFFIX,
     SiimLayout,
 )
-from cxrdet.errors import ConfigError, CxrdetError
+from cxrdet.errors import ConfigError
+from cxrdet.synth.dicom import refuse_foreign_root
 from cxrdet.synth.render import IMAGE_SIZE, render_image
 
 REAL_STUDY_COUNTS: Final[dict[str, int]] = {"negative": 1676, "typical": 2855, "indeterminate": 1049, "atypical": 474}
@@ -272,14 +273,6 @@ class SiimSynthSummary:
     seconds: float
 
 
-def _check_output_folder(layout: SiimLayout) -> None:
-    """Refuse to write into a folder holding data that `cxrdet synth` did not make (a real download)."""
-    root = layout.root
-    if root.exists() and not (root / "synth_truth.csv").exists() and any(root.iterdir()):
-        raise CxrdetError(f"{root}: not empty and not a synthetic data set (no synth_truth.csv): refusing to "
-                          "overwrite it; choose an empty or new folder")
-
-
 def generate_siim_dataset(out: str | Path, n_train: int, n_test: int, seed: int = 0, scale: float = 0.2,
                           workers: int | None = None, grid: int = 256) -> SiimSynthSummary:
     """Write a synthetic SIIM-COVID data set into `out` (see the module docstring for the files).
@@ -300,7 +293,7 @@ def generate_siim_dataset(out: str | Path, n_train: int, n_test: int, seed: int 
     start = time.perf_counter()
     images = sample_siim_studies(n_train, n_test, seed, scale)
     layout = SiimLayout(Path(out))
-    _check_output_folder(layout)
+    refuse_foreign_root(layout.root)
     for split in ("train", "test"):
         if layout.images_dir(split).exists():
             shutil.rmtree(layout.images_dir(split))  # a synthetic set's own folders (checked above)

@@ -50,8 +50,9 @@ import pandas as pd
 
 from cxrdet import io as cio
 from cxrdet.competitions.vinbigdata import CLASSES, COLUMNS, NO_FINDING, NO_FINDING_ID, VinBigDataLayout
-from cxrdet.errors import ConfigError, CxrdetError
+from cxrdet.errors import ConfigError
 from cxrdet.synth.nih import FindingSigns, _Draft, _ellipse, _lung_point
+from cxrdet.synth.dicom import refuse_foreign_root
 from cxrdet.synth.render import IMAGE_SIZE, Anatomy, Canvas, Layers, LungField, child_rng, render_image
 
 # ---- calibration (see the module docstring for the sources) ----
@@ -378,14 +379,6 @@ def _render_and_write(task: tuple[VinImage, str, int]) -> list[tuple[int, float,
     return truth
 
 
-def _check_output_folder(layout: VinBigDataLayout) -> None:
-    """Refuse to write into a folder holding data that `cxrdet synth` did not make (a real download)."""
-    root = layout.root
-    if root.exists() and not (root / "synth_truth.csv").exists() and any(root.iterdir()):
-        raise CxrdetError(f"{root}: not empty and not a synthetic data set (no synth_truth.csv): refusing to "
-                          "overwrite it; choose an empty or new folder")
-
-
 def generate_vinbigdata_dataset(out: str | Path, n_train: int, n_test: int, seed: int = 0, scale: float = 0.25,
                                 workers: int | None = None, grid: int = 256) -> VinSynthSummary:
     """Write a synthetic VinBigData data set into `out` (see the module docstring for the files).
@@ -404,7 +397,7 @@ def generate_vinbigdata_dataset(out: str | Path, n_train: int, n_test: int, seed
     start = time.perf_counter()
     images = sample_vinbigdata_images(n_train, n_test, seed, scale)
     layout = VinBigDataLayout(Path(out))
-    _check_output_folder(layout)
+    refuse_foreign_root(layout.root)
     for split in ("train", "test"):
         layout.images_dir(split).mkdir(parents=True, exist_ok=True)
         for stale in layout.images_dir(split).glob("*.dicom"):
