@@ -58,7 +58,10 @@ def test_both_modules_share_the_base_and_name_their_monitor() -> None:
 
 
 def test_resolve_loss_defaults_and_errors() -> None:
-    assert resolve_loss(None, 2) == {"type": "bce", "pos_weight": None, "gamma": 2.0, "alpha": None}
+    assert resolve_loss(None, 2) == {"type": "bce", "pos_weight": None, "gamma": 2.0, "alpha": None,
+                                     "label_smoothing": 0.0}
+    with pytest.raises(ConfigError, match=r"label_smoothing=0.1: only for type='ce'"):
+        resolve_loss({"label_smoothing": 0.1}, 2)
     assert resolve_loss({"pos_weight": 3}, 2)["pos_weight"] == [3.0, 3.0]
     assert resolve_loss({"pos_weight": "auto", "type": "focal"}, 2)["pos_weight"] == "auto"
     with pytest.raises(ConfigError, match=r"loss: unknown key\(s\) \['weight'\]"):
@@ -192,3 +195,34 @@ def test_classifier_config_builds_and_takes_a_training_step(path: Path) -> None:
     module.eval()
     with torch.no_grad():
         assert module.inference_model()(images).shape == (2, k)
+
+
+def test_the_multi_class_loss_is_softmax_cross_entropy_and_wants_one_class_per_image() -> None:
+    from cxrdet.models.lit_classifier import class_weights, probabilities
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    cfg = resolve_loss({"type": "ce"}, 3)
+    by_hand = -(torch.log_softmax(logits, 1)[0, 0] + torch.log_softmax(logits, 1)[1, 2]) / 2
+    torch.testing.assert_close(classification_loss(logits, targets, cfg, None), by_hand)
+    weighted = classification_loss(logits, targets, cfg, torch.tensor([1.0, 1.0, 3.0]))
+    lsm = torch.log_softmax(logits, 1)
+    torch.testing.assert_close(weighted, -(lsm[0, 0] + 3 * lsm[1, 2]) / 4)  # torch's weighted mean
+    with pytest.raises(ConfigError, match=r"image 1 of the batch has targets \[1.0, 1.0, 0.0\]: expected exactly one"):
+        classification_loss(logits, torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]), cfg, None)
+    torch.testing.assert_close(probabilities(logits, multiclass=True).sum(1), torch.ones(2))
+    assert class_weights(np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])) == pytest.approx([4 / 6, 4 / 3, 4 / 3])
+
+
+def test_the_study_level_map_pools_a_study_s_images() -> None:
+    from cxrdet.metrics.classification import group_map
+
+    truth = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    groups = np.array(["a", "a", "b", "c"])
+    # mean per study: a (0.55, 0.45), b (0.6, 0.4), c (0.3, 0.7). Class 0: b (FP), a (TP): AP 1/2. Class 1: c (TP),
+    # a (FP), b (TP): AP (1 + 2/3) / 2.
+    assert group_map(truth, probs, groups) == pytest.approx((0.5 + (1 + 2 / 3) / 2) / 2)
+    # max per study: a (0.9, 0.8) ranks first on both classes. Class 0: AP 1. Class 1: a (FP), c (TP), b (TP): the
+    # envelope lifts the precision 1/2 at recall 1/2 to 2/3, so AP 2/3.
+    assert group_map(truth, probs, groups, pool="max") == pytest.approx((1.0 + 2 / 3) / 2)
