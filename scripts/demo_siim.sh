@@ -34,8 +34,10 @@ step "1/8 synthetic SIIM-layout data: $N_TRAIN train + $N_TEST test studies -> $
 step "2/8 decode the DICOMs (10-16 bit, MONOCHROME1 inverted) into the ${SIZE}px cache"
 "$CXRDET" prepare --data "$CXRDET_DATA" --size "$SIZE"
 
-step "3/8 $K folds, grouped by study, stratified on the study category -> $FOLDS"
-"$CXRDET" folds --labels "$CXRDET_DATA/train_image_level.csv" --k "$K" --seed "$SEED" --out "$FOLDS"
+step "3/8 $K folds, grouped by study (and patient: the DICOM PatientID), stratified on the study category -> $FOLDS"
+META=$("$PY" -c "from cxrdet import paths; print(paths.cache_dir('$CXRDET_DATA', $SIZE) / 'meta.parquet')")
+"$CXRDET" folds --labels "$CXRDET_DATA/train_image_level.csv" --headers "$META" --k "$K" --seed "$SEED" \
+    --out "$FOLDS"
 
 train_and_predict "${MODELS[@]}"
 

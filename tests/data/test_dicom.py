@@ -216,10 +216,10 @@ def test_read_header_does_not_decode_pixels() -> None:
 
 def test_header_fields(tmp_path: Path) -> None:
     ds = make_dataset(gradient()[:, :48], PatientSex="M", PatientAge="058Y", ViewPosition="PA",
-                      PixelSpacing=[0.14, 0.15])
+                      PixelSpacing=[0.14, 0.15], PatientID="p-7")
     path = save(ds, tmp_path / "abc-123.dcm")
     expected = DicomHeader(image_id="abc-123", width=48, height=64, bits_stored=8, photometric="MONOCHROME2",
-                           pixel_spacing=(0.14, 0.15), sex="M", age=58, view="PA")
+                           pixel_spacing=(0.14, 0.15), sex="M", age=58, view="PA", patient="p-7")
     assert read_header(path) == expected
     image = read_dicom(path)
     assert DicomHeader(**{k: v for k, v in vars(image).items() if k != "pixels"}) == expected

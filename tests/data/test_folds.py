@@ -356,3 +356,29 @@ def test_siim_folds_keep_a_study_together_and_balance_its_category(tmp_path: Pat
     assert abs(shares - summary.at["all", "typical_share"]).max() < 0.1
     assert {"negative_share", "indeterminate_share", "atypical_share"} <= set(summary.columns)
     assert "typic %" in [c.header for c in summary_table(fold_summary(folds, images)).columns]
+
+
+def test_studies_of_one_patient_share_a_fold_when_the_headers_say_so(tmp_path: Path) -> None:
+    """SIIM's tables group by study; the DICOM PatientID that prepare records joins a patient's studies."""
+    from cxrdet.data.folds import images_for_folds, linked_groups, make_folds
+    from cxrdet.data.prepare import prepare_cache
+    from cxrdet.synth.siim import sample_siim_studies
+
+    groups = pd.Series(["s1", "s2", "s3", "s4", "s4"])
+    patients = pd.Series(["p1", "p1", None, "p2", "p3"], dtype="string")
+    assert linked_groups(groups, patients).tolist() == ["s1", "s1", "s3", "s4", "s4"]
+
+    root = tmp_path / "siim"
+    from cxrdet.synth.siim import generate_siim_dataset
+
+    generate_siim_dataset(root, 60, 0, seed=4, scale=0.02, workers=1, grid=32)
+    shared = [i for i in sample_siim_studies(60, 0, seed=4, scale=0.02) if i.patient >= 0]
+    assert shared  # some studies are a patient's second one
+    prepare_cache(root, 16, out=tmp_path / "cache", workers=1, progress=False)
+    images = images_for_folds(root / "train_image_level.csv", tmp_path / "cache" / "meta.parquet")
+    folds = make_folds(images, k=3, seed=0).set_index("image_id")
+    study_fold = images.set_index("image_id")["study_id"].to_frame().join(folds["fold"]).groupby("study_id")["fold"]
+    for image in shared:  # the study and the one whose patient it is share a fold
+        first = next(i for i in sample_siim_studies(60, 0, seed=4, scale=0.02) if i.study == image.patient)
+        assert study_fold.first()[image.study_id] == study_fold.first()[first.study_id]
+    assert images["patient_id"].nunique() == 60 - len({i.study for i in shared})

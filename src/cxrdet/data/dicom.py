@@ -57,6 +57,8 @@ class DicomHeader:
         age: PatientAge in whole years (`058Y` -> 58, `18M` -> 1, RSNA's bare `58` -> 58), None when empty or
             unreadable.
         view: ViewPosition (`PA`, `AP`, ...), None when empty.
+        patient: PatientID as written, None when empty (RSNA: the image id; SIIM: the patient, who can have several
+            studies; VinBigData: empty).
     """
 
     image_id: str
@@ -68,6 +70,7 @@ class DicomHeader:
     sex: str | None
     age: int | None
     view: str | None
+    patient: str | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -297,6 +300,7 @@ def _header_fields(path: Path, ds: Dataset) -> DicomHeader:
         sex=_text(ds.get("PatientSex")),
         age=parse_age(_text(ds.get("PatientAge"))),
         view=_text(ds.get("ViewPosition")),
+        patient=_text(ds.get("PatientID")),
     )
 
 

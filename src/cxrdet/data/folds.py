@@ -358,6 +358,8 @@ def images_for_folds(labels: str | Path, headers: str | Path | None = None, fmt:
     if headers is not None:
         annotations = annotations.with_metadata(read_rsna_headers(headers), source=headers)
     images = annotations.images
+    if "patient" in images.columns and images["patient"].notna().any():
+        images = images.assign(patient_id=linked_groups(images["patient_id"], images["patient"]))
     train_list = paths.NihLayout(labels.parent).train_val_list
     if fmt == "nih" and train_list.is_file():
         listed = {Path(name).stem for name in train_list.read_text(encoding="utf-8").split()}
@@ -365,6 +367,32 @@ def images_for_folds(labels: str | Path, headers: str | Path | None = None, fmt:
     if set(annotations.classes) <= set(images.columns):
         images = images.assign(finding=rarest_finding(images, annotations.classes))
     return images
+
+
+def linked_groups(groups: pd.Series, patients: pd.Series) -> pd.Series:
+    """Each image's group once groups that share a header patient are joined: the folds keep a patient's studies
+    together (SIIM: the label table groups by study; the DICOM PatientID, where the header has one, links a patient's
+    studies). The joined group is named by its first group id in sorted order; images without a patient keep their
+    group.
+
+    Args:
+        groups: Each image's group (the label table's `patient_id`: SIIM's study).
+        patients: Each image's header patient, missing where the header has none.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    group_codes, group_names = pd.factorize(groups.astype(str), sort=True)
+    known = patients.notna().to_numpy() & (patients.astype("string").fillna("") != "").to_numpy()
+    patient_codes, _ = pd.factorize(patients[known].astype(str))
+    n_groups = len(group_names)
+    # A bipartite graph: group nodes 0..G-1, patient nodes G..; an image with a patient joins its two nodes.
+    rows, cols = group_codes[known], n_groups + patient_codes
+    size = n_groups + (int(patient_codes.max()) + 1 if len(patient_codes) else 0)
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(size, size))
+    _, component = connected_components(graph, directed=False)
+    first = pd.Series(np.arange(n_groups)).groupby(component[:n_groups]).transform("min").to_numpy()
+    return pd.Series(np.asarray(group_names)[first[group_codes]], index=groups.index, name=groups.name)
 
 
 def label_classes(labels: str | Path, fmt: str = "auto") -> tuple[str, ...]:

@@ -539,7 +539,8 @@ def read_rsna_headers(path: str | Path) -> pd.DataFrame:
 
     Returns:
         One row per image: `image_id` (str), `sex` (str: M/F/O, or missing), `age` (Int64 whole years, or
-        missing), `view` (str such as AP/PA, or missing), then `pixel_spacing, modality, body_part` when present.
+        missing), `view` (str such as AP/PA, or missing), then `pixel_spacing, modality, body_part, patient` when
+        present (`patient`: the DICOM PatientID a prepare meta table records).
 
     Raises:
         TableError: Listing every problem: missing columns, empty or duplicate image ids, sex not M/F/O,
@@ -592,7 +593,7 @@ def read_rsna_headers(path: str | Path) -> pd.DataFrame:
     if "pixel_spacing" in df.columns:
         # DICOM PixelSpacing is "row\\col"; one value per image is enough here (square pixels in practice).
         out["pixel_spacing"] = pd.to_numeric(df["pixel_spacing"].str.split("\\").str[0], errors="coerce")
-    for col in ("modality", "body_part"):
+    for col in ("modality", "body_part", "patient"):  # patient: a prepare meta table's DICOM PatientID
         if col in df.columns:
             out[col] = df[col].replace("", pd.NA)
     return out

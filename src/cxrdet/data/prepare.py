@@ -42,10 +42,12 @@ from cxrdet.progress import progress as progress_bar
 SPLITS = ("train", "test")
 META_COLUMNS = (
     "image_id", "split", "orig_width", "orig_height", "bits_stored", "photometric", "pixel_spacing_row",
-    "pixel_spacing_col", "sex", "age", "view", "source", "cache",
+    "pixel_spacing_col", "sex", "age", "view", "patient", "source", "cache",
 )
+# Columns added after the first caches were written: an older meta table without them reads as all missing.
+OPTIONAL_META_COLUMNS = ("patient",)
 _META_DTYPES = {
-    **{c: "str" for c in ("image_id", "split", "photometric", "sex", "view", "source", "cache")},  # missing: NaN
+    **{c: "str" for c in ("image_id", "split", "photometric", "sex", "view", "patient", "source", "cache")},  # NaN
     "orig_width": "int64", "orig_height": "int64", "bits_stored": "int64", "pixel_spacing_row": "float64",
     "pixel_spacing_col": "float64", "age": "Int64",
 }
@@ -204,6 +206,9 @@ def load_meta(cache_root: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise CacheNotFoundError(f"{path}: prepare cache meta table not found; run `cxrdet prepare --data DIR` first")
     meta = pd.read_parquet(path)
+    for col in OPTIONAL_META_COLUMNS:
+        if col not in meta.columns:
+            meta[col] = pd.Series(pd.NA, index=meta.index, dtype="string")
     missing = [c for c in META_COLUMNS if c not in meta.columns]
     if missing:
         raise CxrdetError(f"{path}: columns {missing} missing (expected {list(META_COLUMNS)}); rerun `cxrdet prepare`")
@@ -391,7 +396,7 @@ def _cache_one(task: _Task, size: int) -> dict[str, Any] | _Failed:
         "image_id": image.image_id, "split": task.split, "orig_width": image.width, "orig_height": image.height,
         "bits_stored": image.bits_stored, "photometric": image.photometric, "pixel_spacing_row": spacing[0],
         "pixel_spacing_col": spacing[1], "sex": image.sex, "age": image.age, "view": image.view,
-        "source": task.source, "cache": task.cache,
+        "patient": image.patient, "source": task.source, "cache": task.cache,
     }
 
 
@@ -454,5 +459,5 @@ def _cache_png(task: _Task, size: int) -> dict[str, Any] | _Failed:
         "image_id": Path(task.source).stem, "split": task.split, "orig_width": width, "orig_height": height,
         "bits_stored": bits, "photometric": "MONOCHROME2" if mode == "L" or mode in _DEEP_MODES else mode,
         "pixel_spacing_row": None, "pixel_spacing_col": None, "sex": None, "age": None, "view": None,
-        "source": task.source, "cache": task.cache,
+        "patient": None, "source": task.source, "cache": task.cache,
     }

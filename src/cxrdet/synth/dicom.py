@@ -112,7 +112,7 @@ def write_dicom(path: str | Path, pixels: npt.NDArray[np.uint8], labels: DicomFi
 
 
 def write_raw_dicom(path: str | Path, stored: npt.NDArray[np.uint16], image_id: str, photometric: str,
-                    bits_stored: int, seed: int, sex: str = "", age: int | None = None) -> Path:
+                    bits_stored: int, seed: int, sex: str = "", age: int | None = None, patient_id: str = "") -> Path:
     """Write one uncompressed 16-bit-allocated greyscale DICOM (Explicit VR Little Endian), atomically.
 
     The header has what the VinBigData files carry (Digital X-Ray, PA chest, photometric interpretation and bit
@@ -132,7 +132,7 @@ def write_raw_dicom(path: str | Path, stored: npt.NDArray[np.uint16], image_id: 
     ds = _new_dataset(DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian,
                          ["cxrdet-synth-raw", str(seed), image_id])
     ds.Modality = "DX"
-    ds.PatientID = ""
+    ds.PatientID = patient_id
     ds.PatientName = ""
     ds.PatientSex = sex
     ds.PatientAge = f"{min(age, 999):03d}Y" if age is not None else ""

@@ -25,7 +25,10 @@ Calibration (`REAL_STUDY_COUNTS`, `REAL_IMAGES`, `REAL_NONE_IMAGES`): the public
 competition's exploratory notebooks print them: 6,054 studies (Negative for Pneumonia 1,676, Typical 2,855,
 Indeterminate 1,049, Atypical 474) and 6,334 images, of which 2,040 have `none 1 0 0 1 1`. Design choices, not
 calibrated: images per study (1: 95.8%, 2: 3.4%, 3: 0.8%, mean 1.05 like 6,334 / 6,054), image sides 2,000-4,000 px
-before `scale`, a tenth MONOCHROME1, 10-16 stored bits. Every draw is seeded from `(seed, study, purpose)`.
+before `scale`, a tenth MONOCHROME1, 10-16 stored bits, and a twentieth of the studies (`SHARED_PATIENT_SHARE`) made
+of the same patient as the study before it in its split: the DICOM PatientID says so (the tables have no patient),
+which `cxrdet folds --headers <cache>/meta.parquet` uses to keep a patient's studies in one fold. Every draw is
+seeded from `(seed, study, purpose)`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -67,8 +70,9 @@ UNBOXED_SHARE: Final = 0.06
 SIDES: Final = (2000.0, 4000.0)
 BITS: Final = (10, 12, 14, 16)
 MONOCHROME1_SHARE: Final = 0.1
-TRUTH_COLUMNS: Final = ("image_id", "split", "study_id", "series_id", "category", "width", "height", "bits_stored",
-                        "photometric", "n_boxes")
+SHARED_PATIENT_SHARE: Final = 0.05
+TRUTH_COLUMNS: Final = ("image_id", "split", "study_id", "series_id", "patient_id", "category", "width", "height",
+                        "bits_stored", "photometric", "n_boxes")
 _PURPOSE_DRAW, _PURPOSE_PIXELS = 1, 2
 
 
@@ -93,6 +97,7 @@ class SiimImage:
     age: int
     boxes: tuple[tuple[float, float, float, float], ...]
     seed: int
+    patient: int = -1  # the study whose patient this is (-1: its own)
 
     def _hex(self, what: str, *key: Any) -> str:
         return hashlib.md5(f"cxrdet-siim-{self.seed}-{what}-{'-'.join(map(str, key))}".encode()).hexdigest()[:12]
@@ -101,6 +106,11 @@ class SiimImage:
     def study_id(self) -> str:
         """A 12-hex-digit id like the competition's."""
         return self._hex("study", self.study)
+
+    @property
+    def patient_id(self) -> str:
+        """The DICOM PatientID: shared by the studies of one patient."""
+        return self._hex("patient", self.study if self.patient < 0 else self.patient)
 
     @property
     def series_id(self) -> str:
@@ -156,8 +166,9 @@ def _category_boxes(rng: np.random.Generator, category: str) -> tuple[tuple[floa
     return (_lung_box(rng, int(rng.integers(2)), "any", "central", large=True),)  # atypical: one lobar opacity
 
 
-def _draw_study(seed: int, study: int, split: str, scale: float) -> list[SiimImage]:
+def _draw_study(seed: int, study: int, split: str, scale: float, first_of_split: bool) -> list[SiimImage]:
     rng = _rng(seed, study, _PURPOSE_DRAW)
+    patient = study - 1 if not first_of_split and rng.random() < SHARED_PATIENT_SHARE else -1
     shares = np.array([REAL_STUDY_COUNTS[c] for c in STUDY_CLASSES], dtype=np.float64)
     category = STUDY_CLASSES[int(rng.choice(len(STUDY_CLASSES), p=shares / shares.sum()))]
     n_images = 1 + int(rng.choice(len(IMAGES_PER_STUDY), p=np.asarray(IMAGES_PER_STUDY) / sum(IMAGES_PER_STUDY)))
@@ -173,7 +184,7 @@ def _draw_study(seed: int, study: int, split: str, scale: float) -> list[SiimIma
             study=study, position=position, split=split, category=category, width=width, height=height,
             bits_stored=int(rng.choice(BITS)),
             photometric="MONOCHROME1" if rng.random() < MONOCHROME1_SHARE else "MONOCHROME2", sex=sex, age=age,
-            boxes=boxes, seed=seed,
+            boxes=boxes, seed=seed, patient=patient,
         ))  # fmt: skip
     return out
 
@@ -190,8 +201,13 @@ def sample_siim_studies(n_train: int, n_test: int, seed: int = 0, scale: float =
         raise ConfigError(f"seed={seed}: expected an integer in [0, 2**32)")
     if not 0.01 <= scale <= 1.0:
         raise ConfigError(f"scale={scale}: expected a factor in [0.01, 1] of the real image sides (2,000-4,000 px)")
-    return [image for s in range(n_train + n_test)
-            for image in _draw_study(seed, s, "train" if s < n_train else "test", scale)]
+    images = [image for s in range(n_train + n_test)
+              for image in _draw_study(seed, s, "train" if s < n_train else "test", scale, s in (0, n_train))]
+    # A study drawn as the previous study's patient takes that study's patient (chains resolve to their first).
+    root: dict[int, int] = {}
+    for image in images:
+        root.setdefault(image.study, image.study if image.patient < 0 else root[image.patient])
+    return [replace(i, patient=root[i.study] if root[i.study] != i.study else -1) for i in images]
 
 
 def render_siim_image(image: SiimImage, grid: int = 256) -> npt.NDArray[np.uint16]:
@@ -225,7 +241,7 @@ def _render_and_write(task: tuple[SiimImage, str, int]) -> str:
     # The header's UIDs are valid DICOM UIDs derived from the image id; the study and series are the folders, as
     # cxrdet reads them (`cxrdet.competitions.siim.split_studies`).
     write_raw_dicom(path, render_siim_image(image, grid), image.image_id, image.photometric, image.bits_stored,
-                    image.seed, image.sex, image.age)
+                    image.seed, image.sex, image.age, patient_id=image.patient_id)
     return path
 
 
@@ -318,8 +334,9 @@ def generate_siim_dataset(out: str | Path, n_train: int, n_test: int, seed: int 
     sample = [(s + STUDY_SUFFIX, "negative 1 0 0 1 1") for s in dict.fromkeys(i.study_id for i in test)]
     sample += [(i.image_id + IMAGE_SUFFIX, "none 1 0 0 1 1") for i in test]
     cio.write_csv(layout.sample_submission, pd.DataFrame(sample, columns=["id", "PredictionString"]))
-    truth = pd.DataFrame([(i.image_id, i.split, i.study_id, i.series_id, i.category, i.width, i.height,
-                           i.bits_stored, i.photometric, len(i.boxes)) for i in images], columns=list(TRUTH_COLUMNS))
+    truth = pd.DataFrame([(i.image_id, i.split, i.study_id, i.series_id, i.patient_id, i.category, i.width,
+                           i.height, i.bits_stored, i.photometric, len(i.boxes)) for i in images],
+                         columns=list(TRUTH_COLUMNS))
     cio.write_csv(layout.root / "synth_truth.csv", truth)
     return SiimSynthSummary(layout.root, seed, n_train, n_test, len(images), sum(not i.boxes for i in images),
                             time.perf_counter() - start)
