@@ -13,11 +13,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from cxrdet import paths
@@ -136,16 +138,21 @@ def test_resumed_study_draws_what_an_uninterrupted_one_draws(world, tmp_path: Pa
 def test_killed_study_resumes_with_no_trial_lost_or_repeated(world, tmp_path: Path) -> None:
     config = write_config(tmp_path / "ens.py", world)
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    proc = start_worker(tmp_path, config, url, 40, delay=1.0)
+    delay = 2.0
+    proc = start_worker(tmp_path, config, url, 40, delay=delay)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", proc.stderr.read()
 
         def in_a_trial_after_some_done() -> bool:
             try:
                 study = optuna.load_study(study_name="ens", storage=url)
-            except KeyError:
+            except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # not created yet, or the worker is creating it
                 return False
-            busy = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "worker" in t.user_attrs]
+            # A trial in the first half of its sleep: the kill lands inside it, not between two trials (on a busy
+            # machine, telling one trial and asking the next takes long enough to be hit otherwise).
+            now = datetime.now()
+            busy = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "worker" in t.user_attrs
+                    and t.datetime_start is not None and (now - t.datetime_start).total_seconds() < delay / 2]
             return n_complete(study) >= 4 and bool(busy)
 
         wait_for(in_a_trial_after_some_done, 120, "4 complete trials and one running")

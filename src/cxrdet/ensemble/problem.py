@@ -78,7 +78,7 @@ class EnsembleProblem:
 
     def submitted(self, boxes: BoxSet, post: PostParams | None = None) -> pd.DataFrame:
         """What a submission would hold: `boxes` as a table, completed by the competition (`Competition.complete`,
-        with the `none_weight` and `study_pool` of `post`)."""
+        with the completion options of `post`: `none_weight`, `study_pool`, `study_weight`, `study_power`)."""
         return self.competition.complete(self.frame(boxes), self.image_ids, self.prob, self.images, post)
 
     def frame(self, boxes: BoxSet) -> pd.DataFrame:

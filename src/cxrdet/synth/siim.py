@@ -73,7 +73,7 @@ MONOCHROME1_SHARE: Final = 0.1
 SHARED_PATIENT_SHARE: Final = 0.05
 TRUTH_COLUMNS: Final = ("image_id", "split", "study_id", "series_id", "patient_id", "category", "width", "height",
                         "bits_stored", "photometric", "n_boxes")
-_PURPOSE_DRAW, _PURPOSE_PIXELS = 1, 2
+_PURPOSE_DRAW, _PURPOSE_PIXELS, _PURPOSE_PATIENT = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,8 @@ def _category_boxes(rng: np.random.Generator, category: str) -> tuple[tuple[floa
 
 def _draw_study(seed: int, study: int, split: str, scale: float, first_of_split: bool) -> list[SiimImage]:
     rng = _rng(seed, study, _PURPOSE_DRAW)
-    patient = study - 1 if not first_of_split and rng.random() < SHARED_PATIENT_SHARE else -1
+    shared = _rng(seed, study, _PURPOSE_PATIENT).random() < SHARED_PATIENT_SHARE  # its own stream: the rest stays
+    patient = study - 1 if shared and not first_of_split else -1
     shares = np.array([REAL_STUDY_COUNTS[c] for c in STUDY_CLASSES], dtype=np.float64)
     category = STUDY_CLASSES[int(rng.choice(len(STUDY_CLASSES), p=shares / shares.sum()))]
     n_images = 1 + int(rng.choice(len(IMAGES_PER_STUDY), p=np.asarray(IMAGES_PER_STUDY) / sum(IMAGES_PER_STUDY)))
