@@ -164,3 +164,23 @@ def refuse_foreign_root(root: Path) -> None:
     if root.exists() and not (root / "synth_truth.csv").exists() and any(root.iterdir()):
         raise CxrdetError(f"{root}: not empty and not a synthetic data set (no synth_truth.csv): refusing to "
                           "overwrite it; choose an empty or new folder")
+
+
+def check_draw_args(n_train: int, n_test: int, seed: int, scale: float, what: str, sides: str) -> None:
+    """The checks of a synthetic data set's counts, seed and size factor (VinBigData, SIIM).
+
+    Args:
+        what: What the counts count (`images`, `studies`), named in the message.
+        sides: The real images' sides (`2,000-3,000 px`), named in the message.
+
+    Raises:
+        ConfigError: Negative counts, no training item, a seed outside [0, 2**32), a scale outside [0.01, 1].
+    """
+    from cxrdet.errors import ConfigError
+
+    if n_train < 1 or n_test < 0:
+        raise ConfigError(f"n_train={n_train}, n_test={n_test}: expected n_train >= 1 and n_test >= 0 {what}")
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed}: expected an integer in [0, 2**32)")
+    if not 0.01 <= scale <= 1.0:
+        raise ConfigError(f"scale={scale}: expected a factor in [0.01, 1] of the real image sides ({sides})")

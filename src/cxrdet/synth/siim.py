@@ -55,8 +55,7 @@ from cxrdet.competitions.siim import (
     STUDY_SUFFIX,
     SiimLayout,
 )
-from cxrdet.errors import ConfigError
-from cxrdet.synth.dicom import refuse_foreign_root
+from cxrdet.synth.dicom import check_draw_args, refuse_foreign_root
 from cxrdet.synth.render import IMAGE_SIZE, render_image
 
 REAL_STUDY_COUNTS: Final[dict[str, int]] = {"negative": 1676, "typical": 2855, "indeterminate": 1049, "atypical": 474}
@@ -196,12 +195,7 @@ def sample_siim_studies(n_train: int, n_test: int, seed: int = 0, scale: float =
     Raises:
         ConfigError: Negative counts, no training study, a seed or scale out of range.
     """
-    if n_train < 1 or n_test < 0:
-        raise ConfigError(f"n_train={n_train}, n_test={n_test}: expected n_train >= 1 and n_test >= 0 studies")
-    if not 0 <= seed < 2**32:
-        raise ConfigError(f"seed={seed}: expected an integer in [0, 2**32)")
-    if not 0.01 <= scale <= 1.0:
-        raise ConfigError(f"scale={scale}: expected a factor in [0.01, 1] of the real image sides (2,000-4,000 px)")
+    check_draw_args(n_train, n_test, seed, scale, "studies", "2,000-4,000 px")
     images = [image for s in range(n_train + n_test)
               for image in _draw_study(seed, s, "train" if s < n_train else "test", scale, s in (0, n_train))]
     # A study drawn as the previous study's patient takes that study's patient (chains resolve to their first).

@@ -50,9 +50,8 @@ import pandas as pd
 
 from cxrdet import io as cio
 from cxrdet.competitions.vinbigdata import CLASSES, COLUMNS, NO_FINDING, NO_FINDING_ID, VinBigDataLayout
-from cxrdet.errors import ConfigError
 from cxrdet.synth.nih import FindingSigns, _Draft, _ellipse, _lung_point
-from cxrdet.synth.dicom import refuse_foreign_root
+from cxrdet.synth.dicom import check_draw_args, refuse_foreign_root
 from cxrdet.synth.render import IMAGE_SIZE, Anatomy, Canvas, Layers, LungField, child_rng, render_image
 
 # ---- calibration (see the module docstring for the sources) ----
@@ -194,12 +193,7 @@ def sample_vinbigdata_images(n_train: int, n_test: int, seed: int = 0, scale: fl
     Raises:
         ConfigError: Negative counts, no training image, a seed or scale out of range.
     """
-    if n_train < 1 or n_test < 0:
-        raise ConfigError(f"n_train={n_train}, n_test={n_test}: expected n_train >= 1 and n_test >= 0")
-    if not 0 <= seed < 2**32:
-        raise ConfigError(f"seed={seed}: expected an integer in [0, 2**32)")
-    if not 0.01 <= scale <= 1.0:
-        raise ConfigError(f"scale={scale}: expected a factor in [0.01, 1] of the real image sides (2,000-3,000 px)")
+    check_draw_args(n_train, n_test, seed, scale, "images", "2,000-3,000 px")
     return [_draw_image(seed, i, "train" if i < n_train else "test", scale) for i in range(n_train + n_test)]
 
 
