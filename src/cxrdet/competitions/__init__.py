@@ -16,8 +16,10 @@ from cxrdet.competitions.base import (
     detect,
     get_competition,
     of_data,
+    studies_of,
     with_labels,
 )
 
 __all__ = ["COMPETITIONS", "Competition", "Evaluator", "competition_of_labels", "competition_of_submission",
-           "data_layout", "detect", "get_competition", "of_data", "with_labels"]
+           "data_layout", "detect", "get_competition", "of_data", "studies_of",
+           "with_labels"]

@@ -184,6 +184,23 @@ def competition_of_submission(path: str | Path) -> Competition:
     raise TableError(path, [f"line 1: header {','.join(header)!r} is no competition's submission header ({known})"])
 
 
+def studies_of(images: pd.DataFrame, image_ids: Sequence[str] | pd.Index, source: str | Path = "studies",
+               columns: Sequence[str] = ("study_id", "study_class")) -> pd.DataFrame:
+    """The rows of `image_ids`, in their order, of a per-image study table (`image_id, study_id`, ...: SIIM's
+    `Annotations.images`, or a test split's `Competition.studies`): `image_id` and those of `columns` it has.
+
+    Raises:
+        TableError: An image of `image_ids` has no study (named by `source`).
+    """
+    ids = pd.Index(image_ids)
+    kept = [c for c in columns if c in images.columns]
+    found = images[["image_id", *kept]].drop_duplicates("image_id").set_index("image_id").reindex(ids)
+    if found["study_id"].isna().any():
+        missing = ids[found["study_id"].isna().to_numpy()]
+        raise TableError(source, [f"{len(missing)} image(s) of the set have no study, e.g. {list(missing[:10])}"])
+    return found.rename_axis("image_id").reset_index()
+
+
 def with_labels(root: Path) -> list[Competition]:
     """The registered competitions whose label table is in `root`."""
     return [c for _, c in COMPETITIONS.items() if Path(c.layout(root).labels_csv).is_file()]

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrdet.competitions.base import COMPETITIONS, Competition
+from cxrdet.competitions.base import COMPETITIONS, Competition, studies_of
 from cxrdet.data.labels import (
     Annotations,
     by_line,
@@ -330,26 +330,12 @@ def metric_ground_truth(boxes: pd.DataFrame, image_ids: Sequence[str], studies: 
     parts = [gt, pd.DataFrame({"image_id": negative, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "label": NONE_ID})]
     keys = ids
     if studies is not None:
-        per_study = _studies_of(studies, ids).drop_duplicates("study_id")
+        per_study = studies_of(studies, ids).drop_duplicates("study_id")
         study_ids = per_study["study_id"].map(study_key)
         parts.append(pd.DataFrame({"image_id": study_ids.to_numpy(), "x1": x1, "y1": y1, "x2": x2, "y2": y2,
                                    "label": STUDY_OFFSET + per_study["study_class"].to_numpy(dtype=np.int64)}))
         keys = ids.append(pd.Index(study_ids.to_numpy()))
     return pd.concat(parts, ignore_index=True), keys
-
-
-def _studies_of(studies: pd.DataFrame, ids: pd.Index) -> pd.DataFrame:
-    """`studies` rows of `ids`, in their order.
-
-    Raises:
-        TableError: An image of `ids` has no study.
-    """
-    table = studies.drop_duplicates("image_id").set_index("image_id")
-    found = table.reindex(ids)
-    if found["study_id"].isna().any():
-        missing = ids[found["study_id"].isna().to_numpy()]
-        raise TableError("studies", [f"{len(missing)} image(s) have no study, e.g. {list(missing[:_MAX_LISTED])}"])
-    return found.rename_axis("image_id").reset_index()
 
 
 @dataclass(frozen=True)
@@ -383,7 +369,7 @@ class SiimEvaluator:
         from cxrdet.metrics.voc import VocEvaluator
 
         self.image_ids = pd.Index(image_ids)
-        self.studies = None if images is None else _studies_of(images, self.image_ids)
+        self.studies = None if images is None else studies_of(images, self.image_ids)
         truth, self.keys = metric_ground_truth(gt, self.image_ids, self.studies)
         self._voc = VocEvaluator(truth, self.keys, METRIC_CLASSES, IOU_THRESHOLD)
 
@@ -467,7 +453,7 @@ def complete(pred: pd.DataFrame, image_ids: Sequence[str], prob: np.ndarray | No
         pool = getattr(post, "study_pool", None) or "mean"
         if pool not in STUDY_POOLS:
             raise ConfigError(f"postprocess.study_pool={pool!r}: expected one of {list(STUDY_POOLS)}")
-        table = _studies_of(images, ids)
+        table = studies_of(images, ids, columns=[c for c in images.columns if c != "image_id"])
         columns = [f"prob_{c}" for c in STUDY_CLASSES]
         has_probs = set(columns) <= set(table.columns)
         per_image = pd.DataFrame({"detector": np.clip(detector, 0.0, 1.0)})

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from cxrdet import paths
-from cxrdet.competitions import Competition, competition_of_labels, data_layout, get_competition
+from cxrdet.competitions import Competition, competition_of_labels, data_layout, get_competition, studies_of
 from cxrdet.data.readers import scored_readers
 from cxrdet.ensemble.fuse import BoxSet, FusionInput
 from cxrdet.ensemble.postprocess import PostParams, classifier_probs, postprocess
@@ -325,13 +325,7 @@ def study_images(images: pd.DataFrame, image_ids: pd.Index, class_probs: pd.Data
     Raises:
         TableError: An image of the set has no row in `images`.
     """
-    columns = [c for c in ("image_id", "study_id", "study_class") if c in images.columns]
-    found = images[columns].drop_duplicates("image_id").set_index("image_id").reindex(image_ids)
-    if found["study_id"].isna().any():
-        missing = image_ids[found["study_id"].isna().to_numpy()]
-        raise TableError(source, [f"{len(missing)} image(s) of the set have no study, e.g. "
-                                  f"{list(missing[:_MAX_LISTED])}"])
-    out = found.rename_axis("image_id").reset_index()
+    out = studies_of(images, image_ids, source)
     if class_probs is not None:
         out = pd.concat([out, class_probs.reset_index(drop=True)], axis=1)
     return out

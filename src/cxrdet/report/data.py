@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdet import paths
-from cxrdet.competitions import Competition, Evaluator, data_layout, get_competition, of_data
+from cxrdet.competitions import Competition, Evaluator, data_layout, get_competition, of_data, studies_of
 from cxrdet.data.readers import scored_readers
 from cxrdet.errors import CxrdetError, TableError
 from cxrdet.metrics.classification import ClassificationResult, evaluate
@@ -106,12 +106,10 @@ def _ground_truth(data: Any, competition: Competition, image_ids: pd.Index
     for a competition with studies the images' `image_id, study_id, study_class` (else None)."""
     from cxrdet.data.labels import read_labels
 
-    labels = read_labels(data_layout(data.root).labels_csv)
+    labels_csv = data_layout(data.root).labels_csv
+    labels = read_labels(labels_csv)
     truth = competition.ground_truth(labels, scored_readers(data.readers))
-    images = None
-    if competition.studies is not None:
-        table = labels.images[["image_id", "study_id", "study_class"]].drop_duplicates("image_id")
-        images = table.set_index("image_id").reindex(image_ids).rename_axis("image_id").reset_index()
+    images = studies_of(labels.images, image_ids, labels_csv) if competition.studies is not None else None
     return truth[truth["image_id"].isin(image_ids)].reset_index(drop=True), images
 
 
