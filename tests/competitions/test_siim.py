@@ -15,6 +15,7 @@ from cxrdet.competitions import competition_of_labels, competition_of_submission
 from cxrdet.competitions.siim import (
     METRIC_CLASSES,
     NONE_ID,
+    OPACITY_ID,
     STUDY_OFFSET,
     SiimEvaluator,
     complete,
@@ -205,6 +206,39 @@ def test_the_metric_equals_the_devkit_loops_on_random_cases(seed: int) -> None:
                   for key, groups in rows.items() for name, conf, x1, y1, x2, y2 in groups])
     ours = SiimEvaluator(gt, list(study_of), info).score(pred).score
     assert ours == pytest.approx(reference_siim_score(image_truth, study_of, study_truth, rows), abs=1e-12)
+
+
+@pytest.mark.parametrize("rows", ["boxes", "with_none", "with_all", "no_studies"])
+def test_the_one_pass_sweep_equals_scoring_each_cut(rows: str) -> None:
+    """The sweep (one matching of the opacity boxes; none and study rows completed per cut from each image's top
+    box, or given) against scoring each cut's kept opacity boxes with the other rows as they are."""
+    rng = np.random.default_rng(11)
+    images = [f"s{k}i{j}" for k in range(10) for j in range(int(k % 3 == 0) + 1)]
+    info = pd.DataFrame({"image_id": images, "study_id": [i.split("i")[0] for i in images],
+                         "study_class": [int(i[1]) % 4 for i in images]})
+    gt_rows, pred_rows = [], []
+    for image_id, cls in zip(images, info["study_class"], strict=True):
+        for _ in range(int(rng.integers(0, 3)) if cls else 0):
+            x, y, w, h = rng.uniform([0, 0, 20, 20], [200, 200, 120, 120])
+            gt_rows.append((image_id, x, y, x + w, y + h, OPACITY_ID))
+            pred_rows.append((image_id, OPACITY_ID, float(rng.random()), x + 3, y - 2, x + w, y + h))
+        for _ in range(int(rng.integers(0, 3))):
+            x, y = rng.uniform(0, 250, 2)
+            pred_rows.append((image_id, OPACITY_ID, float(rng.random()), x, y, x + 40, y + 40))
+    gt = pd.DataFrame(gt_rows, columns=["image_id", "x1", "y1", "x2", "y2", "label"])
+    pred = frame(pred_rows)
+    studies = None if rows == "no_studies" else info
+    if rows in ("with_none", "with_all"):
+        full = complete(pred, images, rng.random(len(images)),
+                        info[["image_id", "study_id"]] if rows == "with_all" else None)
+        pred = full if rows == "with_all" else full[full["label"] <= NONE_ID]
+    ev = SiimEvaluator(gt, images, studies)
+    cuts = [0.5, 0.0, 0.2, float(pred["score"].iloc[2]), 0.9, 1.01]
+    curve = ev.score_vs_threshold(pred, cuts)
+    opacity = pred["label"].to_numpy() == OPACITY_ID
+    for cut, got in zip(cuts, curve["score"], strict=True):
+        kept = pred[~opacity | (pred["score"].to_numpy() >= cut)]
+        assert got == pytest.approx(ev.score(kept).score, abs=1e-12)
 
 
 # ---- complete ----

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -247,6 +248,40 @@ def test_the_threshold_sweep_keeps_the_no_finding_boxes() -> None:
     curve = ev.score_vs_threshold(pred, [0.0, 0.92, 0.99])
     # Cut 0.92 drops A's true box (AP(0) 0) but not the no-finding boxes (AP(14) 1); cut 0.99 drops both findings.
     assert curve["score"].tolist() == pytest.approx([0.75, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_the_one_pass_sweep_equals_scoring_each_cut(given: bool) -> None:
+    """The sweep (one matching of the findings, the no-finding class rescored per cut from each image's top box)
+    against scoring each cut's kept findings as they are, with no-finding boxes derived or given."""
+    from cxrdet.competitions.vinbigdata import VinBigDataEvaluator, complete
+
+    rng = np.random.default_rng(7)
+    ids = [f"im{i}" for i in range(40)]
+    gt_rows, pred_rows = [], []
+    for image_id in ids:
+        for _ in range(rng.poisson(1.0)):
+            x, y = rng.uniform(0, 80, 2)
+            w, h = rng.uniform(5, 30, 2)
+            c = int(rng.integers(0, 5))
+            gt_rows.append((image_id, x, y, x + w, y + h, c))
+            for _ in range(rng.poisson(1.2)):
+                jx, jy = rng.normal(0, 3, 2)
+                pred_rows.append((image_id, x + jx, y + jy, x + w + jx, y + h + jy, float(rng.random()), c))
+        for _ in range(rng.poisson(0.8)):
+            x, y = rng.uniform(0, 80, 2)
+            pred_rows.append((image_id, x, y, x + 15, y + 15, float(rng.random()), int(rng.integers(0, 5))))
+    gt = pd.DataFrame(gt_rows, columns=["image_id", "x1", "y1", "x2", "y2", "label"])
+    pred = pd.DataFrame(pred_rows, columns=["image_id", "x1", "y1", "x2", "y2", "score", "label"])
+    if given:
+        pred = complete(pred, ids, prob=rng.random(len(ids)))
+    ev = VinBigDataEvaluator(gt, ids)
+    cuts = [0.6, 0.0, 0.3, float(pred["score"].iloc[3]), 0.95, 1.01]
+    curve = ev.score_vs_threshold(pred, cuts)
+    finding = pred["label"].to_numpy() != NO_FINDING_ID
+    for cut, got in zip(cuts, curve["score"], strict=True):
+        kept = pred[~finding | (pred["score"].to_numpy() >= cut)]
+        assert got == pytest.approx(ev.score(kept).score, abs=1e-12)
 
 
 def test_the_competitions_writer_clips_to_each_image_and_validates(tmp_path: Path) -> None:

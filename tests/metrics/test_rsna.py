@@ -154,11 +154,15 @@ def test_categorical_image_ids_give_the_same_result() -> None:
     assert ev.score(cat).score == ev.score(pred).score
 
 
-def test_score_vs_threshold_matches_scoring_each_cut() -> None:
-    rng = np.random.default_rng(3)
-    gt, pred, ids = random_case(rng, n_images=60)
+@pytest.mark.parametrize("seed", [3, 4, 5, 6])
+def test_score_vs_threshold_matches_scoring_each_cut(seed: int) -> None:
+    """The one-pass sweep against scoring each cut's kept boxes from scratch: unsorted cuts, cuts equal to a box's
+    score (kept: score >= cut), integer boxes (IoU ties) and cuts that keep everything or nothing."""
+    rng = np.random.default_rng(seed)
+    gt, pred, ids = random_case(rng, n_images=60, integer=seed % 2 == 0)
     ev = RsnaEvaluator(gt, ids)
-    cuts = [0.0, 0.2, 0.5, 0.5001, 0.9, 1.1]
+    on_a_box = [float(v) for v in rng.choice(pred["score"].to_numpy(), 3)]
+    cuts = [0.5, 0.0, 0.2, 0.5001, 1.1, 0.9, *on_a_box, 0.2]
     table = score_vs_threshold(ev, pred, cuts)
     assert list(table.columns[:3]) == ["threshold", "score", "n_images"]
     for c, row in zip(cuts, table.itertuples(index=False), strict=True):

@@ -143,3 +143,20 @@ def test_bad_tables_are_named() -> None:
         evaluator.score(pred_df(("j", 0, 0, 10, 10, 0, 0.5)))
     with pytest.raises(TableError, match=r"lacks column\(s\) \['score'\]"):
         evaluator.score(gt)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ap_vs_threshold_equals_scoring_each_cut(seed: int) -> None:
+    """One matching for every cut against scoring each cut's kept boxes: unsorted cuts, cuts equal to a box's
+    score (kept), tied scores, and cuts that keep everything or nothing."""
+    rng = np.random.default_rng(seed)
+    gt, pred, ids = _random_case(rng, n_images=50)
+    if seed % 2:
+        pred["score"] = (pred["score"] * 5).round() / 5  # ties
+    evaluator = VocEvaluator(gt, ids, CLASSES)
+    cuts = [0.5, 0.0, 1.01, *rng.choice(pred["score"].to_numpy(), 3), 0.25, 0.5]
+    table = evaluator.ap_vs_threshold(pred, cuts)
+    assert table.shape == (len(cuts), len(CLASSES))
+    for j, cut in enumerate(cuts):
+        expected = evaluator.score(pred[pred["score"] >= cut]).per_class["ap"].to_numpy()
+        np.testing.assert_allclose(table[j], expected, atol=1e-12, equal_nan=True)

@@ -379,31 +379,39 @@ class SiimEvaluator:
         alone, as a detector's submission would hold them: without `none` rows each image's `none` is 1 - its top
         opacity score; without study rows (scored with studies) each study's `negative` is its images' mean none
         confidence and the three other classes its complement."""
+        result = self._voc.score(self._completed(pred))
+        return self._result(result.per_class["ap"].to_numpy(dtype=np.float64), result.per_class)
+
+    def _completed(self, pred: pd.DataFrame) -> pd.DataFrame:
+        """`pred` with what it lacks (none rows, study rows) added by `complete` from its opacity boxes."""
         labels = pred["label"].to_numpy()
         no_study = self.studies is not None and not (labels >= STUDY_OFFSET).any()
         if no_study or not (labels == NONE_ID).any():
             pred = complete(pred, self.image_ids, None, self.studies[["image_id", "study_id"]] if no_study else None)
-        result = self._voc.score(pred[["image_id", "x1", "y1", "x2", "y2", "score", "label"]])
-        ap = result.per_class["ap"].to_numpy(dtype=np.float64)
+        return pred[["image_id", "x1", "y1", "x2", "y2", "score", "label"]]
+
+    def _result(self, ap: np.ndarray, per_class: pd.DataFrame | None) -> SiimResult:
+        """The metric from the six classes' APs (the study classes ignored when scored without studies)."""
         if self.studies is None:
             ap = ap[:STUDY_OFFSET]
         image = float(np.nanmean(ap[:STUDY_OFFSET])) if np.isfinite(ap[:STUDY_OFFSET]).any() else 0.0
         study = float(np.nanmean(ap[STUDY_OFFSET:])) if np.isfinite(ap[STUDY_OFFSET:]).any() else float("nan")
         total = float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0
-        return SiimResult(total, image, study, result.per_class)
+        return SiimResult(total, image, study, per_class)
 
     def score_vs_threshold(self, pred: pd.DataFrame, thresholds: Sequence[float] | np.ndarray) -> pd.DataFrame:
-        """The metric of the opacity boxes with score >= each cut (the none and study rows kept as they are; without
-        none rows each cut gets its own, from the kept boxes)."""
-        opacity = pred[pred["label"] == OPACITY_ID]
-        fixed = pred[pred["label"] != OPACITY_ID]
-        rows = []
-        for cut in np.asarray(thresholds, dtype=np.float64).ravel():
-            kept = opacity[opacity["score"].to_numpy() >= cut]
-            part = pd.concat([kept, fixed], ignore_index=True) if len(fixed) else kept
-            rows.append({"threshold": float(cut), "score": self.score(part).score,
-                         "n_images": len(self.image_ids)})
-        return pd.DataFrame(rows)
+        """The metric of the opacity boxes with score >= each cut (the none and study rows kept as they are; what
+        is missing completed per cut from the kept boxes), from one matching of the opacity boxes
+        (`cxrdet.metrics.voc.completed_ap_vs_threshold`)."""
+        from cxrdet.metrics.voc import completed_ap_vs_threshold
+
+        cuts = np.asarray(thresholds, dtype=np.float64).ravel()
+        pred = pred[["image_id", "x1", "y1", "x2", "y2", "score", "label"]]
+        labels = pred["label"].to_numpy()
+        varies = (self.studies is not None and not (labels >= STUDY_OFFSET).any()) or not (labels == NONE_ID).any()
+        ap = completed_ap_vs_threshold(self._voc, pred, cuts, [OPACITY_ID], self._completed, varies)
+        return pd.DataFrame({"threshold": cuts, "score": [self._result(row, None).score for row in ap],
+                             "n_images": len(self.image_ids)})
 
 
 # ---- what a submission needs besides the detector's boxes ----

@@ -404,20 +404,28 @@ class VinBigDataEvaluator:
         return VinBigDataResult(0.0 if math.isnan(result.map) else float(result.map), result.per_class)
 
     def score_vs_threshold(self, pred: pd.DataFrame, thresholds: Sequence[float] | np.ndarray) -> pd.DataFrame:
-        """The mAP of the finding boxes with score >= each cut (each completed by its own no-finding boxes).
+        """The mAP of the finding boxes with score >= each cut (each completed by its own no-finding boxes), from one
+        matching of the finding boxes (`cxrdet.metrics.voc.completed_ap_vs_threshold`).
 
-        A lower cut never lowers a class's AP (a box ranked last only adds recall), so the curve rises to the lowest
-        cut apart from the no-finding class, whose confidences come from the kept boxes.
+        A lower cut never lowers a finding class's AP (a box ranked last only adds recall), so the curve rises to
+        the lowest cut apart from the no-finding class, whose confidences come from the kept boxes.
         """
-        findings = pred[pred["label"] != NO_FINDING_ID]
-        fixed = pred[pred["label"] == NO_FINDING_ID]
-        rows = []
-        for cut in np.asarray(thresholds, dtype=np.float64).ravel():
-            kept = findings[findings["score"].to_numpy() >= cut]
-            part = pd.concat([kept, fixed], ignore_index=True) if len(fixed) else kept
-            rows.append({"threshold": float(cut), "score": self.score(part).score,
-                         "n_images": len(self.image_ids)})
-        return pd.DataFrame(rows)
+        from cxrdet.metrics.voc import completed_ap_vs_threshold
+
+        cuts = np.asarray(thresholds, dtype=np.float64).ravel()
+        pred = pred[["image_id", "x1", "y1", "x2", "y2", "score", "label"]]
+        given = bool((pred["label"].to_numpy() == NO_FINDING_ID).any())
+        findings = [c for c in range(len(METRIC_CLASSES)) if c != NO_FINDING_ID]
+        ap = completed_ap_vs_threshold(self._voc, pred, cuts, findings, lambda p: complete(p, self.image_ids),
+                                       varies=not given)
+        return pd.DataFrame({"threshold": cuts, "score": [_mean_ap(row) for row in ap],
+                             "n_images": len(self.image_ids)})
+
+
+def _mean_ap(ap: np.ndarray) -> float:
+    """The mAP of one row of per-class APs: the mean over the classes with ground truth (0 when none has any), as
+    `VinBigDataEvaluator.score`."""
+    return float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0
 
 
 def _ground_truth(labels: Annotations, readers: Mapping[str, Any] | None) -> pd.DataFrame:

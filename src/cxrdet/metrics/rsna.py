@@ -18,9 +18,10 @@ order (for a submission file, their order inside the PredictionString), as a sta
 unmatched ground-truth boxes with equal IoU the first in ascending `(x1, y1, x2, y2)` order is taken, so ground-truth
 row order never matters (on real labels such ties only occur between identical boxes, where the choice is moot).
 
-Speed: `RsnaEvaluator` groups the ground truth once; each `score` call sorts the predictions, computes the IoU of
-every (prediction, ground truth) pair of the same image in one pass, and runs the greedy matching once per
-"rank of the prediction within its image", each step vectorised over all images and all 8 thresholds.
+Speed: `RsnaEvaluator` groups the ground truth once; each `score` call puts the predictions in visiting order and
+runs the greedy matching at all 8 thresholds in one compiled (numba) pass over the images, computing each IoU as
+`cxrdet.boxes.paired_iou` does. `score_vs_threshold` reuses one matching for every confidence cut and adds each
+image's score to all cuts in one more walk over its sorted predictions.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from cxrdet.boxes import paired_iou
 from cxrdet.errors import TableError
 
 IOU_THRESHOLDS: npt.NDArray[np.float64] = np.array([0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75])
@@ -76,38 +77,42 @@ class _Matched:
     gt: npt.NDArray[np.int64]  # (P, T): the ground-truth row (positional, in the table given) it matched, or -1
 
 
-def _table_problems(df: pd.DataFrame, name: str, with_score: bool) -> list[str]:
-    """Describe what is wrong with an in-memory box table (missing columns, non-finite values, inverted boxes)."""
+def _table_values(df: pd.DataFrame, name: str, with_score: bool) -> npt.NDArray[np.float64]:
+    """The box columns (and `score`) of an in-memory box table as one float64 array.
+
+    Raises:
+        TableError: Naming every problem: missing columns, non-finite values, inverted boxes, rows without image id.
+    """
     columns = ["image_id", *BOX_COLUMNS] + (["score"] if with_score else [])
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        return [f"{name} lacks column(s) {missing}; expected columns {columns}"]
+        raise TableError(name, [f"{name} lacks column(s) {missing}; expected columns {columns}"])
     problems: list[str] = []
     numeric = columns[1:]
-    values = df[numeric].to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(values)
-    for j in np.flatnonzero(bad.any(axis=0)):
-        rows = df.index[bad[:, j]]
-        problems.append(f"{name}: {bad[:, j].sum()} non-finite value(s) in column {numeric[j]!r} at row index "
-                        f"{list(rows[:_MAX_LISTED])}; expected finite numbers")
+    values = np.empty((len(df), len(numeric)), dtype=np.float64)
+    for j, column in enumerate(numeric):
+        values[:, j] = df[column].to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = np.isfinite(values)
+    if not finite.all():
+        for j in np.flatnonzero(~finite.all(axis=0)):
+            rows = df.index[~finite[:, j]]
+            problems.append(f"{name}: {len(rows)} non-finite value(s) in column {numeric[j]!r} at row index "
+                            f"{list(rows[:_MAX_LISTED])}; expected finite numbers")
     inverted = (values[:, 2] < values[:, 0]) | (values[:, 3] < values[:, 1])
     if inverted.any():
         rows = df.index[inverted]
         problems.append(f"{name}: {inverted.sum()} box(es) with x2 < x1 or y2 < y1 at row index "
                         f"{list(rows[:_MAX_LISTED])}; expected xyxy boxes")
-    if df["image_id"].isna().any():
+    if df["image_id"].hasnans:
         problems.append(f"{name}: {df['image_id'].isna().sum()} row(s) without image_id")
-    return problems
+    if problems:
+        raise TableError(name, problems)
+    return values
 
 
 def _gt_order(image: npt.NDArray[np.int64], boxes: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
     """Ground-truth row order: by image, then ascending (x1, y1, x2, y2), so that IoU ties never depend on row order."""
     return np.lexsort([boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], image])
-
-
-def _pred_order(image: npt.NDArray[np.int64], score: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-    """Prediction visiting order: by image, then descending score; equal scores keep their row order (stable)."""
-    return np.lexsort([-score, image])
 
 
 def _image_index(ids: pd.Index, image_id: pd.Series) -> npt.NDArray[np.int64]:
@@ -132,9 +137,7 @@ class RsnaEvaluator:
     """
 
     def __init__(self, gt: pd.DataFrame, image_ids: Sequence[str] | pd.Index | None = None) -> None:
-        problems = _table_problems(gt, "ground truth", with_score=False)
-        if problems:
-            raise TableError("ground truth", problems)
+        boxes = _table_values(gt, "ground truth", with_score=False)
         ids = pd.Index(pd.unique(gt["image_id"]) if image_ids is None else image_ids)
         if ids.has_duplicates:
             dup = ids[ids.duplicated()].unique()
@@ -145,10 +148,9 @@ class RsnaEvaluator:
             unknown = pd.unique(gt["image_id"][gt_image < 0])
             raise TableError("ground truth", [f"{len(unknown)} image id(s) not in image_ids, e.g. "
                                               f"{list(unknown[:_MAX_LISTED])}"])
-        boxes = gt[BOX_COLUMNS].to_numpy(dtype=np.float64)
         order = _gt_order(gt_image, boxes)
-        self._gt_row = order  # sorted position -> positional row of `gt`
-        self._gt_boxes = boxes[order]
+        self._gt_row = order.astype(np.int64)  # sorted position -> positional row of `gt`
+        self._gt_boxes = np.ascontiguousarray(boxes[order])
         self._n_gt = np.bincount(gt_image, minlength=len(ids)).astype(np.int64)
         self._gt_start = np.cumsum(self._n_gt) - self._n_gt
 
@@ -159,84 +161,22 @@ class RsnaEvaluator:
 
     def _match(self, pred: pd.DataFrame, thresholds: npt.NDArray[np.float64] = IOU_THRESHOLDS) -> _Matched:
         """Sort `pred` in visiting order and run the greedy matching at every IoU threshold of `thresholds`."""
-        problems = _table_problems(pred, "predictions", with_score=True)
-        if problems:
-            raise TableError("predictions", problems)
+        values = _table_values(pred, "predictions", with_score=True)
         image = _image_index(self.image_ids, pred["image_id"])
         if (image < 0).any():
             unknown = pd.unique(pred["image_id"][image < 0])
             raise TableError("predictions", [f"{len(unknown)} image id(s) not in the evaluated image set, e.g. "
                                              f"{list(unknown[:_MAX_LISTED])}"])
-        boxes = pred[BOX_COLUMNS].to_numpy(dtype=np.float64)
-        score = pred["score"].to_numpy(dtype=np.float64)
-        order = _pred_order(image, score)
-        image, boxes, score = image[order], boxes[order], score[order]
-        thresholds = np.asarray(thresholds, dtype=np.float64)
-        n_thr = len(thresholds)
-        hit = np.zeros((len(image), n_thr), dtype=bool)
-        gt_of = np.full((len(image), n_thr), -1, dtype=np.int64)
-
-        # Only predictions on images with ground truth can match; the rest are FPs by construction.
-        n_gt_of_pred = self._n_gt[image]
-        cand = np.flatnonzero(n_gt_of_pred > 0)
-        if len(cand) == 0:
-            return _Matched(image, score, hit, order, gt_of)
-        first_of_image = np.r_[True, image[1:] != image[:-1]]
-        start = np.maximum.accumulate(np.where(first_of_image, np.arange(len(image)), 0))
-        rank = (np.arange(len(image)) - start)[cand]
-
-        # One row per (candidate prediction, ground-truth box of its image), grouped by prediction.
-        per_pred = n_gt_of_pred[cand]
-        pair_pred = np.repeat(np.arange(len(cand)), per_pred)
-        within = np.arange(len(pair_pred)) - np.repeat(np.cumsum(per_pred) - per_pred, per_pred)
-        pair_gt = self._gt_start[image[cand]][pair_pred] + within
-        iou = paired_iou(boxes[cand][pair_pred], self._gt_boxes[pair_gt])
-
-        # Regroup by rank within image (stable, so each prediction's pairs stay together and in GT order).
-        by_rank = np.argsort(rank[pair_pred], kind="stable")
-        pair_pred, pair_gt, iou = pair_pred[by_rank], pair_gt[by_rank], iou[by_rank]
-        rank_bounds = np.searchsorted(rank[pair_pred], np.arange(rank.max() + 2))
-
-        matched = np.zeros((len(self._gt_boxes), n_thr), dtype=bool)
-        cols = np.arange(n_thr)
-        for k in range(rank.max() + 1):
-            lo, hi = rank_bounds[k], rank_bounds[k + 1]
-            pp, pg = pair_pred[lo:hi], pair_gt[lo:hi]
-            seg_start = np.flatnonzero(np.r_[True, pp[1:] != pp[:-1]])
-            seg_of_pair = np.cumsum(np.r_[True, pp[1:] != pp[:-1]]) - 1
-            # IoU against still-unmatched GT only; matched GT get -1 so they can never be chosen.
-            val = np.where(matched[pg], -1.0, iou[lo:hi, None])
-            best = np.maximum.reduceat(val, seg_start, axis=0)
-            is_best = (val == best[seg_of_pair]) & (best[seg_of_pair] > thresholds)
-            # The first best pair of each prediction (lowest GT position in the image's sorted GT).
-            pos = np.where(is_best, np.arange(hi - lo)[:, None], hi - lo)
-            first = np.minimum.reduceat(pos, seg_start, axis=0)
-            seg_hit, thr_hit = np.nonzero(first < hi - lo)
-            chosen_gt = pg[first[seg_hit, thr_hit]]
-            matched[chosen_gt, cols[thr_hit]] = True
-            hit[cand[pp[seg_start[seg_hit]]], thr_hit] = True
-            gt_of[cand[pp[seg_start[seg_hit]]], thr_hit] = self._gt_row[chosen_gt]
-        return _Matched(image, score, hit, order, gt_of)
+        thresholds = np.ascontiguousarray(thresholds, dtype=np.float64)
+        order, hit, gt_of = _greedy_match(image.astype(np.int64), values, self._gt_start, self._n_gt,
+                                          self._gt_boxes, self._gt_row, thresholds)
+        return _Matched(image[order], values[order, 4], hit, order, gt_of)
 
     def _result(self, image: npt.NDArray[np.int64], hit: npt.NDArray[np.bool_]) -> RsnaResult:
         """Aggregate per-prediction hits of the kept predictions into per-image and overall scores."""
-        n = len(self.image_ids)
-        n_thr = len(IOU_THRESHOLDS)
-        n_pred = np.bincount(image, minlength=n).astype(np.int64)
-        hit_pred, hit_thr = np.nonzero(hit)
-        tp = np.bincount(image[hit_pred] * n_thr + hit_thr, minlength=n * n_thr).reshape(n, n_thr).astype(np.int64)
-        denom = (n_pred + self._n_gt)[:, None] - tp
-        counted = (n_pred + self._n_gt) > 0
-        precision = np.full((n, n_thr), np.nan)
-        np.divide(tp, denom, out=precision, where=counted[:, None])
-        per_image = precision.mean(axis=1)
-        n_counted = int(counted.sum())
-        if n_counted:
-            score = float(per_image[counted].mean())
-            per_threshold = precision[counted].mean(axis=0)
-        else:
-            score = float("nan")
-            per_threshold = np.full(n_thr, np.nan)
+        n_pred, tp, per_image, sums, total, n_counted = _tally(image.astype(np.int64), hit, self._n_gt)
+        score = total / n_counted if n_counted else float("nan")
+        per_threshold = sums / n_counted if n_counted else np.full(hit.shape[1], np.nan)
         return RsnaResult(
             score=score,
             per_image=pd.Series(per_image, index=self.image_ids, name="score"),
@@ -261,26 +201,187 @@ class RsnaEvaluator:
         return self._result(matched.image, matched.hit)
 
     def score_vs_threshold(self, pred: pd.DataFrame, thresholds: Sequence[float] | npt.ArrayLike) -> pd.DataFrame:
-        """Score `pred` keeping only boxes with confidence >= c, for each c in `thresholds`, in one matching pass.
+        """Score `pred` keeping only boxes with confidence >= c, for each c in `thresholds`, in one pass.
 
         Dropping every box below a confidence cut keeps a prefix of each image's visiting order, so the matches of
-        the kept boxes are those of the full run; only the counts are redone per cut.
+        the kept boxes are those of the full run: the matching runs once, then one walk over each image's sorted
+        predictions adds the image's score for every cut at once (`_sweep`), instead of re-counting per cut.
 
         Args:
             pred: As in `score`.
-            thresholds: Confidence cuts c (a box is kept when its score >= c).
+            thresholds: Confidence cuts c (a box is kept when its score >= c), any order.
 
         Returns:
-            One row per cut: `threshold`, `score`, `n_images` and the per-IoU-threshold means `iou_0.40` ... `iou_0.75`.
+            One row per cut, in the order given: `threshold`, `score`, `n_images` and the per-IoU-threshold means
+            `iou_0.40` ... `iou_0.75`.
         """
+        cuts = np.asarray(thresholds, dtype=np.float64).ravel()
         matched = self._match(pred)
-        rows = []
-        for c in np.asarray(thresholds, dtype=np.float64).ravel():
-            keep = matched.score >= c
-            res = self._result(matched.image[keep], matched.hit[keep])
-            rows.append({"threshold": float(c), "score": res.score, "n_images": res.n_images,
-                         **{f"iou_{t:.2f}": v for t, v in zip(IOU_THRESHOLDS, res.per_threshold, strict=True)}})
-        return pd.DataFrame(rows)
+        rank = np.argsort(cuts, kind="stable")
+        # Bucket of a box: how many (ascending) cuts it passes; it is kept at cut j (ascending) iff j < bucket.
+        bucket = np.searchsorted(cuts[rank], matched.score, side="right").astype(np.int64)
+        sums, counts = _sweep(matched.image.astype(np.int64), bucket, matched.hit, self._n_gt, len(cuts))
+        per_threshold = np.full((len(cuts), matched.hit.shape[1]), np.nan)
+        np.divide(sums, counts[:, None], out=per_threshold, where=counts[:, None] > 0)
+        score = np.full(len(cuts), np.nan)
+        np.divide(sums.mean(axis=1), counts, out=score, where=counts > 0)
+        back = np.empty_like(rank)
+        back[rank] = np.arange(len(rank))
+        out = pd.DataFrame({"threshold": cuts, "score": score[back], "n_images": counts[back]})
+        for t, thr in enumerate(IOU_THRESHOLDS):
+            out[f"iou_{thr:.2f}"] = per_threshold[back, t]
+        return out
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _greedy_match(image: npt.NDArray[np.int64], values: npt.NDArray[np.float64], gt_start: npt.NDArray[np.int64],
+                  n_gt: npt.NDArray[np.int64], gt_boxes: npt.NDArray[np.float64], gt_row: npt.NDArray[np.int64],
+                  thresholds: npt.NDArray[np.float64]):  # pragma: no cover - compiled
+    """The metric's matching, compiled.
+
+    Predictions (`values`: x1, y1, x2, y2, score per row) are put in visiting order: by image, inside an image by
+    descending score with equal scores in row order (a stable counting sort by image, then a stable insertion sort
+    of each image's few boxes). Then, per image and IoU threshold, each prediction takes the still unmatched
+    ground-truth box of highest IoU (the first in the image's sorted ground truth on ties) when that IoU is strictly
+    above the threshold. The IoU is `cxrdet.boxes.paired_iou`'s, operation for operation, so ties at a threshold fall
+    as they do in numpy.
+
+    Returns:
+        `order` (visiting order: positional rows of the predictions), `hit` (P, T) and `gt_of` (P, T): the
+        ground-truth row (`gt_row` of the sorted position) each visited prediction matched, or -1.
+    """
+    n_pred = len(image)
+    n_images = len(n_gt)
+    n_thr = len(thresholds)
+    start = np.zeros(n_images + 1, dtype=np.int64)
+    for i in range(n_pred):
+        start[image[i] + 1] += 1
+    for k in range(n_images):
+        start[k + 1] += start[k]
+    fill = start[:-1].copy()
+    order = np.empty(n_pred, dtype=np.int64)
+    for i in range(n_pred):
+        k = image[i]
+        j = fill[k]
+        # Insertion by descending score inside the image's segment; strict `<` keeps equal scores in row order.
+        while j > start[k] and values[order[j - 1], 4] < values[i, 4]:
+            order[j] = order[j - 1]
+            j -= 1
+        order[j] = i
+        fill[k] += 1
+    hit = np.zeros((n_pred, n_thr), dtype=np.bool_)
+    gt_of = np.full((n_pred, n_thr), -1, dtype=np.int64)
+    taken = np.zeros((len(gt_boxes), n_thr), dtype=np.bool_)
+    iou = np.empty(max(1, n_gt.max()) if n_images else 1, dtype=np.float64)
+    for p in range(n_pred):
+        r = order[p]
+        k = image[r]
+        g0 = gt_start[k]
+        ng = n_gt[k]
+        if ng == 0:
+            continue
+        ax1, ay1, ax2, ay2 = values[r, 0], values[r, 1], values[r, 2], values[r, 3]
+        area = (ax2 - ax1) * (ay2 - ay1)
+        for j in range(ng):
+            bx1, by1, bx2, by2 = gt_boxes[g0 + j, 0], gt_boxes[g0 + j, 1], gt_boxes[g0 + j, 2], gt_boxes[g0 + j, 3]
+            iw = min(ax2, bx2) - max(ax1, bx1)
+            iw = iw if iw > 0.0 else 0.0
+            ih = min(ay2, by2) - max(ay1, by1)
+            ih = ih if ih > 0.0 else 0.0
+            inter = iw * ih
+            union = area + (bx2 - bx1) * (by2 - by1) - inter
+            iou[j] = inter / union if union > 0 else 0.0
+        for t in range(n_thr):
+            best = -1.0
+            choice = -1
+            for j in range(ng):
+                if not taken[g0 + j, t] and iou[j] > best:
+                    best = iou[j]
+                    choice = j
+            if choice >= 0 and best > thresholds[t]:
+                taken[g0 + choice, t] = True
+                hit[p, t] = True
+                gt_of[p, t] = gt_row[g0 + choice]
+    return order, hit, gt_of
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _tally(image: npt.NDArray[np.int64], hit: npt.NDArray[np.bool_], n_gt: npt.NDArray[np.int64]
+           ):  # pragma: no cover - compiled
+    """Per image: predictions, true positives per IoU threshold and score (mean over thresholds of
+    TP / (TP + FP + FN); NaN for an image with neither ground truth nor prediction); over the counted images: the
+    sum of TP / (TP + FP + FN) per threshold, the sum of the image scores and their number."""
+    n_images = len(n_gt)
+    n_thr = hit.shape[1]
+    n_pred = np.zeros(n_images, dtype=np.int64)
+    tp = np.zeros((n_images, n_thr), dtype=np.int64)
+    for p in range(len(image)):
+        n_pred[image[p]] += 1
+        for t in range(n_thr):
+            if hit[p, t]:
+                tp[image[p], t] += 1
+    per_image = np.full(n_images, np.nan)
+    sums = np.zeros(n_thr, dtype=np.float64)
+    total = 0.0
+    n_counted = 0
+    for k in range(n_images):
+        m = n_pred[k] + n_gt[k]
+        if m == 0:
+            continue
+        acc = 0.0
+        for t in range(n_thr):
+            v = tp[k, t] / (m - tp[k, t])
+            sums[t] += v
+            acc += v
+        per_image[k] = acc / n_thr
+        total += per_image[k]
+        n_counted += 1
+    return n_pred, tp, per_image, sums, total, n_counted
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _sweep(image: npt.NDArray[np.int64], bucket: npt.NDArray[np.int64], hit: npt.NDArray[np.bool_],
+           n_gt: npt.NDArray[np.int64], n_cuts: int):  # pragma: no cover - compiled
+    """Per confidence cut (ascending), the sum over counted images of TP / (TP + FP + FN) per IoU threshold, and the
+    number of counted images, in one walk over the predictions in visiting order.
+
+    The kept boxes of an image at cut j are the prefix of its visiting order whose bucket exceeds j (scores, hence
+    buckets, do not increase along it). Walking an image's boxes, the prefix of the first m boxes holds for the cuts
+    in [bucket[m], bucket[m - 1]) (bucket[-1] = n_cuts, bucket[m] = 0 past the end), so every cut gets exactly one
+    prefix of every image. An image without ground truth or kept boxes counts nowhere; one with ground truth and no
+    kept box scores 0 (and counts).
+    """
+    n_thr = hit.shape[1]
+    sums = np.zeros((n_cuts, n_thr), dtype=np.float64)
+    counts = np.zeros(n_cuts, dtype=np.int64)
+    n_images = len(n_gt)
+    first = np.full(n_images + 1, len(image), dtype=np.int64)
+    for p in range(len(image) - 1, -1, -1):
+        first[image[p]] = p
+    tp = np.zeros(n_thr, dtype=np.int64)
+    p = 0
+    for k in range(n_images):
+        g = n_gt[k]
+        hi = n_cuts
+        tp[:] = 0
+        m = 0
+        p = first[k]
+        while True:
+            lo = bucket[p] if (p < len(image) and image[p] == k) else 0
+            if lo < hi and (g > 0 or m > 0):
+                for j in range(lo, hi):
+                    counts[j] += 1
+                    for t in range(n_thr):
+                        sums[j, t] += tp[t] / (m + g - tp[t])
+            hi = min(hi, lo)
+            if not (p < len(image) and image[p] == k):
+                break
+            for t in range(n_thr):
+                if hit[p, t]:
+                    tp[t] += 1
+            m += 1
+            p += 1
+    return sums, counts
 
 
 def rsna_score(gt: pd.DataFrame, pred: pd.DataFrame, image_ids: Sequence[str] | pd.Index | None = None) -> RsnaResult:

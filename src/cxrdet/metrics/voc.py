@@ -33,7 +33,7 @@ ranked order is its true positive.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,8 +135,14 @@ class VocEvaluator:
         self._gt_boxes = gt[BOX_COLUMNS].to_numpy(dtype=np.float64)[order]
         self.n_gt = np.bincount(gt["label"].to_numpy(dtype=np.int64), minlength=len(self.classes))
 
-    def score(self, pred: pd.DataFrame) -> VocResult:
-        """mAP of `pred` (`image_id, x1, y1, x2, y2, label, score`; xyxy pixels, any row order)."""
+    def _rank_and_match(self, pred: pd.DataFrame) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
+                                                            npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """Rank `pred` per class and find its true positives.
+
+        Returns:
+            `order` (ranked rows: by class, then descending score, ties in row order), and in that order the labels,
+            scores and true-positive flags.
+        """
         problems = _problems(pred, "predictions", len(self.classes), scored=True)
         if problems:
             raise TableError("predictions", problems)
@@ -175,26 +181,106 @@ class VocEvaluator:
             ranked = has[above]
             _, first_of_box = np.unique(candidate_gt[above], return_index=True)
             tp_sorted[ranked[first_of_box]] = True
+        return order, label, score, tp_sorted
 
+    def score(self, pred: pd.DataFrame) -> VocResult:
+        """mAP of `pred` (`image_id, x1, y1, x2, y2, label, score`; xyxy pixels, any row order)."""
+        order, label, _, tp_sorted = self._rank_and_match(pred)
+        n_classes = len(self.classes)
         rows = []
         class_start = np.searchsorted(label, np.arange(n_classes + 1))
         for c in range(n_classes):
             hits = tp_sorted[class_start[c]:class_start[c + 1]]
             n_gt, n_pred = int(self.n_gt[c]), len(hits)
-            if n_gt == 0:
-                ap = float("nan")
-            elif n_pred == 0:
-                ap = 0.0
-            else:
-                cum = np.cumsum(hits)
-                ap = all_point_ap(cum / n_gt, cum / np.arange(1, n_pred + 1))
-            rows.append({"label": c, "class": self.classes[c], "ap": ap, "n_gt": n_gt, "n_pred": n_pred,
-                         "tp": int(hits.sum())})
+            rows.append({"label": c, "class": self.classes[c], "ap": _ap(hits, n_gt), "n_gt": n_gt,
+                         "n_pred": n_pred, "tp": int(hits.sum())})
         per_class = pd.DataFrame(rows, columns=["label", "class", "ap", "n_gt", "n_pred", "tp"])
         scored = per_class["ap"].dropna()
         tp = np.zeros(len(pred), dtype=bool)
         tp[order] = tp_sorted
         return VocResult(map=float(scored.mean()) if len(scored) else float("nan"), per_class=per_class, tp=tp)
+
+    def ap_vs_threshold(self, pred: pd.DataFrame, thresholds: Sequence[float] | npt.ArrayLike
+                        ) -> npt.NDArray[np.float64]:
+        """The AP of every class keeping only the boxes with score >= c, for each cut c, from one matching.
+
+        A box's true positive is its box's first candidate in ranked order, so dropping every box below a cut (a
+        prefix of each class's ranking) leaves the matches of the kept boxes as they were: the matching runs once
+        and each cut's AP is that of its prefix.
+
+        Returns:
+            Shape (n_cuts, n_classes), cuts in the order given: the AP (NaN for a class without ground truth, 0 for
+            one with ground truth and no kept box).
+        """
+        _, label, score, tp_sorted = self._rank_and_match(pred)
+        cuts = np.asarray(thresholds, dtype=np.float64).ravel()
+        n_classes = len(self.classes)
+        out = np.empty((len(cuts), n_classes), dtype=np.float64)
+        class_start = np.searchsorted(label, np.arange(n_classes + 1))
+        for c in range(n_classes):
+            lo, hi = class_start[c], class_start[c + 1]
+            hits = tp_sorted[lo:hi]
+            # Scores descend inside the class: the kept boxes at cut x are the first (number of scores >= x).
+            kept = np.searchsorted(-score[lo:hi], -cuts, side="right")
+            cum = np.cumsum(hits)
+            precision = cum / np.arange(1, len(hits) + 1)
+            for j, m in enumerate(kept):
+                out[j, c] = _prefix_ap(cum[:m], precision[:m], int(self.n_gt[c]))
+        return out
+
+
+def _prefix_ap(cum: npt.NDArray[np.int64], precision: npt.NDArray[np.float64], n_gt: int) -> float:
+    """The AP of a ranked list from its running true-positive count and precision (see `_ap`)."""
+    if n_gt == 0:
+        return float("nan")
+    if len(cum) == 0:
+        return 0.0
+    return all_point_ap(cum / n_gt, precision)
+
+
+def _ap(hits: npt.NDArray[np.bool_], n_gt: int) -> float:
+    """The AP of one class's ranked true-positive flags: NaN without ground truth, 0 without predictions."""
+    cum = np.cumsum(hits)
+    return _prefix_ap(cum, cum / np.arange(1, len(hits) + 1), n_gt)
+
+
+def completed_ap_vs_threshold(evaluator: VocEvaluator, pred: pd.DataFrame, thresholds: Sequence[float] | npt.ArrayLike,
+                              swept: Sequence[int], completed: Callable[[pd.DataFrame], pd.DataFrame],
+                              varies: bool) -> npt.NDArray[np.float64]:
+    """Per confidence cut, the AP of every class when the boxes of the `swept` classes below the cut are dropped and
+    the other classes' rows are what `completed` makes of the kept boxes (a competition's completion: VinBigData's
+    no-finding box, SIIM's none and study rows, which follow each image's top box of the swept classes).
+
+    The swept classes come from one matching (`VocEvaluator.ap_vs_threshold`). The other classes are scored per cut
+    on their own rows only (a class's AP depends on its own rows alone), completed from each image's single
+    highest-scoring swept box: the completions read nothing else of the boxes, and that box is kept at a cut
+    exactly when any swept box of the image is. With `varies` False (the other rows are given, not derived) they
+    are scored once.
+
+    Returns:
+        Shape (n_cuts, n_classes), cuts in the order given.
+    """
+    cuts = np.asarray(thresholds, dtype=np.float64).ravel()
+    is_swept = np.isin(pred["label"].to_numpy(), np.asarray(swept))
+    boxes, rest = pred[is_swept], pred[~is_swept]
+    ap = evaluator.ap_vs_threshold(boxes, cuts)
+    others = ~np.isin(np.arange(len(evaluator.classes)), np.asarray(swept))
+
+    def other_ap(kept: pd.DataFrame) -> npt.NDArray[np.float64]:
+        full = completed(pd.concat([kept, rest], ignore_index=True) if len(rest) and len(kept) else
+                         (kept if len(kept) else rest))
+        part = full[~np.isin(full["label"].to_numpy(), np.asarray(swept))]
+        return evaluator.score(part).per_class["ap"].to_numpy(dtype=np.float64)[others]
+
+    if not varies:
+        ap[:, others] = other_ap(boxes.iloc[:0])
+        return ap
+    top = boxes.iloc[np.lexsort((-boxes["score"].to_numpy(dtype=np.float64),))]
+    top = top[~pd.Series(np.asarray(top["image_id"], dtype=object)).duplicated().to_numpy()]
+    score = top["score"].to_numpy(dtype=np.float64)
+    for j, cut in enumerate(cuts):
+        ap[j, others] = other_ap(top[score >= cut])
+    return ap
 
 
 def voc_map(gt: pd.DataFrame, pred: pd.DataFrame, image_ids: Sequence[str] | pd.Index, classes: Sequence[str],
