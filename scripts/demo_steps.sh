@@ -5,14 +5,14 @@ start=$SECONDS
 
 step() { printf '\n==> [%4ds] %s\n' $((SECONDS - start)) "$*"; }
 
-# train_and_predict MODEL...: train every fold of each experiment, then predict its OOF and test outputs.
+# train_and_predict MODEL...: train every fold of each experiment, then predict its OOF and test outputs, in one
+# `cxrdet` process per experiment (one start-up instead of two per fold; the same runs as
+# scripts/train_folds.sh + scripts/predict_folds.sh, which start one process per fold).
 train_and_predict() {
     local model
     for model in "$@"; do
-        step "4/${STEPS_TOTAL:-7} train $model on every fold"
-        bash scripts/train_folds.sh "configs/experiments/$model.py" -- --overwrite
-        step "5/${STEPS_TOTAL:-7} predict OOF and test outputs of $model"
-        bash scripts/predict_folds.sh "configs/experiments/$model.py" -- --split oof --split test
+        step "4-5/${STEPS_TOTAL:-7} train $model on every fold, then predict its OOF and test outputs"
+        "$CXRDET" train "configs/experiments/$model.py" --all-folds --overwrite --predict oof --predict test
     done
 }
 

@@ -294,6 +294,35 @@ def test_cli_errors_are_messages(squares: dict[str, str]) -> None:
     assert result.exit_code == 0 and result.output.strip() == "0 1 2"
 
 
+def test_several_folds_train_and_predict_in_one_process_as_they_would_alone(squares: dict[str, str]) -> None:
+    """`train --fold 0 --fold 1 --predict oof`: each fold's run and predictions are those of training it alone (a
+    fresh config copy and its own seed per fold: nothing carries over from the fold before)."""
+    options = tiny_options(squares, **{"train.limit_train_batches": 2, "data.batch_size": 2})
+    args = [a for o in options for a in ("-o", o)]
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(TINY), "--fold", "0", "--fold", "1", "--overwrite", "--predict", "oof",
+                                 *args])
+    assert result.exit_code == 0, result.output
+    assert "==> train" in result.output and result.output.count("best val/rsna") == 2
+    together = {k: pd.read_parquet(paths.predictions_path("retinanet_mnv3s_128_tiny12e", k, "oof")) for k in (0, 1)}
+    result = runner.invoke(app, ["train", str(TINY), "--fold", "1", "--overwrite", *args])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["predict", str(TINY), "--fold", "1", "--split", "oof", *args])
+    assert result.exit_code == 0, result.output
+    alone = pd.read_parquet(paths.predictions_path("retinanet_mnv3s_128_tiny12e", 1, "oof"))
+    assert len(together[0]) and set(together[0]["image_id"]).isdisjoint(together[1]["image_id"])
+    pd.testing.assert_frame_equal(together[1], alone)
+
+    # A failing fold is named with the folds it left undone; --fold and --all-folds exclude each other.
+    result = runner.invoke(app, ["predict", str(TINY), "--fold", "1", "--fold", "2", "--fold", "0", "--split", "oof",
+                                 *args])
+    assert result.exit_code == 1 and "predict fold 2:" in result.output and "folds [0] were not run" in result.output
+    result = runner.invoke(app, ["predict", str(TINY), "--all-folds", "--fold", "1", *args])
+    assert result.exit_code == 2 and "not both" in result.output
+    result = runner.invoke(app, ["predict", str(TINY), *args])
+    assert result.exit_code == 2 and "--all-folds" in result.output
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_train_two_steps(squares: dict[str, str], tmp_path: Path) -> None:
     """`strategy=ddp` on two CPU processes (gloo): Lightning relaunches the command, both ranks train 2 steps."""

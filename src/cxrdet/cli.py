@@ -443,6 +443,12 @@ def package_command(
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config, e.g. configs/experiments/<name>.py.")]
 FoldOpt = Annotated[int, typer.Option("--fold", help="The held-out fold (0-based).", min=0)]
+FoldsOpt = Annotated[
+    list[int] | None,
+    typer.Option("--fold", help="The held-out fold (0-based); repeat for several, run one after the other in this "
+                 "process.", min=0),
+]
+AllFoldsOpt = Annotated[bool, typer.Option("--all-folds", help="Every fold of the config's fold file, in order.")]
 CfgOptions = Annotated[
     list[str] | None,
     typer.Option("--cfg-options", "-o", help="Config override KEY=VALUE with a dotted key (repeatable), e.g. "
@@ -457,22 +463,42 @@ def fold_ids_command(config: ConfigArg, cfg_options: CfgOptions = None) -> None:
 
     Reads the config and its fold file; writes nothing.
     """
-    from cxrdet import paths
     from cxrdet.config import load_config
+
+    typer.echo(" ".join(str(k) for k in _fold_ids(load_config(config, cfg_options))))
+
+
+def _fold_ids(cfg: Any) -> list[int]:
+    """The folds of a config's fold file (data.folds), ascending."""
+    from cxrdet import paths
     from cxrdet.data.folds import read_folds
 
-    cfg = load_config(config, cfg_options)
-    folds = read_folds(paths.folds_file(cfg["data"]["folds"]))
-    typer.echo(" ".join(str(k) for k in sorted(set(folds["fold"].tolist()))))
+    return sorted(set(read_folds(paths.folds_file(cfg["data"]["folds"]))["fold"].tolist()))
+
+
+def _chosen_folds(cfg: Any, folds: list[int] | None, all_folds: bool) -> list[int]:
+    """The folds a train or predict command runs: --fold (repeatable) or --all-folds, one of the two."""
+    if all_folds and folds:
+        raise typer.BadParameter("give --fold or --all-folds, not both")
+    if all_folds:
+        return _fold_ids(cfg)
+    if not folds:
+        raise typer.BadParameter("give --fold K (repeatable) or --all-folds")
+    return list(dict.fromkeys(folds))
 
 
 @app.command("train")
 @user_errors
 def train_command(
     config: ConfigArg,
-    fold: FoldOpt,
+    fold: FoldsOpt = None,
+    all_folds: AllFoldsOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last.ckpt.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete this run's checkpoints, start again.")] = False,
+    then_predict: Annotated[
+        list[str] | None, typer.Option("--predict", help="After each fold trains, predict this split (oof or test) "
+                                       "with its best checkpoint, as `cxrdet predict` would; repeatable.")
+    ] = None,
     limit_train_batches: Annotated[
         float | None, typer.Option("--limit-train-batches", help="Batches per epoch (>1) or a fraction (<=1).")
     ] = None,
@@ -483,12 +509,19 @@ def train_command(
     cfg_options: CfgOptions = None,
 ) -> None:
     """Train a detector or a classifier (config task='classify') on every fold but --fold and validate on --fold
-    (detectors: RSNA metric over a threshold sweep; classifiers: mean per-class AUROC).
+    (detectors: the competition metric over a threshold sweep; classifiers: AUROC or AP).
+
+    Several folds (--fold repeated, or --all-folds) train one after the other in this one process, each from a
+    fresh copy of the config and its own seed, exactly as separate runs would (one start-up instead of one per
+    fold); the first fold that fails stops the rest, named. With --predict, each fold's predictions follow its
+    training in the same process.
 
     Reads the config, the fold file, the labels and the prepare cache. Writes outputs/<experiment>/fold<k>/:
     config.py (resolved), provenance.json (git revision, fold-file hash), checkpoints/{best,last}.ckpt and done.json
-    (per curriculum stage in stage<i>_<name>/), tensorboard/ and csv/ logs.
+    (per curriculum stage in stage<i>_<name>/), tensorboard/ and csv/ logs; with --predict, <split>.parquet too.
     """
+    import copy
+
     from cxrdet.config import load_config
     from cxrdet.tasks import train
 
@@ -498,17 +531,44 @@ def train_command(
         if value is not None:
             overrides.append(f"train.{key}={value}")
     cfg = load_config(config, overrides)
-    result = train(cfg, fold, resume=resume, overwrite=overwrite)
-    # A multi-label or multi-class classifier has no single threshold: say nothing rather than "nan".
-    cut = "" if math.isnan(result.best_threshold) else f" at threshold {result.best_threshold:.2f}"
-    typer.echo(f"{result.run_dir}: best {result.monitor} {result.best_score:.4f}{cut} ({result.best_checkpoint})")
+    folds = _chosen_folds(cfg, fold, all_folds)
+    for k in folds:
+        if len(folds) > 1:
+            typer.echo(f"==> train {config} fold {k}")
+        try:
+            result = train(copy.deepcopy(cfg), k, resume=resume, overwrite=overwrite)
+        except CxrdetError as err:
+            raise _fold_failed(err, "train", k, folds) from err
+        # A multi-label or multi-class classifier has no single threshold: say nothing rather than "nan".
+        cut = "" if math.isnan(result.best_threshold) else f" at threshold {result.best_threshold:.2f}"
+        typer.echo(f"{result.run_dir}: best {result.monitor} {result.best_score:.4f}{cut} ({result.best_checkpoint})")
+        if then_predict:
+            _predict_fold(config, k, then_predict, cfg_options)
+
+
+def _fold_failed(err: CxrdetError, command: str, fold: int, folds: list[int]) -> CxrdetError:
+    """The error of a fold of a multi-fold command, naming the fold and the folds left undone."""
+    left = folds[folds.index(fold) + 1:]
+    after = f"; folds {left} were not run" if left else ""
+    return CxrdetError(f"{command} fold {fold}: {err}{after}") if len(folds) > 1 else err
+
+
+def _predict_fold(config: Path, fold: int, splits: list[str], cfg_options: list[str] | None, **kwargs: Any) -> None:
+    """Predict each split of one fold with its run's resolved config (what `cxrdet predict` does per fold)."""
+    from cxrdet.runs import run_config
+    from cxrdet.tasks import predict
+
+    cfg = run_config(config, fold, cfg_options)
+    for one in splits:
+        typer.echo(str(predict(cfg, fold, split=one, **kwargs)))
 
 
 @app.command("predict")
 @user_errors
 def predict_command(
     config: ConfigArg,
-    fold: FoldOpt,
+    fold: FoldsOpt = None,
+    all_folds: AllFoldsOpt = False,
     split: Annotated[
         list[str] | None, typer.Option("--split", help="oof (the images of --fold) or test; repeat for both.")
     ] = None,
@@ -521,19 +581,21 @@ def predict_command(
     cfg_options: CfgOptions = None,
 ) -> None:
     """Predict boxes (or a classifier's per-image probabilities) of a split with the fold-k model (OOF = fold k's
-    images, which that model never trained on).
+    images, which that model never trained on). Several folds (--fold repeated, --all-folds) run in this process.
 
     Reads the config, the run's checkpoint, the fold file and the prepare cache. Writes, per --split,
     outputs/<experiment>/fold<k>/<split>.parquet and a <split>.json sidecar (checkpoint, settings). Detectors: one row
     per box, image_id, x1, y1, x2, y2 in original pixels, score, label. Classifiers (task='classify'): one row per
     image, image_id and one probability column per class; hflip TTA averages the two passes.
     """
-    from cxrdet.runs import run_config
-    from cxrdet.tasks import predict
+    from cxrdet.config import load_config
 
-    cfg = run_config(config, fold, cfg_options)
-    for one in split or ["oof"]:
-        typer.echo(str(predict(cfg, fold, split=one, tta=tta, checkpoint=checkpoint, device=device)))
+    folds = _chosen_folds(load_config(config, cfg_options) if all_folds else None, fold, all_folds)
+    for k in folds:
+        try:
+            _predict_fold(config, k, split or ["oof"], cfg_options, tta=tta, checkpoint=checkpoint, device=device)
+        except CxrdetError as err:
+            raise _fold_failed(err, "predict", k, folds) from err
 
 
 # ---- reports and export: report, explain, export, infer ----
