@@ -5,14 +5,17 @@ start=$SECONDS
 
 step() { printf '\n==> [%4ds] %s\n' $((SECONDS - start)) "$*"; }
 
-# train_and_predict MODEL...: train every fold of each experiment, then predict its OOF and test outputs, in one
-# `cxrdet` process per experiment (one start-up instead of two per fold; the same runs as
-# scripts/train_folds.sh + scripts/predict_folds.sh, which start one process per fold).
+# train_and_predict MODEL...: train every fold of each experiment, then predict its OOF and test outputs. The folds
+# run side by side (scripts/train_folds.sh --jobs: one process per slot, each slot's folds in turn, the cores shared
+# out; tiny models gain nothing from a second thread, so two one-thread folds at once take the time of one), and
+# each fold's predictions follow its training in the same process (--predict), as scripts/predict_folds.sh would
+# write them. DEMO_JOBS=1 trains the folds one after the other.
 train_and_predict() {
-    local model
+    local model jobs=${DEMO_JOBS:-$(( $(nproc) < 5 ? $(nproc) : 5 ))}
     for model in "$@"; do
-        step "4-5/${STEPS_TOTAL:-7} train $model on every fold, then predict its OOF and test outputs"
-        "$CXRDET" train "configs/experiments/$model.py" --all-folds --overwrite --predict oof --predict test
+        step "4-5/${STEPS_TOTAL:-7} train $model on every fold ($jobs at a time), then predict its OOF and test outputs"
+        bash scripts/train_folds.sh --jobs "$jobs" "configs/experiments/$model.py" -- --overwrite \
+            --predict oof --predict test
     done
 }
 

@@ -370,3 +370,106 @@ def test_fold_loops_stop_at_the_first_failure_naming_the_fold(tmp_path: Path, sc
     assert done.returncode == 1
     assert "failed on fold 1" in done.stderr
     assert [line.split()[3] for line in log.read_text().splitlines()] == ["0", "1"]
+
+
+def _fake_slow_cxrdet(tmp_path: Path, fail_fold: int | None = None) -> tuple[Path, Path]:
+    """A stand-in `cxrdet COMMAND CONFIG --fold a --fold b ...` that takes 1 s per fold and logs
+    `fold start end CUDA_VISIBLE_DEVICES OMP_NUM_THREADS` for each, stopping at `fail_fold`."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "cxrdet"
+    fake.write_text("#!/usr/bin/env bash\n"
+                    'if [ "$1" = fold-ids ]; then echo "0 1 2"; exit 0; fi\n'
+                    "shift 2\n"
+                    'while [ "${1:-}" = --fold ]; do\n'
+                    "  t0=$(date +%s.%N); sleep 1\n"
+                    f'  echo "$2 $t0 $(date +%s.%N) ${{CUDA_VISIBLE_DEVICES:--}} ${{OMP_NUM_THREADS:--}}" >> {log}\n'
+                    f'  [ "$2" = "{fail_fold}" ] && {{ echo "boom on $2"; exit 3; }}\n'
+                    '  echo "trained $2"; shift 2\n'
+                    "done\n")
+    fake.chmod(0o755)
+    return fake, log
+
+
+def test_fold_loop_runs_one_fold_per_device_side_by_side(tmp_path: Path) -> None:
+    fake, log = _fake_slow_cxrdet(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "train_folds.sh"), "--devices", "0,1", "c.py"],
+                          env={**env, "CXRDET": str(fake)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = {int(f): (float(t0), float(t1), dev) for f, t0, t1, dev, _ in map(str.split, log.read_text().splitlines())}
+    # Fold i on device i mod 2; folds 0 and 1 at once, fold 2 after fold 0 on device 0 (in the same process).
+    assert {k: c[2] for k, c in calls.items()} == {0: "0", 1: "1", 2: "0"}
+    assert calls[0][0] < calls[1][1] and calls[1][0] < calls[0][1]
+    assert calls[2][0] >= calls[0][1]
+    assert {"[folds 0,2] trained 0", "[fold 1] trained 1", "[folds 0,2] trained 2"} <= set(done.stdout.splitlines())
+
+
+def test_fold_loop_side_by_side_names_the_failed_slot_and_splits_the_cores(tmp_path: Path) -> None:
+    fake, log = _fake_slow_cxrdet(tmp_path, fail_fold=0)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "train_folds.sh"), "--jobs", "2", "c.py", "0", "1", "2"],
+                          env={**env, "CXRDET": str(fake)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "failed in the slot(s) of fold(s): 0 2" in done.stderr, done.stderr
+    assert "[folds 0,2] boom on 0" in done.stdout and "[fold 1] trained 1" in done.stdout
+    # Fold 1 (the other slot) finished; fold 2 (after fold 0 in its slot) never started.
+    threads = str(max((os.cpu_count() or 1) // 2, 1))
+    rows = [line.split() for line in log.read_text().splitlines()]
+    assert sorted(r[0] for r in rows) == ["0", "1"] and {r[4] for r in rows} == {threads}
+    bad = subprocess.run(["bash", str(REPO / "scripts" / "train_folds.sh"), "--jobs", "2", "--devices", "0", "c.py"],
+                         env={**env, "CXRDET": str(fake)}, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not both" in bad.stderr
+
+
+@pytest.mark.slow
+def test_two_folds_train_at_once_on_cpu_each_in_its_own_run_folder(squares: dict[str, str], tmp_path: Path) -> None:
+    """`train_folds.sh --jobs 2`: two real CPU processes train folds 0 and 1 at the same time; each writes only
+    its own run folder, and each run is complete."""
+    options = tiny_options(squares, **{"train.limit_train_batches": 2, "data.batch_size": 2})
+    args = [a for o in options for a in ("-o", o)]
+    out = tmp_path / "out"
+    env = {**os.environ, "CXRDET_OUTPUTS": str(out), "CXRDET": str(Path(sys.executable).parent / "cxrdet")}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "train_folds.sh"), "--jobs", "2", str(TINY), "0", "1",
+                           "--", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    experiment = out / "retinanet_mnv3s_128_tiny12e"
+    assert sorted(p.name for p in out.iterdir()) == ["retinanet_mnv3s_128_tiny12e"]
+    assert sorted(p.name for p in experiment.iterdir()) == ["fold0", "fold1"]
+    started, finished = {}, {}
+    for k in (0, 1):
+        run = experiment / f"fold{k}"
+        assert json.loads((run / "provenance.json").read_text())["fold"] == k
+        assert load_checkpoint_file(run / "checkpoints" / "last.ckpt")["global_step"] == 2
+        assert json.loads((run / "checkpoints" / "done.json").read_text())["best_checkpoint"] == "best.ckpt"
+        started[k] = (run / "provenance.json").stat().st_mtime
+        finished[k] = (run / "checkpoints" / "done.json").stat().st_mtime
+        assert f"[fold {k}] " in done.stdout
+    assert started[0] < finished[1] and started[1] < finished[0]  # they overlapped
+
+
+def test_slurm_scripts_train_the_task_fold_and_size_ddp_from_the_allocation(tmp_path: Path) -> None:
+    fake, log = _fake_cxrdet(tmp_path, fail_fold=None)
+    srun = tmp_path / "bin" / "srun"
+    srun.parent.mkdir()
+    srun.write_text(f'#!/usr/bin/env bash\necho "srun $*" >> {log}\n"$@"\n')
+    srun.chmod(0o755)
+    env = {**os.environ, "CXRDET": str(fake), "PATH": f"{srun.parent}:{os.environ['PATH']}"}
+    array = REPO / "scripts" / "slurm" / "train_folds.sbatch"
+    done = subprocess.run(["bash", str(array), "c.py", "--", "-o", "data.size=512"],
+                          env={**env, "SLURM_ARRAY_TASK_ID": "3"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines() == ["train c.py --fold 3 --predict oof --predict test -o data.size=512"]
+    no_array = subprocess.run(["bash", str(array), "c.py"], env={k: v for k, v in env.items()
+                                                                  if k != "SLURM_ARRAY_TASK_ID"},
+                              capture_output=True, text=True, timeout=60)
+    assert no_array.returncode != 0 and "array job" in no_array.stderr
+    log.unlink()
+    multi = REPO / "scripts" / "slurm" / "train_fold_multinode.sbatch"
+    done = subprocess.run(["bash", str(multi), "c.py", "2"], capture_output=True, text=True, timeout=60,
+                          env={**env, "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "4(x2)"})
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines() == [
+        f"srun {fake} train c.py --fold 2 --accelerator gpu --devices 4 --strategy ddp -o train.num_nodes=2",
+        "train c.py --fold 2 --accelerator gpu --devices 4 --strategy ddp -o train.num_nodes=2",
+        "predict c.py --fold 2 --split oof --split test",
+    ]
