@@ -5,18 +5,16 @@ start=$SECONDS
 
 step() { printf '\n==> [%4ds] %s\n' $((SECONDS - start)) "$*"; }
 
-# train_and_predict MODEL...: train every fold of each experiment, then predict its OOF and test outputs. The folds
-# run side by side (scripts/train_folds.sh --jobs: one process per slot, each slot's folds in turn, the cores shared
-# out; tiny models gain nothing from a second thread, so two one-thread folds at once take the time of one), and
-# each fold's predictions follow its training in the same process (--predict), as scripts/predict_folds.sh would
-# write them. DEMO_JOBS=1 trains the folds one after the other.
+# train_and_predict MODEL...: train every fold of each experiment, then predict its OOF and test outputs. The
+# (experiment, fold) pairs run side by side (scripts/train_many.sh --jobs: dealt to the slots in turn, one process
+# per slot and experiment, the cores shared out; tiny models gain nothing from a second thread, so two one-thread
+# folds at once take the time of one), and each fold's predictions follow its training in the same process
+# (--predict), as scripts/predict_folds.sh would write them. DEMO_JOBS=1 trains everything in turn.
 train_and_predict() {
-    local model jobs=${DEMO_JOBS:-$(( $(nproc) < 5 ? $(nproc) : 5 ))}
-    for model in "$@"; do
-        step "4-5/${STEPS_TOTAL:-7} train $model on every fold ($jobs at a time), then predict its OOF and test outputs"
-        bash scripts/train_folds.sh --jobs "$jobs" "configs/experiments/$model.py" -- --overwrite \
-            --predict oof --predict test
-    done
+    local jobs=${DEMO_JOBS:-$(( $(nproc) < 5 ? $(nproc) : 5 ))} configs=() model
+    for model in "$@"; do configs+=("configs/experiments/$model.py"); done
+    step "4-5/${STEPS_TOTAL:-7} train $* on every fold ($jobs at a time), then predict their OOF and test outputs"
+    bash scripts/train_many.sh --jobs "$jobs" "${configs[@]}" -- --overwrite --predict oof --predict test
 }
 
 # tune_and_submit SUBS ENSEMBLE...: a fresh study per ensemble (its members were retrained), then its submission.

@@ -374,15 +374,15 @@ def test_fold_loops_stop_at_the_first_failure_naming_the_fold(tmp_path: Path, sc
 
 def _fake_slow_cxrdet(tmp_path: Path, fail_fold: int | None = None) -> tuple[Path, Path]:
     """A stand-in `cxrdet COMMAND CONFIG --fold a --fold b ...` that takes 1 s per fold and logs
-    `fold start end CUDA_VISIBLE_DEVICES OMP_NUM_THREADS` for each, stopping at `fail_fold`."""
+    `fold start end CUDA_VISIBLE_DEVICES OMP_NUM_THREADS CONFIG` for each, stopping at `fail_fold`."""
     log = tmp_path / "calls.txt"
     fake = tmp_path / "cxrdet"
     fake.write_text("#!/usr/bin/env bash\n"
                     'if [ "$1" = fold-ids ]; then echo "0 1 2"; exit 0; fi\n'
-                    "shift 2\n"
+                    "config=$2; shift 2\n"
                     'while [ "${1:-}" = --fold ]; do\n'
                     "  t0=$(date +%s.%N); sleep 1\n"
-                    f'  echo "$2 $t0 $(date +%s.%N) ${{CUDA_VISIBLE_DEVICES:--}} ${{OMP_NUM_THREADS:--}}" >> {log}\n'
+                    f'  echo "$2 $t0 $(date +%s.%N) ${{CUDA_VISIBLE_DEVICES:--}} ${{OMP_NUM_THREADS:--}} $config" >> {log}\n'
                     f'  [ "$2" = "{fail_fold}" ] && {{ echo "boom on $2"; exit 3; }}\n'
                     '  echo "trained $2"; shift 2\n'
                     "done\n")
@@ -396,7 +396,7 @@ def test_fold_loop_runs_one_fold_per_device_side_by_side(tmp_path: Path) -> None
     done = subprocess.run(["bash", str(REPO / "scripts" / "train_folds.sh"), "--devices", "0,1", "c.py"],
                           env={**env, "CXRDET": str(fake)}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    calls = {int(f): (float(t0), float(t1), dev) for f, t0, t1, dev, _ in map(str.split, log.read_text().splitlines())}
+    calls = {int(f): (float(t0), float(t1), dev) for f, t0, t1, dev, *_ in map(str.split, log.read_text().splitlines())}
     # Fold i on device i mod 2; folds 0 and 1 at once, fold 2 after fold 0 on device 0 (in the same process).
     assert {k: c[2] for k, c in calls.items()} == {0: "0", 1: "1", 2: "0"}
     assert calls[0][0] < calls[1][1] and calls[1][0] < calls[0][1]
@@ -419,6 +419,28 @@ def test_fold_loop_side_by_side_names_the_failed_slot_and_splits_the_cores(tmp_p
     bad = subprocess.run(["bash", str(REPO / "scripts" / "train_folds.sh"), "--jobs", "2", "--devices", "0", "c.py"],
                          env={**env, "CXRDET": str(fake)}, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not both" in bad.stderr
+
+
+def test_train_many_deals_every_config_fold_to_the_slots_in_turn(tmp_path: Path) -> None:
+    fake, log = _fake_slow_cxrdet(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "train_many.sh"), "--jobs", "2", "a.py", "b.py", "--",
+                           "--predict", "oof"], env={**env, "CXRDET": str(fake)}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in log.read_text().splitlines()]
+    trained = {(r[5], int(r[0])): (float(r[1]), float(r[2])) for r in rows}
+    assert sorted(trained) == [(c, k) for c in ("a.py", "b.py") for k in (0, 1, 2)]
+    # Pair i (a0 a1 a2 b0 b1 b2) to slot i mod 2: slot 0 a0 a2 b1, slot 1 a1 b0 b2, each slot's pairs in turn.
+    slot_lines = {s: [line for line in done.stdout.splitlines() if line.startswith(f"[slot {s}] ==> train")]
+                  for s in (0, 1)}
+    assert [line.split("==> ")[1].split(" (")[0] for line in slot_lines[0]] == ["train a.py fold(s) 0 2",
+                                                                                 "train b.py fold(s) 1"]
+    assert [line.split("==> ")[1].split(" (")[0] for line in slot_lines[1]] == ["train a.py fold(s) 1",
+                                                                                 "train b.py fold(s) 0 2"]
+    assert trained[("a.py", 0)][0] < trained[("a.py", 1)][1] and trained[("a.py", 1)][0] < trained[("a.py", 0)][1]
+    assert trained[("b.py", 1)][0] >= trained[("a.py", 2)][1]
+    assert "[slot 0] trained 0" in done.stdout
 
 
 @pytest.mark.slow
