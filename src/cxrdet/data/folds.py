@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.table import Table
-from sklearn.model_selection import StratifiedGroupKFold
 
 from cxrdet.data.labels import (
     Annotations,
@@ -173,6 +172,8 @@ def make_folds(images: pd.DataFrame, k: int, seed: int, strata_columns: Sequence
     # Sorting first makes the folds independent of the input row order, so only the data, k and seed matter.
     table = images.sort_values("image_id", kind="stable").reset_index(drop=True)
     strata = composite_strata(table, strata_columns, k)
+    from sklearn.model_selection import StratifiedGroupKFold  # here: reading a fold file needs no sklearn (~2 s)
+
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     fold = np.full(len(table), -1, dtype=np.int64)
     for f, (_, test_idx) in enumerate(splitter.split(np.zeros(len(table)), strata, groups=table["patient_id"])):
