@@ -83,7 +83,8 @@ for f in "$status_dir"/failed.*; do
     [ -e "$f" ] && failed+=("slot ${f##*.}: $(cat "$f")")
 done
 if [ ${#failed[@]} -gt 0 ]; then
-    printf '%s: failed in %s\n' "$(basename "$0")" "${failed[@]}" >&2
+    echo "$(basename "$0"): failed in" >&2
+    printf '  %s\n' "${failed[@]}" >&2
     echo "(the [slot s] lines above name the failing fold; the slot's later configs were not run)" >&2
     exit 1
 fi

@@ -382,7 +382,8 @@ def _fake_slow_cxrdet(tmp_path: Path, fail_fold: int | None = None) -> tuple[Pat
                     "config=$2; shift 2\n"
                     'while [ "${1:-}" = --fold ]; do\n'
                     "  t0=$(date +%s.%N); sleep 1\n"
-                    f'  echo "$2 $t0 $(date +%s.%N) ${{CUDA_VISIBLE_DEVICES:--}} ${{OMP_NUM_THREADS:--}} $config" >> {log}\n'
+                    '  echo "$2 $t0 $(date +%s.%N) ${CUDA_VISIBLE_DEVICES:--} ${OMP_NUM_THREADS:--} $config" '
+                    f'>> {log}\n'
                     f'  [ "$2" = "{fail_fold}" ] && {{ echo "boom on $2"; exit 3; }}\n'
                     '  echo "trained $2"; shift 2\n'
                     "done\n")

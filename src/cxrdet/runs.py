@@ -48,8 +48,8 @@ LAST = "last"
 SPLITS: tuple[str, ...] = ("oof", "test")
 STAGE_KEYS: frozenset[str] = frozenset({"name", "epochs", "view", "lr", "data"})
 # Dotted keys (or prefixes ending in '.') that a step after training may set differently from the run's config.
-MAY_DIFFER: tuple[str, ...] = ("predict.", "data.batch_size", "data.num_workers", "train.accelerator",
-                               "train.devices")
+MAY_DIFFER: tuple[str, ...] = ("predict.", "data.batch_size", "data.num_workers", "data.pin_memory",
+                               "train.accelerator", "train.devices")
 _FOLD = re.compile(r"^fold(\d+)$")
 
 

@@ -93,6 +93,7 @@ def test_config_defaults_and_path_resolution(data_cfg: dict[str, Any], tmp_path:
         ({"crops": {"frac": 0.5}}, "data.crops="),
         ({"crops": {"size_frac": 1.5}}, "crops.size_frac=1.5"),
         ({"batch_size": 0}, "data.batch_size=0"),
+        ({"pin_memory": "yes"}, "data.pin_memory='yes'"),
     ],
 )
 def test_config_errors(data_cfg: dict[str, Any], override: dict[str, Any], match: str) -> None:
@@ -172,6 +173,27 @@ def test_crops_view_for_training_and_full_images_for_validation(data_cfg: dict[s
         assert (x2 - x1, y2 - y1) == (512.0, 512.0)
         assert (len(target["boxes"]) > 0) == (meta["image_id"] in BOXES_XYWH)
     assert all(m["crop"] is None for m in next(iter(dm.val_dataloader()))[2])
+
+
+def test_pinned_loaders_get_contiguous_batches(data_cfg: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """'auto' pins when CUDA is present; a pinned loader's batches have three real channels (an expanded view cannot
+    be pinned), with the same values as the unpinned view."""
+    assert DataConfig.from_dict(data_cfg).pin_memory is torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert DataConfig.from_dict(data_cfg).pin_memory is True
+    assert DataConfig.from_dict({**data_cfg, "pin_memory": False}).pin_memory is False
+    plain = DetectionDataModule({**data_cfg, "pin_memory": False}, 0)
+    plain.setup("fit")
+    pinned = DetectionDataModule({**data_cfg, "pin_memory": True}, 0)
+    pinned.setup("fit")
+    view_loader, real_loader = plain.val_dataloader(), pinned.val_dataloader()
+    assert real_loader.pin_memory and not view_loader.pin_memory
+    # Pinning itself needs a CUDA device; what it is given is checked here: the collated batch, before pinning.
+    items = [real_loader.dataset[i] for i in range(min(3, len(real_loader.dataset)))]
+    assert len(items) >= 2
+    view, real = view_loader.collate_fn(items)[0], real_loader.collate_fn(items)[0]
+    assert view.stride(1) == 0 and real.is_contiguous() and real.stride(1) != 0
+    assert torch.equal(view, real)
 
 
 def test_predict_loaders_cover_oof_and_test_with_optional_flip(data_cfg: dict[str, Any]) -> None:

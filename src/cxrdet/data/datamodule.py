@@ -7,17 +7,19 @@ image of the fold file is in the cache and in the labels, and names the missing 
 The `data` section (a plain dict or an mmengine ConfigDict); every key may be left out:
 
     data = dict(root=None, competition=None, size=256, folds='demo_k5', cache=None, classes=('opacity',),
-                batch_size=8, num_workers=2, view='full', neg_ratio=None, positives_only=False, readers=None,
+                batch_size=8, num_workers=2, pin_memory='auto', view='full', neg_ratio=None, positives_only=False,
+                readers=None,
                 augment=dict(hflip=0.5, affine=dict(degrees=3, translate=0.03, scale=(0.95, 1.05)),
                              brightness=0.1, contrast=0.1, gamma=(0.9, 1.1), clahe=False),
                 crops=dict(size_frac=0.5, neg_per_image=1))
 
 `root` None is `cxrdet.paths.data_root(competition)`; `competition` None is told by the root's layout
 (`cxrdet.competitions.of_data`); `folds` is resolved by `cxrdet.paths.folds_file`; `cache` None is
-`cxrdet.paths.cache_dir(root, size)`. `readers` makes one ground truth of a multi-reader table (VinBigData; see
-`cxrdet.data.readers`: `fuse`, `all`, `each`, with `drop`): training and validation boxes both come from it
-(validation fuses what `all` or `each` keeps, so that the held-out fold is scored against the competition's kind of
-ground truth; `each` trains on one copy of an image per reader who drew on it).
+`cxrdet.paths.cache_dir(root, size)`. `pin_memory` 'auto' pins batches when CUDA is present. `readers` makes one
+ground truth of a multi-reader table (VinBigData; see `cxrdet.data.readers`: `fuse`, `all`, `each`, with `drop`):
+training and validation boxes both come from it (validation fuses what `all` or `each` keeps, so that the held-out
+fold is scored against the competition's kind of ground truth; `each` trains on one copy of an image per reader who
+drew on it).
 A curriculum stage passes its own `view` (for example `crops` first, then `full`). Batches are
 `(images, targets, metas)` as described in `cxrdet.data.dataset`.
 """
@@ -25,7 +27,7 @@ A curriculum stage passes its own `view` (for example `crops` first, then `full`
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -64,6 +66,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "classes": ("opacity",),
     "batch_size": 8,
     "num_workers": 2,
+    "pin_memory": "auto",
     "view": "full",
     "neg_ratio": None,
     "positives_only": False,
@@ -102,6 +105,17 @@ class MissingImagesError(CxrdetError):
         )
 
 
+class ContiguousCollate:
+    """A collate function whose images come out contiguous (three real channels), so that the loader can pin them."""
+
+    def __init__(self, collate: Callable[[Sequence[Any]], tuple[Any, ...]]) -> None:
+        self.collate = collate
+
+    def __call__(self, batch: Sequence[Any]) -> tuple[Any, ...]:
+        images, *rest = self.collate(batch)
+        return (images.contiguous(), *rest)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """The resolved `data` section of a config (see the module docstring for the keys)."""
@@ -114,6 +128,7 @@ class DataConfig:
     classes: tuple[str, ...]
     batch_size: int
     num_workers: int
+    pin_memory: bool
     view: str
     neg_ratio: float | None
     positives_only: bool
@@ -142,6 +157,9 @@ class DataConfig:
             raise ConfigError(f"data.batch_size={cfg['batch_size']!r}: expected an integer >= 1")
         if int(cfg["num_workers"]) < 0:
             raise ConfigError(f"data.num_workers={cfg['num_workers']!r}: expected an integer >= 0")
+        pin = cfg["pin_memory"]
+        if pin not in ("auto", True, False):
+            raise ConfigError(f"data.pin_memory={pin!r}: expected 'auto' (when CUDA is present), True or False")
         neg_ratio = cfg["neg_ratio"]
         if neg_ratio is not None and float(neg_ratio) < 0:
             raise ConfigError(f"data.neg_ratio={neg_ratio!r}: expected a number >= 0 or None")
@@ -159,6 +177,7 @@ class DataConfig:
             classes=tuple(cfg["classes"]),
             batch_size=int(cfg["batch_size"]),
             num_workers=int(cfg["num_workers"]),
+            pin_memory=torch.cuda.is_available() if pin == "auto" else bool(pin),
             view=str(cfg["view"]),
             neg_ratio=float(neg_ratio) if neg_ratio is not None else None,
             positives_only=bool(cfg["positives_only"]),
@@ -397,9 +416,10 @@ class DetectionDataModule(pl.LightningDataModule):
             sampler=sampler,
             shuffle=False,
             num_workers=workers,
-            collate_fn=self.collate,
-            # Batches are expanded greyscale views, which cannot be pinned; they are small next to a detector step.
-            pin_memory=False,
+            # Batches are one greyscale channel expanded to three (a view), which cannot be pinned: pinned loaders
+            # (CUDA, `data.pin_memory`) get the three channels made real first, so the copy to the GPU can overlap.
+            collate_fn=ContiguousCollate(self.collate) if self.cfg.pin_memory else self.collate,
+            pin_memory=self.cfg.pin_memory,
             worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(self.seed),
             persistent_workers=workers > 0,
