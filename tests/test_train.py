@@ -444,6 +444,18 @@ def test_train_many_deals_every_config_fold_to_the_slots_in_turn(tmp_path: Path)
     assert "[slot 0] trained 0" in done.stdout
 
 
+def test_train_many_names_the_failed_slot_and_runs_nothing_more_in_it(tmp_path: Path) -> None:
+    fake, log = _fake_slow_cxrdet(tmp_path, fail_fold=0)
+    done = subprocess.run(["bash", str(REPO / "scripts" / "train_many.sh"), "--jobs", "2", "a.py", "b.py"],
+                          env={**os.environ, "CXRDET": str(fake)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    # Slot 0 fails on a.py fold 0 (so neither a.py fold 2 nor b.py fold 1 runs there); slot 1 fails on b.py fold 0
+    # after a.py fold 1 (so b.py fold 2 never runs).
+    assert "  slot 0: a.py fold(s) 0 2\n" in done.stderr and "  slot 1: b.py fold(s) 0 2\n" in done.stderr
+    trained = sorted((r.split()[5], r.split()[0]) for r in log.read_text().splitlines())
+    assert trained == [("a.py", "0"), ("a.py", "1"), ("b.py", "0")]
+
+
 @pytest.mark.slow
 def test_two_folds_train_at_once_on_cpu_each_in_its_own_run_folder(squares: dict[str, str], tmp_path: Path) -> None:
     """`train_folds.sh --jobs 2`: two real CPU processes train folds 0 and 1 at the same time; each writes only

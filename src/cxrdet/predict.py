@@ -190,6 +190,8 @@ def predict(cfg: Config | Mapping[str, Any], fold: int, task: Predictor, split: 
     return run.write_predictions(split, table, {
         "experiment": cfg["experiment"], "fold": fold, "split": split, "checkpoint": str(ckpt),
         **checkpoint_record(ckpt), "tta": tta, **task.sidecar(table, sizes, pred_cfg, model),
+        # The float arithmetic depends on it: the same weights give slightly different scores with another count.
+        "torch_threads": torch.get_num_threads(),
         "folds_file": str(folds), "folds_sha256": file_sha256(folds) if folds.is_file() else None,
         "data_root": str(root), "git": git_revision(),
     })  # fmt: skip

@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from cxrdet import paths
 from cxrdet.config import load_config, to_dict
 from cxrdet.data.folds import images_for_folds, label_classes, make_folds, multilabel_classes, write_folds
 from cxrdet.data.prepare import prepare_cache
+from cxrdet.runs import Run
 
 QUICK = {"train.epochs": 1, "train.limit_train_batches": 2, "train.progress_bar": False, "train.accelerator": "cpu",
          "train.log_every_n_steps": 1, "data.batch_size": 4, "data.size": 64, "data.folds": "bundle_k2"}
@@ -60,6 +62,7 @@ def test_a_bundle_reproduces_the_submission_for_every_competition(competition: s
         train(cfg, fold)
         predict(cfg, fold, split="test")
         predict(cfg, fold, split="oof")
+    assert Run(experiment, 0).sidecar("test")["torch_threads"] == torch.get_num_threads()
     configs = tmp_path / "configs"
     (configs / "ensembles").mkdir(parents=True)
     (configs / "kaggle").mkdir()
@@ -87,6 +90,29 @@ seed = 1
     source = (tmp_path / "bundle" / "inference.py").read_text()
     assert f'"/kaggle/input/{KAGGLE_SLUGS[competition]}"' in source  # the competition's Kaggle data folder
     assert expected.n_rows == 3
+
+
+def test_the_check_run_uses_the_thread_count_of_the_predictions(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another thread count sums floats in another order: the bundle's script is checked with the count the test
+    predictions were made with (their sidecars), and with the environment as it is when they do not say one."""
+    from cxrdet.deploy import bundle
+
+    class Started(Exception):
+        pass
+
+    seen: list[dict[str, str]] = []
+
+    def fake_run(command: list[str], env: dict[str, str] | None = None, **_: object) -> None:
+        seen.append(dict(env or {}))
+        raise Started
+
+    monkeypatch.setattr(bundle.subprocess, "run", fake_run)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    for threads in (1, None):
+        with pytest.raises(Started):
+            bundle._measure(None, tmp_path, tmp_path, 3, threads)
+    assert [env["OMP_NUM_THREADS"] for env in seen] == ["1", "7"]
 
 
 def test_the_notebook_is_the_script_cut_at_its_cell_marks() -> None:

@@ -72,6 +72,7 @@ class BundledFold:
     size: int
     tta: str
     source_checkpoint: Path
+    threads: int | None = None  # torch threads its test predictions were made with (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,9 @@ def bundled_folds(spec: Any) -> list[BundledFold]:
                     problems.append(f"{run.config_path}: data.{key}={data[key]!r}: a bundle reads the competition's "
                                     "data from CXRDET_DATA and caches it under its own outputs; train with "
                                     f"data.{key} unset")
+            threads = sidecar.get("torch_threads")
             out.append(BundledFold(experiment, int(k), int(data.get("size") or 512), str(sidecar.get("tta", "none")),
-                                   Path(sidecar["checkpoint"])))
+                                   Path(sidecar["checkpoint"]), int(threads) if threads is not None else None))
     if problems:
         raise CxrdetError("cannot bundle the ensemble:\n  " + "\n  ".join(problems))
     return out
@@ -394,7 +396,9 @@ def package(spec: Any, out: str | Path, data_root: str | Path | None = None, max
                                                  encoding="utf-8")
         root = Path(data_root) if data_root is not None else sources.labels.parent
         steps = len({f.size for f in folds}) + len(folds) + 1
-        timing = _measure(spec, staging, root, steps) if measure else None
+        recorded = {f.threads for f in folds}
+        threads = recorded.pop() if len(recorded) == 1 else None
+        timing = _measure(spec, staging, root, steps, threads) if measure else None
         n_images = n_test_images if n_test_images is not None else len(load_test_image_ids(spec, sources))
         estimate = timing.minutes_for(n_images) if timing is not None else None
         if limit is not None and estimate is not None and estimate > limit:
@@ -414,15 +418,19 @@ def package(spec: Any, out: str | Path, data_root: str | Path | None = None, max
                          estimate, limit)
 
 
-def _measure(spec: Any, bundle: Path, data_root: Path, n_steps: int) -> Timing:
+def _measure(spec: Any, bundle: Path, data_root: Path, n_steps: int, threads: int | None = None) -> Timing:
     """Run the bundle's script here (installation skipped), time it and compare its submission with `cxrdet submit`'s;
-    time one step's start-up (a fresh interpreter importing `cxrdet.tasks` and `cxrdet.cli`)."""
+    time one step's start-up (a fresh interpreter importing `cxrdet.tasks` and `cxrdet.cli`).
+
+    `threads`: the torch thread count every fold's test predictions were made with, when they agree; the script runs
+    with it (`OMP_NUM_THREADS`), since another count sums floats in another order and the bytes could differ (folds
+    trained side by side with one thread each, for example)."""
     from cxrdet.ensemble.submit import submit
 
     with tempfile.TemporaryDirectory(prefix="cxrdet-bundle-") as tmp:
         work = Path(tmp)
         env = {**os.environ, "CXRDET_BUNDLE": str(bundle), "CXRDET_DATA": str(data_root), "CXRDET_WORK": str(work),
-               "CXRDET_BUNDLE_SKIP_INSTALL": "1"}
+               "CXRDET_BUNDLE_SKIP_INSTALL": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         start = time.perf_counter()
         done = subprocess.run([sys.executable, str(bundle / "inference.py")], env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start

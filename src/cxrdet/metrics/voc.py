@@ -28,7 +28,8 @@ exactly when every class has one ground-truth box and no prediction overlaps a b
 Speed: the ground truth is grouped once by (image, class). Because a candidate box does not depend on which boxes
 are already matched, the whole matching is vectorised: one IoU per (prediction, ground-truth box of the same image
 and class) pair, the best pair of each prediction by segment reductions, and the first candidate of each box in
-ranked order is its true positive.
+ranked order is its true positive. Since that does not depend on the boxes ranked below, a sweep over confidence cuts
+matches once and scores each cut's prefix (`VocEvaluator.ap_vs_threshold`, `completed_ap_vs_threshold`).
 """
 
 from __future__ import annotations
