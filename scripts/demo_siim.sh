@@ -52,7 +52,12 @@ step "8/8 the offline code-competition bundle of demo_siim, and its notebook run
 rm -rf "$BUNDLE"
 "$CXRDET" package configs/ensembles/demo_siim.py --out "$BUNDLE" --data "$CXRDET_DATA"
 "$PY" scripts/run_bundle_offline.py "$BUNDLE" "$CXRDET_DATA" "$OUT/demo/bundle_run"
-cmp "$OUT/demo/bundle_run/submission.csv" "$SUBS/demo_siim.csv" && echo "bundle notebook output == cxrdet submit"
+if cmp "$OUT/demo/bundle_run/submission.csv" "$SUBS/demo_siim.csv"; then
+    echo "bundle notebook output == cxrdet submit"
+else
+    echo "error: the bundle's notebook wrote another submission than cxrdet submit" >&2
+    exit 1
+fi
 
 step "reports: the submission (per-class AP, figures) and the study classifier (ROC)"
 "$CXRDET" report demo_siim

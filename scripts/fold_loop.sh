@@ -10,26 +10,17 @@
 #                      one-thread folds at once train twice as fast as one two-thread fold after the other.
 # Side by side, each fold writes only its own run folder (outputs/<experiment>/fold<k>/); output lines are prefixed
 # `[fold(s) ...]`. A failing fold stops its slot (named by the command); the other slots finish.
-# train_folds.sh and predict_folds.sh are the two ways it is meant to be called.
+# train_folds.sh and predict_folds.sh are the two ways it is meant to be called; slots.sh holds the slot helpers.
 set -euo pipefail
 CXRDET=${CXRDET:-$(command -v cxrdet || echo "$(dirname "$0")/../.venv/bin/cxrdet")}
 caller=${FOLD_LOOP_NAME:-$(basename "$0")}
 usage="usage: $caller [--devices LIST | --jobs N] CONFIG [FOLD ...] [-- EXTRA ARGS]"
+source "$(dirname "$0")/slots.sh"
 [ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
 command=$1; shift
-devices=(); jobs=0
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --devices) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; IFS=, read -r -a devices <<< "$2"; shift 2 ;;
-        --jobs) [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || { echo "$caller: --jobs needs a positive integer" >&2; exit 2; }
-                jobs=$2; shift 2 ;;
-        *) break ;;
-    esac
-done
+parse_slot_options "$@"
+shift "$slot_shift"
 [ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
-if [ ${#devices[@]} -gt 0 ] && [ "$jobs" -gt 0 ]; then
-    echo "$caller: give --devices or --jobs, not both" >&2; exit 2
-fi
 config=$1; shift
 folds=(); extra=()
 while [ $# -gt 0 ]; do
@@ -37,14 +28,7 @@ while [ $# -gt 0 ]; do
     folds+=("$1"); shift
 done
 if [ ${#folds[@]} -eq 0 ]; then
-    # Config overrides among the extra arguments (-o data.folds=...) decide the fold file: pass those on.
-    overrides=()
-    for ((i = 0; i < ${#extra[@]}; i++)); do
-        case "${extra[i]}" in
-            -o|--cfg-options) overrides+=("${extra[i]}" "${extra[i + 1]:-}"); i=$((i + 1)) ;;
-            --cfg-options=*) overrides+=("${extra[i]}") ;;
-        esac
-    done
+    config_overrides "${extra[@]}"
     ids=$("$CXRDET" fold-ids "$config" "${overrides[@]}") || {
         echo "$caller: cannot read the folds of $config" >&2
         exit 1
@@ -66,35 +50,21 @@ fi
 # Side by side: slot s runs folds s, s + n, s + 2n, ... (n slots: the devices, or --jobs) in one `cxrdet` process
 # (`--fold a --fold b ...`: one start-up per slot; the command runs its folds in turn and stops at its first failing
 # fold, naming it and the folds it left undone, while the other slots finish theirs).
-if [ ${#devices[@]} -gt 0 ]; then n=${#devices[@]}; else n=$jobs; fi
-threads=${OMP_NUM_THREADS:-$(( $(nproc) / n > 0 ? $(nproc) / n : 1 ))}
-status_dir=$(mktemp -d)
-trap 'rm -rf "$status_dir"' EXIT
+slot_setup
 run_slot() {
-    local s=$1 i where mine=() args=()
+    local s=$1 i mine=() args=()
     for ((i = s; i < ${#folds[@]}; i += n)); do
         mine+=("${folds[i]}"); args+=(--fold "${folds[i]}")
     done
-    if [ ${#devices[@]} -gt 0 ]; then where="device ${devices[s]}"; else where="$threads thread(s)"; fi
-    echo "==> $command $config fold(s) ${mine[*]} ($where)"
-    # The slot's output, each line prefixed with its folds; the slot's status is the first of the pipe's.
-    local prefix="[fold${mine[1]:+s} $(IFS=,; echo "${mine[*]}")] "
-    if [ ${#devices[@]} -gt 0 ]; then
-        (CUDA_VISIBLE_DEVICES=${devices[s]} "$CXRDET" "$command" "$config" "${args[@]}" "${extra[@]}" 2>&1 \
-            | sed -u "s/^/$prefix/"; exit "${PIPESTATUS[0]}") || echo "${mine[*]}" > "$status_dir/failed.$s"
-    else
-        (OMP_NUM_THREADS=$threads "$CXRDET" "$command" "$config" "${args[@]}" "${extra[@]}" 2>&1 \
-            | sed -u "s/^/$prefix/"; exit "${PIPESTATUS[0]}") || echo "${mine[*]}" > "$status_dir/failed.$s"
-    fi
+    echo "==> $command $config fold(s) ${mine[*]} ($(slot_where "$s"))"
+    run_in_slot "$s" "[fold${mine[1]:+s} $(IFS=,; echo "${mine[*]}")] " \
+        "$CXRDET" "$command" "$config" "${args[@]}" "${extra[@]}" || echo "${mine[*]}" > "$status_dir/failed.$s"
 }
 for ((s = 0; s < n && s < ${#folds[@]}; s++)); do
     run_slot "$s" &
 done
 wait
-failed=()
-for f in "$status_dir"/failed.*; do
-    [ -e "$f" ] && failed+=("$(cat "$f")")
-done
+slot_failures
 if [ ${#failed[@]} -gt 0 ]; then
     echo "$caller: $command $config failed in the slot(s) of fold(s): $(IFS=';'; echo "${failed[*]}") (the lines" \
         "above, prefixed with those folds, name the failing fold)" >&2

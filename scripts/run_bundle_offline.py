@@ -67,6 +67,12 @@ def main(bundle: Path, data: Path, work: Path) -> int:
            "PIP_NO_INDEX": "1"}
     for key in ("CXRDET_HOME", "CXRDET_OUTPUTS", "VIRTUAL_ENV", "PYTHONPATH"):
         env.pop(key, None)
+    # The thread count the bundle's test predictions were made with: another sums floats in another order, and the
+    # submission's bytes could differ from `cxrdet submit`'s (Kaggle's machine uses its own count).
+    threads = json.loads((bundle / "bundle.json").read_text(encoding="utf-8")).get("torch_threads")
+    if threads and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(threads)
+        print(f"OMP_NUM_THREADS={threads}, as the bundle's test predictions were made", file=sys.stderr)
     command = ["unshare", "-rn", "sh", "-c", 'ip link set lo up 2>/dev/null || true; exec "$0" "$@"', str(python),
                "-m", "nbconvert", "--to", "notebook", "--execute", "--ExecutePreprocessor.timeout=7200",
                "--output", str(work / "executed.ipynb"), str(bundle / "inference.ipynb")]

@@ -86,6 +86,7 @@ seed = 1
     assert sorted(result.wheels)[0].startswith("cxrdet-") and any(w.startswith("ensemble_boxes") for w in result.wheels)
     manifest = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert manifest["competition"] == competition and len(manifest["folds"]) == 2
+    assert manifest["torch_threads"] == torch.get_num_threads()  # a local rerun reproduces the bytes with it
     assert manifest["files"]["outputs/ensembles/tiny/params.json"]["bytes"] > 0
     source = (tmp_path / "bundle" / "inference.py").read_text()
     assert f'"/kaggle/input/{KAGGLE_SLUGS[competition]}"' in source  # the competition's Kaggle data folder
