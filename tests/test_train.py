@@ -317,6 +317,10 @@ def test_several_folds_train_and_predict_in_one_process_as_they_would_alone(squa
     result = runner.invoke(app, ["predict", str(TINY), "--fold", "1", "--fold", "2", "--fold", "0", "--split", "oof",
                                  *args])
     assert result.exit_code == 1 and "predict fold 2:" in result.output and "folds [0] were not run" in result.output
+    # So is a fold whose predictions after training fail (here: a split that does not exist).
+    result = runner.invoke(app, ["train", str(TINY), "--fold", "1", "--fold", "0", "--overwrite", "--predict",
+                                 "valid", *args])
+    assert result.exit_code == 1 and "train fold 1:" in result.output and "folds [0] were not run" in result.output
     result = runner.invoke(app, ["predict", str(TINY), "--all-folds", "--fold", "1", *args])
     assert result.exit_code == 2 and "not both" in result.output
     result = runner.invoke(app, ["predict", str(TINY), *args])

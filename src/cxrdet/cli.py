@@ -537,13 +537,14 @@ def train_command(
             typer.echo(f"==> train {config} fold {k}")
         try:
             result = train(copy.deepcopy(cfg), k, resume=resume, overwrite=overwrite)
+            # A multi-label or multi-class classifier has no single threshold: say nothing rather than "nan".
+            cut = "" if math.isnan(result.best_threshold) else f" at threshold {result.best_threshold:.2f}"
+            typer.echo(f"{result.run_dir}: best {result.monitor} {result.best_score:.4f}{cut} "
+                       f"({result.best_checkpoint})")
+            if then_predict:
+                _predict_fold(config, k, then_predict, cfg_options)
         except CxrdetError as err:
             raise _fold_failed(err, "train", k, folds) from err
-        # A multi-label or multi-class classifier has no single threshold: say nothing rather than "nan".
-        cut = "" if math.isnan(result.best_threshold) else f" at threshold {result.best_threshold:.2f}"
-        typer.echo(f"{result.run_dir}: best {result.monitor} {result.best_score:.4f}{cut} ({result.best_checkpoint})")
-        if then_predict:
-            _predict_fold(config, k, then_predict, cfg_options)
 
 
 def _fold_failed(err: CxrdetError, command: str, fold: int, folds: list[int]) -> CxrdetError:
