@@ -39,6 +39,12 @@ train_and_predict "${MODELS[@]}"
 step "6/7 tune and submit: each model alone, then the ensemble"
 tune_and_submit "$SUBS" "${ENSEMBLES[@]}"
 
+step "choose what to submit by the honest estimate (nested selection: the choice's own optimism)"
+CANDIDATES=()
+for ens in "${ENSEMBLES[@]}"; do CANDIDATES+=("configs/ensembles/$ens.py"); done
+"$CXRDET" select "${CANDIDATES[@]}" --out demo
+"$CXRDET" select "${CANDIDATES[@]}" --out demo_honest --rule honest
+
 step "7/7 score the submissions on the synthetic test labels (hidden in the real competition)"
 score_submissions "$DATA/stage_2_sample_submission.csv" "$DATA/synth_test_labels.csv" "$SUBS" "${ENSEMBLES[@]}"
 
@@ -53,6 +59,7 @@ echo "folds:       $FOLDS"
 echo "runs:        $OUT/<experiment>/fold<k>/ (config, provenance, checkpoints, logs, oof/test.parquet)"
 echo "ensembles:   $OUT/ensembles/<name>/params.json"
 echo "submissions: $SUBS/<name>.csv (+ .json provenance)"
+echo "selection:   $OUT/selections/demo.json (which ensemble to submit, and why)"
 echo "reports:     $("$PY" -c "from cxrdet.runs import report_dir; print(report_dir('demo_wbf_cls'))")/index.html"
 echo "             $("$PY" -c "from cxrdet.runs import report_dir; print(report_dir('$CLASSIFIER'))")/index.html"
 echo "grad-cam:    $("$PY" -c "from cxrdet.runs import Run; print(Run('$CLASSIFIER', 0).explain_dir)")/"

@@ -379,6 +379,45 @@ def tune_command(
     typer.echo(f"wrote {result.params_path}")
 
 
+@app.command("select")
+@user_errors
+def select_command(
+    configs: Annotated[list[Path], typer.Argument(help="Tuned ensemble configs to choose among (members alone, fused, "
+                                                       "gated), on one image set.")],
+    out: Annotated[str, typer.Option("--out", help="Name of the record, outputs/selections/NAME.json.")] = "selection",
+    rule: Annotated[str, typer.Option("--rule", help="paired: the best honest candidate unless its per-fold gain over "
+                                                     "the best member alone is within one standard error (then the "
+                                                     "member); honest: the best honest candidate.")] = "paired",
+) -> None:
+    """Choose what to submit by the honest estimate, and estimate the choice itself by nested selection.
+
+    Reads each ensemble's params.json and honest_oof.parquet (written by `cxrdet tune`) and the first ensemble's OOF
+    data (for the metric). Prints the ranking with per-fold honest scores, the choice and why, the nested-selection
+    estimate and the selection's optimism; writes outputs/selections/NAME.json.
+    """
+    from cxrdet.ensemble.problem import load_oof
+    from cxrdet.ensemble.select import evaluator_scorer, load_candidate, same_data, select, write_selection
+    from cxrdet.ensemble.spec import load_ensemble
+
+    specs = [load_ensemble(c) for c in configs]
+    loaded = [load_candidate(s) for s in specs]
+    candidates = [c for c, _ in loaded]
+    records = {c.name: r for c, r in loaded}
+    same_data(records)
+    oof = load_oof(specs[0])
+    result = select(candidates, sorted({int(k) for k in oof.image_fold}),
+                    evaluator_scorer(oof.problem, oof.image_fold), rule)
+    table = result.table.assign(optimistic=[records[n]["scores"].get("optimistic") for n in result.table["candidate"]])
+    typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.5f}"))
+    typer.echo(f"chosen: {result.choice.name} ({result.choice.reason})")
+    per_fold = ", ".join(f"fold {k}: {n}" for k, n in result.nested_per_fold.items())
+    typer.echo(f"nested selection: {result.nested:.5f} (each fold's choice made on the other folds: {per_fold}); "
+               f"selection optimism {result.optimism:+.5f}")
+    path = write_selection(out, result, candidates, records)
+    chosen = next(c for c in candidates if c.name == result.choice.name)
+    typer.echo(f"wrote {path}; submit with: cxrdet submit {chosen.config}")
+
+
 @app.command("submit")
 @user_errors
 def submit_command(

@@ -416,6 +416,12 @@ class EnsembleRun:
         return self.folder / PARAMS_FILE
 
     @property
+    def honest_path(self) -> Path:
+        """The honest estimate's held-out predictions: each OOF image's submitted rows under the parameters tuned on
+        the other folds, with its `fold` (what `cxrdet select` re-scores)."""
+        return self.folder / "honest_oof.parquet"
+
+    @property
     def study_db(self) -> Path:
         """The default SQLite study storage."""
         return self.folder / "study.db"

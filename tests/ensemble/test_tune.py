@@ -93,6 +93,17 @@ def test_tune_writes_params_scores_and_resumes_without_new_trials(world, tmp_pat
     pooled = oof.problem.evaluator.score(pd.concat(held, ignore_index=True)).score
     assert record["scores"]["honest"] == pytest.approx(pooled, abs=1e-12)
     assert record["scores"]["honest"] != pytest.approx(sum(result.honest_per_fold.values()) / 3, abs=1e-9)
+    # The held-out rows are kept for `cxrdet select`: the same rows, each with its fold.
+    kept = pd.read_parquet(paths.ensemble_dir("ens") / "honest_oof.parquet")
+    assert oof.problem.evaluator.score(kept.drop(columns="fold")).score == pytest.approx(pooled, abs=1e-12)
+    assert (kept.groupby("fold").size() == pd.concat(held).assign(
+        fold=oof.image_fold[oof.problem.image_ids.get_indexer(pd.concat(held)["image_id"])]).groupby("fold").size()
+            ).all()
+    # Per fold, the tuned-on-all parameters scored on that fold's images alone.
+    best = resolve(spec, result.best_params)
+    part = oof.problem.subset(oof.image_fold == 1)
+    assert record["scores"]["optimistic_per_fold"]["1"] == pytest.approx(
+        part.evaluator.score(part.submitted(part.predict(best))).score, abs=1e-12)
     assert set(record["members"]) == {"det_a", "det_b"}
     assert record["study"]["n_complete"] == 6
     assert record["params"]["weight.det_a"] == 1.0  # the first member's weight stays fixed

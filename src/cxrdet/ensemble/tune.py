@@ -16,8 +16,9 @@
   predict fold k; the pooled held-out predictions of all folds, scored like the optimistic figure (the metric over
   all OOF images), estimate the score on unseen images (each fold's own score is kept too). The tuned-on-all score
   is optimistic.
-- Output: `outputs/ensembles/NAME/params.json`: best parameters, both scores, each member's own scores and the
-  importance of each parameter.
+- Output: `outputs/ensembles/NAME/params.json`: best parameters, both scores (pooled and per fold), each member's
+  own scores and the importance of each parameter; `honest_oof.parquet` beside it: the held-out predictions the
+  honest score pools (each image's rows under the parameters tuned without its fold), which `cxrdet select` reuses.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,9 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from cxrdet.ensemble.problem import EnsembleProblem, OofData, load_oof
-from cxrdet.ensemble.spec import EnsembleSpec, expanded_space, fixed_params, flat_params, resolve
+from cxrdet.ensemble.spec import EnsembleParams, EnsembleSpec, expanded_space, fixed_params, flat_params, resolve
 from cxrdet.errors import ConfigError
-from cxrdet.io import file_sha256
+from cxrdet.io import file_sha256, write_parquet
 from cxrdet.provenance import git_revision
 from cxrdet.runs import EnsembleRun
 
@@ -369,6 +370,17 @@ class TuneResult:
     members: dict[str, dict[str, float]]
     n_complete: int
     importances: dict[str, float]
+    optimistic_per_fold: dict[int, float] = field(default_factory=dict)
+
+
+def per_fold_scores(oof: OofData, params: EnsembleParams) -> dict[int, float]:
+    """The score of `params` on each fold's OOF images alone (the tuned-on-all parameters: optimistic per fold), to
+    show whether a gain is one lucky fold."""
+    out = {}
+    for k in np.unique(oof.image_fold):
+        part = oof.problem.subset(oof.image_fold == k)
+        out[int(k)] = _score(part.evaluator.score(part.submitted(part.predict(params), params.post)).score)
+    return out
 
 
 def tune(spec: EnsembleSpec, n_trials: int | None = None, storage: str | None = None, honest: bool = True,
@@ -411,18 +423,23 @@ def tune(spec: EnsembleSpec, n_trials: int | None = None, storage: str | None = 
             part = oof.problem.subset(oof.image_fold == k)
             chosen = resolve(spec, best_values(sub)[0])
             frame = part.submitted(part.predict(chosen), chosen.post)
-            held_out.append(frame.assign(image_id=frame["image_id"].astype(str)))
+            held_out.append(frame.assign(image_id=frame["image_id"].astype(str), fold=int(k)))
             per_fold[int(k)] = _score(part.evaluator.score(held_out[-1]).score)
         # Scored like the optimistic figure: the pooled held-out predictions of all folds, on all OOF images (a
         # per-class mAP is not the mean of per-fold mAPs).
-        honest_score: float | None = _score(oof.problem.evaluator.score(pd.concat(held_out, ignore_index=True)).score)
+        pooled = pd.concat(held_out, ignore_index=True)
+        honest_score: float | None = _score(oof.problem.evaluator.score(pooled).score)
+        write_parquet(EnsembleRun(spec.name).honest_path, pooled)  # what `cxrdet select` re-scores
     else:
         honest_score = None
+        EnsembleRun(spec.name).honest_path.unlink(missing_ok=True)  # rows of an earlier estimate no longer hold
+    optimistic_per_fold = per_fold_scores(oof, resolve(spec, best))
     members = member_scores(oof)
     result = TuneResult(
         params_path=EnsembleRun(spec.name).params_path, best_params=best, optimistic=optimistic,
         honest=honest_score, honest_per_fold=per_fold,
         members=members, n_complete=n_complete(study), importances=importances(study),
+        optimistic_per_fold=optimistic_per_fold,
     )  # fmt: skip
     write_params(spec, result, oof, url)
     return result
@@ -441,6 +458,7 @@ def write_params(spec: EnsembleSpec, result: TuneResult, oof: OofData, url: str)
             "optimistic": result.optimistic,
             "honest": result.honest,
             "honest_per_fold": {str(k): v for k, v in result.honest_per_fold.items()},
+            "optimistic_per_fold": {str(k): v for k, v in result.optimistic_per_fold.items()},
             "best_member_honest": max(m["honest"] for m in result.members.values()),
         },
         "members": result.members,

@@ -195,8 +195,18 @@ def load_ensemble_data(config: Path) -> ReportData:
         notes=[f"members: {', '.join(spec.member_names)}; folds {', '.join(map(str, spec.folds_used))}",
                f"tuned OOF score {number(scores.get('optimistic'))} (optimistic), honest "
                f"{number(scores.get('honest'))} (nested across folds; '-' when not run)",
+               "per outer fold (a gain on one lucky fold shows here): " + _per_fold_text(scores),
                "member cuts: best of each member's pooled OOF curve; ensemble cut: the tuned final_thr"],
     )  # fmt: skip
+
+
+def _per_fold_text(scores: dict[str, Any]) -> str:
+    """`fold k: optimistic / honest` for every fold `params.json` scores."""
+    opt, hon = scores.get("optimistic_per_fold") or {}, scores.get("honest_per_fold") or {}
+    folds = sorted(set(opt) | set(hon), key=int)
+    if not folds:
+        return "not recorded (tuned before per-fold scores were kept)"
+    return "; ".join(f"fold {k}: {number(opt.get(k))} tuned on all / {number(hon.get(k))} honest" for k in folds)
 
 
 def load_report_data(name: str) -> ReportData:
