@@ -37,7 +37,7 @@ import pandas as pd
 from cxrdet import paths
 from cxrdet.config import get_key, load_config, merge_options, parse_options
 from cxrdet.errors import CheckpointError, ConfigError, CxrdetError, TableError
-from cxrdet.io import write_json, write_parquet, write_text
+from cxrdet.io import file_sha256, write_json, write_parquet, write_text
 
 CONFIG_FILE = "config.py"
 PROVENANCE_FILE = "provenance.json"
@@ -433,15 +433,19 @@ class EnsembleRun:
     def is_tuned(self) -> bool:
         return self.params_path.is_file()
 
-    def read_params(self) -> dict[str, Any]:
-        """The tuned `params.json` record.
+    def read_params(self, config: str | Path | None = None) -> dict[str, Any]:
+        """The tuned `params.json` record; with `config`, checked to be tuned from that file as it is now.
 
         Raises:
-            ConfigError: Not tuned yet.
+            ConfigError: Not tuned yet, or `config` changed since it was tuned (its hash is not the recorded one).
         """
         if not self.params_path.is_file():
             raise ConfigError(f"{self.params_path} not found: tune the ensemble first (cxrdet tune CONFIG)")
-        return json.loads(self.params_path.read_text(encoding="utf-8"))
+        record = json.loads(self.params_path.read_text(encoding="utf-8"))
+        if config is not None and record.get("config_sha256") not in (None, file_sha256(config)):
+            raise ConfigError(f"{config} changed since it was tuned ({self.params_path} records another hash): "
+                              "tune again")
+        return record
 
     def write_params(self, record: Mapping[str, Any]) -> Path:
         return write_json(self.params_path, dict(record))

@@ -360,9 +360,7 @@ def package(spec: Any, out: str | Path, data_root: str | Path | None = None, max
     if out.exists() and not overwrite:
         raise CxrdetError(f"{out}: exists: choose a new folder or pass --overwrite")
     ensemble = EnsembleRun(spec.name)
-    record = ensemble.read_params()
-    if record.get("config_sha256") not in (None, file_sha256(spec.path)):
-        raise ConfigError(f"{spec.path} changed since it was tuned ({ensemble.params_path}): tune again")
+    record = ensemble.read_params(spec.path)
     for key in ("labels", "test_ids", "folds"):
         if spec.raw.get(key) and Path(str(spec.raw[key])).is_absolute():
             raise ConfigError(f"{spec.path}: {key}={spec.raw[key]!r} is a path of this machine: leave it unset (the "

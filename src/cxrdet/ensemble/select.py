@@ -39,7 +39,7 @@ import pandas as pd
 from cxrdet import paths
 from cxrdet.ensemble.spec import EnsembleSpec, expanded_space
 from cxrdet.errors import ConfigError
-from cxrdet.io import file_sha256, write_json
+from cxrdet.io import write_json
 from cxrdet.provenance import git_revision
 from cxrdet.runs import EnsembleRun
 
@@ -84,8 +84,17 @@ class Selection:
     choice: Choice
     nested: float
     nested_per_fold: dict[int, str]
-    optimism: float
     rule: str
+
+    @property
+    def chosen_honest(self) -> float:
+        """The chosen candidate's honest score (its row of the table)."""
+        return float(self.table.loc[self.table["candidate"] == self.choice.name, "honest"].iloc[0])
+
+    @property
+    def optimism(self) -> float:
+        """What the selection itself adds to the chosen candidate's honest score: its honest minus nested."""
+        return self.chosen_honest - self.nested
 
 
 def _per_fold(c: Candidate, folds: Sequence[int], score: Scorer) -> dict[int, float]:
@@ -145,9 +154,7 @@ def select(candidates: Sequence[Candidate], folds: Sequence[int], score: Scorer,
         chosen_per_fold[k] = inner.name
         held = by_name[inner.name].rows
         kept.append(held[held["fold"] == k])
-    nested = score(pd.concat(kept, ignore_index=True), folds)
-    winner = float(table.loc[table["candidate"] == choice.name, "honest"].iloc[0])
-    return Selection(table, choice, nested, chosen_per_fold, winner - nested, rule)
+    return Selection(table, choice, score(pd.concat(kept, ignore_index=True), folds), chosen_per_fold, rule)
 
 
 # ---- candidates from tuned ensembles ----
@@ -160,10 +167,7 @@ def load_candidate(spec: EnsembleSpec) -> tuple[Candidate, dict[str, Any]]:
         ConfigError: Not tuned, tuned without the honest estimate, or tuned from another version of the config.
     """
     run = EnsembleRun(spec.name)
-    record = run.read_params()
-    if record.get("config_sha256") not in (None, file_sha256(spec.path)):
-        raise ConfigError(f"{spec.path} changed since it was tuned ({run.params_path} records another hash): "
-                          "tune again")
+    record = run.read_params(spec.path)
     if not run.honest_path.is_file():
         raise ConfigError(f"{run.honest_path} not found: {spec.name} was tuned without its honest estimate (or "
                           f"before cxrdet kept its held-out rows): run `cxrdet tune {spec.path}`")
@@ -217,7 +221,7 @@ def write_selection(name: str, result: Selection, candidates: Sequence[Candidate
         "submit": f"cxrdet submit {by_name[result.choice.name].config}",
         "reason": result.choice.reason,
         "rule": result.rule,
-        "chosen_honest": float(result.table.loc[result.table["candidate"] == result.choice.name, "honest"].iloc[0]),
+        "chosen_honest": result.chosen_honest,
         "nested_selection": result.nested,
         "nested_choice_per_fold": {str(k): v for k, v in result.nested_per_fold.items()},
         "selection_optimism": result.optimism,

@@ -157,10 +157,7 @@ def submit(spec: EnsembleSpec, out: str | Path | None = None) -> SubmitResult:
             written file fails validation.
     """
     ensemble = EnsembleRun(spec.name)
-    record = ensemble.read_params()
-    if record.get("config_sha256") not in (None, file_sha256(spec.path)):
-        raise ConfigError(f"{spec.path} changed since it was tuned ({ensemble.params_path} "
-                          "records another hash): tune again")
+    record = ensemble.read_params(spec.path)
     params = resolve(spec, record["params"])
     sources = data_sources(spec)
     image_ids = load_test_image_ids(spec, sources)
