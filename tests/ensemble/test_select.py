@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cxrdet import paths
 from cxrdet.cli import app
 from cxrdet.ensemble.problem import load_oof
-from cxrdet.ensemble.select import Candidate, choose, select
+from cxrdet.ensemble.select import Candidate, choose, same_data, select
 from cxrdet.ensemble.spec import load_ensemble
 from cxrdet.errors import ConfigError
 from tests.helpers.ensemble_world import write_config
@@ -69,6 +69,16 @@ def test_selection_refuses_what_it_cannot_compare() -> None:
         select([A, B], [0], mean_score)
     with pytest.raises(ConfigError, match="a name repeats"):
         select([A, A], [0, 1], mean_score)
+
+
+def test_candidates_tuned_on_different_data_are_refused_by_name() -> None:
+    def record(sha: str, n: int) -> dict:
+        return {"data": {"folds_sha256": sha, "labels": "/data/labels.csv", "n_images": n}}
+
+    same_data({"a": record("ab" * 32, 90), "b": record("ab" * 32, 90)})  # one image set: no error
+    with pytest.raises(ConfigError, match=r"different data \(a: folds sha256 abababababab, labels /data/labels.csv, "
+                                          r"90 images; b: folds sha256 cdcdcdcdcdcd, .*, 80 images\)"):
+        same_data({"a": record("ab" * 32, 90), "b": record("cd" * 32, 80)})
 
 
 @pytest.mark.slow
