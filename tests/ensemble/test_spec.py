@@ -125,3 +125,23 @@ def test_varying_image_sizes_need_a_cache_that_holds_them(tmp_path: Path) -> Non
     assert [v.tolist() for v in image_sizes(fixed, sources, pd.Index(["a", "b"]))] == [[640.0, 640.0], [480.0, 480.0]]
     rsna = DataSources(tmp_path / "f.csv", tmp_path / "l.csv", {}, get_competition("rsna"))
     assert [v.tolist() for v in image_sizes(spec, rsna, pd.Index(["a"]))] == [[1024.0], [1024.0]]
+
+
+def test_tuning_and_calibration_entries_are_checked() -> None:
+    from cxrdet.ensemble.spec import TuningSpec
+
+    spec = parse_ensemble({**RAW, "tuning": {"pick": "top_k", "top_k": 5, "sd_penalty": 0.5},
+                           "calibration": "quantile"}, Path("pair.py"))
+    assert spec.tuning == TuningSpec("top_k", 5, 0.5, None) and spec.calibration == "quantile"
+    assert spec.tuning.describe() == "mean of the top 5 trials, objective - 0.5 x across-fold sd"
+    assert parse_ensemble(RAW, Path("pair.py")).tuning.is_default
+    bad = {**RAW, "tuning": {"pick": "median", "top_k": 0, "sd_penalty": -1, "importance_floor": 1.5},
+           "calibration": "isotonic"}
+    with pytest.raises(ConfigError) as err:
+        parse_ensemble(bad, Path("pair.py"))
+    for text in ("tuning.pick='median': expected one of ['best', 'top_k']", "tuning.top_k=0: expected an integer",
+                 "tuning.sd_penalty=-1: expected a number >= 0", "tuning.importance_floor=1.5: expected None or",
+                 "calibration='isotonic': expected None or one of ['quantile']"):
+        assert text in str(err.value)
+    with pytest.raises(ConfigError, match=r"tuning=\{'k': 3\}: expected dict\(pick="):
+        parse_ensemble({**RAW, "tuning": {"k": 3}}, Path("pair.py"))

@@ -11,15 +11,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
-import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from cxrdet import paths
@@ -43,6 +40,7 @@ spec = load_ensemble(config)
 problem = load_oof(spec).problem
 score = problem.score
 def slow(params):
+    print("scoring", flush=True)  # every parameter is drawn: a kill from now on lands inside the trial's sleep
     time.sleep(delay)  # a trial long enough to be killed in the middle of
     return score(params)
 problem.score = slow
@@ -56,15 +54,6 @@ def start_worker(tmp_path: Path, config: Path, url: str, n: int, delay: float) -
     script.write_text(WORKER)
     return subprocess.Popen([sys.executable, str(script), str(config), url, str(n), str(delay)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def complete_params(study: optuna.Study) -> list[tuple]:
@@ -149,24 +138,15 @@ def test_resumed_study_draws_what_an_uninterrupted_one_draws(world, tmp_path: Pa
 def test_killed_study_resumes_with_no_trial_lost_or_repeated(world, tmp_path: Path) -> None:
     config = write_config(tmp_path / "ens.py", world)
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    delay = 2.0
-    proc = start_worker(tmp_path, config, url, 40, delay=delay)
+    proc = start_worker(tmp_path, config, url, 40, delay=2.0)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", proc.stderr.read()
-
-        def in_a_trial_after_some_done() -> bool:
-            try:
-                study = optuna.load_study(study_name="ens", storage=url)
-            except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # not created yet, or the worker is creating it
-                return False
-            # A trial in the first half of its sleep: the kill lands inside it, not between two trials (on a busy
-            # machine, telling one trial and asking the next takes long enough to be hit otherwise).
-            now = datetime.now()
-            busy = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "worker" in t.user_attrs
-                    and t.datetime_start is not None and (now - t.datetime_start).total_seconds() < delay / 2]
-            return n_complete(study) >= 4 and bool(busy)
-
-        wait_for(in_a_trial_after_some_done, 120, "4 complete trials and one running")
+        # The worker says "scoring" once a trial's parameters are all drawn, just before its 2 s sleep: killing right
+        # after the fifth says puts the kill inside trial 4's sleep, with trials 0-3 complete (a kill timed from the
+        # storage could land while the parameters are still being drawn, and the retry would then draw the rest).
+        for _ in range(5):
+            line = proc.stdout.readline().strip()
+            assert line == "scoring", (line, proc.stderr.read() if not line else "")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -273,3 +253,95 @@ def test_two_workers_share_a_postgresql_study(world, tmp_path: Path, postgres_ur
 def test_redact_hides_passwords() -> None:
     assert redact("postgresql://me:secret@db:5432/x") == "postgresql://me:***@db:5432/x"
     assert redact("sqlite:///a/b.db") == "sqlite:///a/b.db"
+
+
+# ---- how the parameters are chosen (the config's `tuning`) ----
+
+
+def test_top_k_values_average_numbers_on_their_scale_and_vote_categories() -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.trial import create_trial
+
+    from cxrdet.ensemble.tune import top_k_values
+
+    dists = {"a": FloatDistribution(0.0, 1.0), "lr": FloatDistribution(1e-4, 1.0, log=True),
+             "s": FloatDistribution(0.8, 1.0, step=0.025), "n": IntDistribution(1, 9),
+             "c": CategoricalDistribution(["x", "y", "z"])}
+    study = optuna.create_study(direction="maximize")
+    rows = [(0.9, dict(a=0.2, lr=1e-3, s=0.8, n=1, c="y")), (0.8, dict(a=0.4, lr=1e-1, s=0.85, n=2, c="x")),
+            (0.7, dict(a=0.9, lr=1e-2, s=0.9, n=2, c="x")), (0.6, dict(a=0.3, lr=1e-4, s=1.0, n=9, c="y")),
+            (0.1, dict(a=1.0, lr=1.0, s=1.0, n=9, c="z"))]
+    for value, params in rows:
+        study.add_trial(create_trial(params=params, distributions=dists, value=value))
+    got = top_k_values(study, dists, 3)
+    assert got["a"] == pytest.approx(0.5)  # (0.2 + 0.4 + 0.9) / 3
+    assert got["lr"] == pytest.approx(1e-2)  # geometric mean of 1e-3, 1e-1, 1e-2
+    assert got["s"] == pytest.approx(0.85)  # 0.85 snapped to the 0.025 grid
+    assert got["n"] == 2 and isinstance(got["n"], int)  # 5 / 3 rounded
+    assert got["c"] == "x"  # two votes of three
+    tied = top_k_values(study, dists, 4)
+    assert tied["c"] == "y"  # two each: the better trial's value wins
+    assert top_k_values(study, dists, 1) == rows[0][1]
+
+
+def test_the_penalised_objective_is_the_pooled_score_minus_lambda_sd_by_hand(world, tmp_path: Path) -> None:
+    import numpy as np
+
+    from cxrdet.ensemble.spec import resolve
+    from cxrdet.ensemble.tune import fold_objective
+    from cxrdet.errors import ConfigError
+
+    spec = load_ensemble(write_config(tmp_path / "ens.py", world))
+    oof = load_oof(spec)
+    params = resolve(spec, {"final_thr": 0.2})
+    per_fold = [oof.problem.subset(oof.image_fold == k).score(params) for k in (0, 1, 2)]
+    assert len(set(per_fold)) > 1
+    want = oof.problem.score(params) - 0.5 * np.std(per_fold, ddof=1)
+    assert fold_objective(oof.problem, oof.image_fold, 0.5)(params) == pytest.approx(want, abs=1e-12)
+    assert fold_objective(oof.problem, oof.image_fold, 0.0)(params) == oof.problem.score(params)
+    with pytest.raises(ConfigError, match="needs at least 2 folds"):
+        fold_objective(oof.problem, np.zeros_like(oof.image_fold), 0.5)
+
+
+@pytest.mark.slow
+def test_tuning_options_choose_as_configured_and_report_the_metric(world, tmp_path: Path) -> None:
+    from cxrdet.ensemble.spec import fixed_params, resolve
+    from cxrdet.ensemble.tune import best_values, top_k_values
+
+    url = lambda name: f"sqlite:///{paths.ensemble_dir(name) / 'study.db'}"  # noqa: E731
+    # Top-k: the chosen values are the top-k mean of the study, scored by the metric.
+    spec = load_ensemble(write_config(tmp_path / "topk.py", world, n_trials=8,
+                                      extra="tuning = dict(pick='top_k', top_k=3)"))
+    result = tune(spec, honest=False)
+    study = optuna.load_study(study_name="topk", storage=url("topk"))
+    from cxrdet.ensemble.tune import distributions
+    from cxrdet.ensemble.spec import expanded_space
+
+    assert result.best_params == top_k_values(study, distributions(expanded_space(spec)), 3)
+    assert result.best_params != best_values(study)[0]
+    oof = load_oof(spec)
+    assert result.optimistic == pytest.approx(oof.problem.score(resolve(spec, result.best_params)), abs=1e-12)
+    # A penalised objective: its own study name, trial values at most the pooled metric, the metric reported.
+    spec = load_ensemble(write_config(tmp_path / "sd.py", world, n_trials=5, extra="tuning = dict(sd_penalty=1.0)"))
+    result = tune(spec)
+    study = optuna.load_study(study_name="sd.sd1", storage=url("sd"))
+    best = study.best_trial
+    assert best.value <= oof.problem.score(resolve(spec, best.params)) + 1e-12
+    assert result.optimistic == pytest.approx(oof.problem.score(resolve(spec, best.params)), abs=1e-12)
+    names = {s.study_name for s in optuna.get_all_study_summaries(url("sd"))}
+    assert names == {"sd.sd1", "sd.holdout0.sd1", "sd.holdout1.sd1", "sd.holdout2.sd1"}
+    # An importance floor: a second study tunes only the important parameters; the others keep the config's values.
+    spec = load_ensemble(write_config(tmp_path / "imp.py", world, n_trials=12,
+                                      extra="tuning = dict(importance_floor=0.15)"))
+    result = tune(spec, honest=False)
+    record = json.loads((paths.ensemble_dir("imp") / "params.json").read_text())
+    kept = record["tuning"]["kept"]
+    imp = record["study"]["importances"]
+    assert kept and set(kept) == {k for k, v in imp.items() if v >= 0.15} and len(kept) < len(imp)
+    pruned = optuna.load_study(study_name="imp.pruned", storage=url("imp"))
+    assert all(set(t.params) == set(kept) for t in pruned.get_trials(states=(TrialState.COMPLETE,)))
+    assert set(result.best_params) == set(kept)
+    defaults = fixed_params(spec)
+    for name in set(imp) - set(kept):
+        assert record["params"][name] == pytest.approx(defaults[name])
+    assert record["tuning"]["importance_floor"] == 0.15 and "pruned" in record["tuning"]["described"]

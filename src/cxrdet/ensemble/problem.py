@@ -7,7 +7,8 @@ detectors' (VinBigData's no-finding box, from the classifier when there is one) 
 images.
 
 `load_oof` finds the data of an ensemble config: the members' OOF prediction files (from experiment names and folds),
-the fold file and the labels (from the config, else from the members' experiment configs).
+the fold file and the labels (from the config, else from the members' experiment configs); with
+`calibration='quantile'` each fold model's scores are calibrated first (`cxrdet.ensemble.calibrate`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pandas as pd
 from cxrdet import paths
 from cxrdet.competitions import Competition, competition_of_labels, data_layout, get_competition, studies_of
 from cxrdet.data.readers import scored_readers
+from cxrdet.ensemble.calibrate import calibrate_member
 from cxrdet.ensemble.fuse import BoxSet, FusionInput
 from cxrdet.ensemble.postprocess import PostParams, classifier_probs, postprocess
 from cxrdet.ensemble.spec import EnsembleParams, EnsembleSpec
@@ -246,6 +248,9 @@ class OofData:
     image_fold: npt.NDArray[np.int64]
     sources: DataSources
     members: dict[str, pd.DataFrame]
+    calibration: dict[str, Any] | None = None
+    """With `calibration='quantile'`: member name -> fold -> class -> map (`cxrdet.ensemble.calibrate`), already
+    applied to `members` and `problem`; None without calibration."""
 
 
 def load_oof(spec: EnsembleSpec) -> OofData:
@@ -267,9 +272,9 @@ def load_oof(spec: EnsembleSpec) -> OofData:
     truth = sources.competition.ground_truth(ann, sources.readers)
     gt = truth[truth["image_id"].isin(image_ids)].reset_index(drop=True)
     fold_of = pd.Series(folds["fold"].to_numpy(), index=image_ids)
-    members, problems = {}, []
+    members, problems, maps = {}, [], {}
     for m in spec.members:
-        parts = []
+        parts = {}
         for k in spec.folds_used:
             part = Run(m.experiment, k).read_predictions("oof")
             wrong = fold_of.reindex(part["image_id"]).to_numpy() != k
@@ -277,8 +282,9 @@ def load_oof(spec: EnsembleSpec) -> OofData:
                 ids = pd.unique(part["image_id"][wrong])
                 problems.append(f"{Run(m.experiment, k).predictions_path('oof')}: {len(ids)} image(s) not in fold "
                                 f"{k} of {sources.folds}, e.g. {list(ids[:_MAX_LISTED])}")
-            parts.append(part)
-        members[m.name] = pd.concat(parts, ignore_index=True)
+            parts[k] = part
+        parts, maps[m.name] = calibrate_member(parts, spec.calibration)
+        members[m.name] = pd.concat(list(parts.values()), ignore_index=True)
     if problems:
         raise TableError("OOF predictions", problems)
     inp = FusionInput.from_frames(list(members.values()), image_ids, *image_sizes(spec, sources, image_ids),
@@ -288,7 +294,8 @@ def load_oof(spec: EnsembleSpec) -> OofData:
     if sources.competition.studies is not None:
         images = study_images(ann.images, image_ids, class_probs, str(sources.labels))
     problem = EnsembleProblem(inp, gt, prob, spec.engine, sources.competition, images)
-    return OofData(problem, folds["fold"].to_numpy(dtype=np.int64), sources, members)
+    return OofData(problem, folds["fold"].to_numpy(dtype=np.int64), sources, members,
+                   maps if spec.calibration is not None else None)
 
 
 def classifier_inputs(spec: EnsembleSpec, competition: Competition, image_ids: pd.Index, split: str

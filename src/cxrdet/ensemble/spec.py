@@ -22,6 +22,13 @@ An ensemble config is an mmengine Python config with these keys (see `configs/en
   Names are fusion and postprocess keys; `weight` and `member_thr` expand to one parameter per member
   (`weight.<member>`, `member_thr.<member>`; the first member's weight stays fixed: only ratios matter).
 - `n_trials`, `honest_trials` (per held-out fold; default `n_trials`), `seed`.
+- `tuning`: how a study's parameters are chosen (`TuningSpec`): `pick='best'` (the best trial) or `'top_k'` (the
+  mean of the `top_k` best trials' numeric values, the vote of their categorical ones), `sd_penalty` (the objective
+  is the pooled score minus this times the across-fold standard deviation of the per-fold scores) and
+  `importance_floor` (after the full study, a second one tunes only the parameters whose importance is at least
+  this, the others at the config's values). Default: the best trial of one plain study.
+- `calibration`: None, or `'quantile'`: each fold model's scores mapped per class onto the member's pooled score
+  distribution before pooling and before the test-time fold merge (`cxrdet.ensemble.calibrate`).
 - Optional: `image_size` ((width, height) or a side; default the competition's size, or for a competition whose
   images vary (VinBigData) each image's size from the members' prepare cache), `folds` and `labels` (default: the
   members' experiment configs' `data.folds` and `data.root`), `competition` (default: told by the labels' header),
@@ -41,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from cxrdet import paths
+from cxrdet.ensemble.calibrate import METHODS as CALIBRATIONS
 from cxrdet.ensemble.fuse import CONF_TYPES, FusionParams
 from cxrdet.ensemble.postprocess import PostParams
 from cxrdet.errors import ConfigError
@@ -56,8 +64,41 @@ SPACE_TYPES: tuple[str, ...] = ("float", "int", "categorical")
 CLASSIFIER_KEYS: frozenset[str] = frozenset({"experiment", "column", "complement"})
 TOP_KEYS: tuple[str, ...] = (
     "name", "members", "fusion", "postprocess", "classifier", "search_space", "n_trials", "honest_trials", "seed",
-    "image_size", "folds", "labels", "storage", "test_ids", "competition", "readers",
+    "image_size", "folds", "labels", "storage", "test_ids", "competition", "readers", "tuning", "calibration",
 )  # fmt: skip
+PICKS: tuple[str, ...] = ("best", "top_k")
+
+
+@dataclass(frozen=True)
+class TuningSpec:
+    """How a study's parameters are chosen (the `tuning` key; see the module docstring).
+
+    Attributes:
+        pick: `best` (the best trial) or `top_k` (the top_k best trials' values averaged, or voted when
+            categorical).
+        top_k: Trials averaged by `top_k`.
+        sd_penalty: lambda of the objective `score - lambda * sd(per-fold scores)`; 0 scores the pooled folds alone.
+        importance_floor: None, or the importance (Optuna's fANOVA, normalised to sum 1) below which a parameter is
+            fixed at the config's value in a second study.
+    """
+
+    pick: str = "best"
+    top_k: int = 10
+    sd_penalty: float = 0.0
+    importance_floor: float | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return self == TuningSpec()
+
+    def describe(self) -> str:
+        """One line for logs and reports."""
+        parts = ["best trial" if self.pick == "best" else f"mean of the top {self.top_k} trials"]
+        if self.sd_penalty:
+            parts.append(f"objective - {self.sd_penalty:g} x across-fold sd")
+        if self.importance_floor is not None:
+            parts.append(f"space pruned to importance >= {self.importance_floor:g}")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -99,6 +140,8 @@ class EnsembleSpec:
     test_fold_merge: str
     test_fold_conf_type: str
     raw: dict[str, Any]
+    tuning: TuningSpec = TuningSpec()
+    calibration: str | None = None
 
     @property
     def member_names(self) -> list[str]:
@@ -242,6 +285,10 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
         paths.component(raw.get("name", path.stem), "ensemble name")  # it names the ensemble's output folder
     except ConfigError as err:
         problems.append(str(err))
+    tuning = _tuning(raw.get("tuning"), problems)
+    calibration = raw.get("calibration")
+    if calibration is not None and calibration not in CALIBRATIONS:
+        problems.append(f"calibration={calibration!r}: expected None or one of {list(CALIBRATIONS)}")
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
     spec = EnsembleSpec(
@@ -249,7 +296,8 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
         classifier=dict(classifier) if classifier is not None else None, search_space=space, n_trials=n_trials,
         honest_trials=honest if honest is not None else n_trials, seed=seed,
         image_size=image_size, folds=raw.get("folds"), labels=raw.get("labels"), storage=raw.get("storage"),
-        engine=engine, test_fold_merge=merge, test_fold_conf_type=fold_conf, raw=dict(raw),
+        engine=engine, test_fold_merge=merge, test_fold_conf_type=fold_conf, raw=dict(raw), tuning=tuning,
+        calibration=calibration,
     )  # fmt: skip
     try:
         resolve(spec, {})  # the fixed values alone must make valid parameters
@@ -257,6 +305,33 @@ def parse_ensemble(raw: Mapping[str, Any], path: Path) -> EnsembleSpec:
         raise ConfigError(f"{path}: the fixed fusion and postprocess values do not make valid parameters: "
                           f"{type(err).__name__}: {err}") from err
     return spec
+
+
+def _tuning(raw: Any, problems: list[str]) -> TuningSpec:
+    """The `tuning` section as a `TuningSpec`; problems appended."""
+    if raw is None:
+        return TuningSpec()
+    if not isinstance(raw, Mapping) or set(raw) - {"pick", "top_k", "sd_penalty", "importance_floor"}:
+        problems.append(f"tuning={raw!r}: expected dict(pick='best'|'top_k', top_k=10, sd_penalty=0.0, "
+                        "importance_floor=None)")
+        return TuningSpec()
+    pick, top_k = raw.get("pick", "best"), raw.get("top_k", 10)
+    penalty, floor = raw.get("sd_penalty", 0.0), raw.get("importance_floor")
+    ok = True
+    if pick not in PICKS:
+        problems.append(f"tuning.pick={pick!r}: expected one of {list(PICKS)}")
+        ok = False
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        problems.append(f"tuning.top_k={top_k!r}: expected an integer >= 1")
+        ok = False
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not 0 <= penalty < np.inf:
+        problems.append(f"tuning.sd_penalty={penalty!r}: expected a number >= 0")
+        ok = False
+    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1):
+        problems.append(f"tuning.importance_floor={floor!r}: expected None or a number in [0, 1)")
+        ok = False
+    return TuningSpec(str(pick), int(top_k), float(penalty), None if floor is None else float(floor)) if ok \
+        else TuningSpec()
 
 
 def _parse_members(raw: Any, problems: list[str]) -> list[MemberSpec]:

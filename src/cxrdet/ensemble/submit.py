@@ -1,6 +1,7 @@
 """Apply an ensemble's tuned parameters to its members' test boxes and write a validated submission.
 
-Each member has one model per fold, so the test set has k predictions per member. They are merged per image with
+Each member has one model per fold, so the test set has k predictions per member (each fold model's scores through
+its calibration map first, when the ensemble calibrates: `cxrdet.ensemble.calibrate`). They are merged per image with
 weighted boxes fusion (equal weights, `avg`, the tuned IoU threshold) either before the members are fused (each
 member's folds first: `test_fold_merge='before'`) or after (each fold's members fused with the tuned parameters, the
 vote scaling applied, then the folds merged: `'after'`); the remaining post-processing steps follow. A single member
@@ -13,6 +14,7 @@ git revision, the ensemble config, the member configs and fold-file hashes, the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdet import paths
+from cxrdet.ensemble.calibrate import apply_map
 from cxrdet.ensemble.fuse import BoxSet, FusionInput, FusionParams
 from cxrdet.ensemble.postprocess import drop_non_finite, postprocess, scale_by_votes
 from cxrdet.ensemble.problem import (
@@ -89,12 +92,14 @@ def submission_images(spec: EnsembleSpec, sources: DataSources, image_ids: list[
     return SubmissionImages(ids, image_sizes(spec, sources, ids), prob, images)
 
 
-def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str], test: SubmissionImages | None = None
-                 ) -> tuple[BoxSet, pd.Index]:
+def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str], test: SubmissionImages | None = None,
+                 calibration: Mapping[str, Any] | None = None) -> tuple[BoxSet, pd.Index]:
     """The ensemble's test boxes (xyxy pixels of the original image) under `params`.
 
     Args:
         test: The image set's sizes and probabilities when already read (`submission_images`).
+        calibration: The fold models' score maps fitted on their OOF boxes (`params.json`'s `calibration`), applied
+            to each fold model's test boxes before any merge; required when the config sets `calibration`.
 
     Returns:
         The boxes and the image index their `image` refers to.
@@ -106,7 +111,11 @@ def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str
     ids, size, prob = test.ids, test.sizes, test.prob
     folds = spec.folds_used
     require_predictions(spec, "test")
-    frames = {m.name: [Run(m.experiment, k).read_predictions("test") for k in folds] for m in spec.members}
+    if spec.calibration is not None and calibration is None:
+        raise ConfigError(f"{spec.path}: calibration={spec.calibration!r} but the tuned parameters hold no calibration "
+                          f"maps: rerun `cxrdet tune {spec.path}`")
+    frames = {m.name: [_calibrated(Run(m.experiment, k), m.name, k, calibration) for k in folds]
+              for m in spec.members}
     merge = FusionParams(method="wbf", iou_thr=params.fusion.iou_thr, conf_type=spec.test_fold_conf_type)
     n_members = len(spec.members)
 
@@ -128,6 +137,18 @@ def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str
         per_fold.append(scale_by_votes(fused, n_members, params.post.vote_power).to_frame(ids))
     merged = merge_folds(per_fold, [f"fold {k}" for k in folds])
     return postprocess(merged, replace(params.post, vote_power=0.0), n_members, prob), ids
+
+
+def _calibrated(run: Run, member: str, fold: int, calibration: Mapping[str, Any] | None) -> pd.DataFrame:
+    """One fold model's test boxes, through its calibration map when there is one."""
+    frame = run.read_predictions("test")
+    if calibration is None:
+        return frame
+    maps = calibration.get(member, {}).get(str(fold))
+    if maps is None:
+        raise ConfigError(f"params.json: calibration holds no map of member {member!r} fold {fold}: "
+                          "rerun `cxrdet tune`")
+    return apply_map(frame, maps, f"params.json calibration of {member} fold {fold}")
 
 
 def member_provenance(spec: EnsembleSpec, sources: DataSources) -> list[dict[str, Any]]:
@@ -162,7 +183,7 @@ def submit(spec: EnsembleSpec, out: str | Path | None = None) -> SubmitResult:
     sources = data_sources(spec)
     image_ids = load_test_image_ids(spec, sources)
     test = submission_images(spec, sources, image_ids)
-    boxes, ids = predict_test(spec, params, image_ids, test)
+    boxes, ids = predict_test(spec, params, image_ids, test, record.get("calibration"))
     frame = boxes.to_frame(ids)
     # The file format takes confidences in [0, 1]; weights can push a fused one above 1.
     frame["score"] = frame["score"].clip(0.0, 1.0)

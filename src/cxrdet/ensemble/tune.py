@@ -16,15 +16,23 @@
   predict fold k; the pooled held-out predictions of all folds, scored like the optimistic figure (the metric over
   all OOF images), estimate the score on unseen images (each fold's own score is kept too). The tuned-on-all score
   is optimistic.
+- Choosing the parameters (the config's `tuning`, `cxrdet.ensemble.spec.TuningSpec`): the best trial (default), or
+  the mean (vote) of the top-k trials' values; the objective may subtract a multiple of the across-fold standard
+  deviation; with an importance floor a second study tunes only the parameters at least that important (fANOVA on
+  the first study), the others at the config's values. Each held-out-fold study chooses the same way, so the honest
+  estimate measures the whole procedure. The reported scores are always the metric's, never the penalised objective.
 - Output: `outputs/ensembles/NAME/params.json`: best parameters, both scores (pooled and per fold), each member's
-  own scores and the importance of each parameter; `honest_oof.parquet` beside it: the held-out predictions the
+  own scores, the importance of each parameter, how they were chosen and any calibration maps
+  (`cxrdet.ensemble.calibrate`); `honest_oof.parquet` beside it: the held-out predictions the
   honest score pools (each image's rows under the parameters tuned without its fold), which `cxrdet select` reuses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+from collections import Counter
 import socket
 import time
 import warnings
@@ -35,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import optuna
 import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -249,7 +258,8 @@ def _covered_before(study: Study, number: int, stale_after_s: float) -> int:
 
 def run_study(problem: EnsembleProblem, spec: EnsembleSpec, study_name: str, storage_url_: str, n_trials: int,
               seed: int, on_trial: Callable[[FrozenTrial], None] | None = None,
-              stale_after_s: float = STALE_AFTER_S) -> Study:
+              stale_after_s: float = STALE_AFTER_S, objective: Callable[[EnsembleParams], float] | None = None,
+              dists: Mapping[str, BaseDistribution] | None = None) -> Study:
     """Create or resume one study and run it until it has `n_trials` COMPLETE trials.
 
     Args:
@@ -261,12 +271,15 @@ def run_study(problem: EnsembleProblem, spec: EnsembleSpec, study_name: str, sto
         seed: Sampler seed.
         on_trial: Called after each trial of this process (progress display).
         stale_after_s: See `recover_killed`.
+        objective: What a trial maximises (default `problem.score`; see `fold_objective`).
+        dists: The parameters tuned (default the config's whole expanded space); the others keep the config's values.
 
     Returns:
         The study.
     """
     storage = open_storage(storage_url_)
-    dists = distributions(expanded_space(spec))
+    dists = dict(dists) if dists is not None else distributions(expanded_space(spec))
+    score = objective or problem.score
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=TrialSeededTPE(seed, multivariate=True, n_startup_trials=10))
     recover_killed(study, storage, stale_after_s)
@@ -287,7 +300,7 @@ def run_study(problem: EnsembleProblem, spec: EnsembleSpec, study_name: str, sto
         if any(t.user_attrs.get("config_values") and t.number < trial.number for t in earlier):
             # Two workers that started on an empty study both enqueued the config's values: run them once.
             raise optuna.TrialPruned("the config's values are already another trial")
-        return problem.score(resolve(spec, suggest(trial, dists)))
+        return score(resolve(spec, suggest(trial, dists)))
 
     def stop_at_target(study_: Study, trial: FrozenTrial) -> None:
         if on_trial is not None and trial.state == TrialState.COMPLETE:
@@ -318,12 +331,111 @@ def best_values(study: Study) -> tuple[dict[str, Any], float]:
     return dict(study.best_params), float(study.best_value)
 
 
-def importances(study: Study) -> dict[str, float]:
-    """Importance of each tuned parameter (Optuna's default evaluator); empty when it cannot be computed."""
+def importances(study: Study, seed: int = 0) -> dict[str, float]:
+    """Importance of each tuned parameter (fANOVA, Optuna's default evaluator, seeded so that a rerun agrees; the
+    importances sum to 1); empty when it cannot be computed."""
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
     try:
-        return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+        return {k: float(v) for k, v in optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
     except (RuntimeError, ValueError, ZeroDivisionError):
         return {}
+
+
+# ---- how a study's parameters are chosen (the config's `tuning`) ----
+
+
+def fold_objective(problem: EnsembleProblem, image_fold: npt.NDArray[np.int64], sd_penalty: float
+                   ) -> Callable[[EnsembleParams], float]:
+    """The objective a study maximises: the pooled score, minus `sd_penalty` times the sample standard deviation of
+    the per-fold scores (each fold's OOF images scored alone) when it is positive.
+
+    Raises:
+        ConfigError: A penalty with fewer than two folds.
+    """
+    if not sd_penalty:
+        return problem.score
+    folds = np.unique(image_fold)
+    if len(folds) < 2:
+        raise ConfigError(f"tuning.sd_penalty={sd_penalty:g} needs at least 2 folds to measure their spread; the "
+                          f"images here come from folds {folds.tolist()} (an honest estimate of k folds tunes each "
+                          "held-out study on k - 1: use at least 3 folds, or sd_penalty=0)")
+    parts = [problem.subset(image_fold == k) for k in folds]
+
+    def objective(params: EnsembleParams) -> float:
+        per_fold = [p.score(params) for p in parts]
+        return problem.score(params) - sd_penalty * float(np.std(per_fold, ddof=1))
+
+    return objective
+
+
+def top_k_values(study: Study, dists: Mapping[str, BaseDistribution], k: int) -> dict[str, Any]:
+    """The parameters of the `k` best COMPLETE trials: numeric values averaged (geometric mean on a log scale, then
+    snapped to the distribution's step), categorical ones voted (a tie goes to the value of the better trial)."""
+    trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                    key=lambda t: (-float(t.value), t.number))[:k]
+    if not trials:
+        raise ConfigError(f"study {study.study_name!r} has no complete trial")
+    out: dict[str, Any] = {}
+    for name, d in dists.items():
+        values = [t.params[name] for t in trials if name in t.params]
+        if not values:
+            continue
+        if isinstance(d, CategoricalDistribution):
+            counts = Counter(values)
+            out[name] = next(v for v in values if counts[v] == max(counts.values()))  # values are in rank order
+            continue
+        arr = np.asarray(values, dtype=np.float64)
+        mean = float(np.exp(np.log(arr).mean())) if d.log else float(arr.mean())
+        step = d.step
+        if step:
+            mean = d.low + round((mean - d.low) / step) * step
+        mean = min(max(mean, d.low), d.high)
+        out[name] = int(round(mean)) if isinstance(d, IntDistribution) else float(np.round(mean, 12))
+    return out
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """What one tuning (the main one, or one held-out fold's) chose.
+
+    Attributes:
+        values: The chosen parameter values (the tuned ones; the rest keep the config's).
+        study: The study they came from (the pruned one when the space was pruned).
+        importances: Of the full study's parameters.
+        kept: The parameters the pruned study tuned, or None when the space was not pruned.
+    """
+
+    values: dict[str, Any]
+    study: Study
+    importances: dict[str, float]
+    kept: list[str] | None = None
+
+
+def tune_study(problem: EnsembleProblem, image_fold: npt.NDArray[np.int64], spec: EnsembleSpec, name: str, url: str,
+               n_trials: int, seed: int, progress: Callable[[str], Callable[[FrozenTrial], None] | None]
+               ) -> Tuned:
+    """Tune on `problem` the way the config's `tuning` says: one study (objective `fold_objective`), then with an
+    `importance_floor` a second one on the parameters at least that important, and the values picked from the last
+    study (`best` trial, or `top_k_values`).
+
+    Study names: `name` (with `.sd<lambda>` when the objective is penalised: its values are not comparable with a
+    plain study's), and `<that>.pruned` for the second study.
+    """
+    how = spec.tuning
+    objective = fold_objective(problem, image_fold, how.sd_penalty)
+    study_name = f"{name}.sd{how.sd_penalty:g}" if how.sd_penalty else name
+    dists = distributions(expanded_space(spec))
+    study = run_study(problem, spec, study_name, url, n_trials, seed, progress(study_name), objective=objective)
+    found = importances(study, seed)
+    kept = None
+    if how.importance_floor is not None and found:
+        kept = [k for k in dists if found.get(k, 0.0) >= how.importance_floor] or [max(found, key=found.__getitem__)]
+        dists = {k: dists[k] for k in kept}
+        pruned = f"{study_name}.pruned"
+        study = run_study(problem, spec, pruned, url, n_trials, seed + 1, progress(pruned), objective=objective,
+                          dists=dists)
+    values = best_values(study)[0] if how.pick == "best" else top_k_values(study, dists, how.top_k)
+    return Tuned(values, study, found, kept)
 
 
 # ---- members scored alone ----
@@ -371,6 +483,7 @@ class TuneResult:
     n_complete: int
     importances: dict[str, float]
     optimistic_per_fold: dict[int, float] = field(default_factory=dict)
+    kept: list[str] | None = None
 
 
 def per_fold_scores(oof: OofData, params: EnsembleParams) -> dict[int, float]:
@@ -407,8 +520,13 @@ def tune(spec: EnsembleSpec, n_trials: int | None = None, storage: str | None = 
     def progress(name: str) -> Callable[[FrozenTrial], None] | None:
         return None if on_trial is None else (lambda t: on_trial(name, t))
 
-    study = run_study(oof.problem, spec, study_name, url, main_trials, spec.seed, progress(study_name))
-    best, optimistic = best_values(study)
+    if spec.tuning.sd_penalty and honest and len(np.unique(oof.image_fold)) < 3:
+        raise ConfigError(f"{spec.path}: tuning.sd_penalty needs at least 3 folds with the honest estimate (each "
+                          f"held-out study measures the spread of k - 1 folds); the members have "
+                          f"{np.unique(oof.image_fold).tolist()}: set sd_penalty=0 or run with --no-honest")
+    main = tune_study(oof.problem, oof.image_fold, spec, study_name, url, main_trials, spec.seed, progress)
+    best = main.values
+    optimistic = oof.problem.score(resolve(spec, best))  # the metric itself, whatever the objective was
     per_fold: dict[int, float] = {}
     if honest:
         folds = np.unique(oof.image_fold)
@@ -417,11 +535,11 @@ def tune(spec: EnsembleSpec, n_trials: int | None = None, storage: str | None = 
                               f"{folds.tolist()}; run with --no-honest")
         held_out = []
         for k in folds:
-            name = f"{spec.name}.holdout{k}"
-            sub = run_study(oof.problem.subset(oof.image_fold != k), spec, name, url, n_trials or spec.honest_trials,
-                            spec.seed + 1000 * (int(k) + 1), progress(name))
+            mask = oof.image_fold != k
+            sub = tune_study(oof.problem.subset(mask), oof.image_fold[mask], spec, f"{spec.name}.holdout{k}", url,
+                             n_trials or spec.honest_trials, spec.seed + 1000 * (int(k) + 1), progress)
             part = oof.problem.subset(oof.image_fold == k)
-            chosen = resolve(spec, best_values(sub)[0])
+            chosen = resolve(spec, sub.values)
             frame = part.submitted(part.predict(chosen), chosen.post)
             held_out.append(frame.assign(image_id=frame["image_id"].astype(str), fold=int(k)))
             per_fold[int(k)] = _score(part.evaluator.score(held_out[-1]).score)
@@ -438,8 +556,8 @@ def tune(spec: EnsembleSpec, n_trials: int | None = None, storage: str | None = 
     result = TuneResult(
         params_path=EnsembleRun(spec.name).params_path, best_params=best, optimistic=optimistic,
         honest=honest_score, honest_per_fold=per_fold,
-        members=members, n_complete=n_complete(study), importances=importances(study),
-        optimistic_per_fold=optimistic_per_fold,
+        members=members, n_complete=n_complete(main.study), importances=main.importances,
+        optimistic_per_fold=optimistic_per_fold, kept=main.kept,
     )  # fmt: skip
     write_params(spec, result, oof, url)
     return result
@@ -464,6 +582,8 @@ def write_params(spec: EnsembleSpec, result: TuneResult, oof: OofData, url: str)
         "members": result.members,
         "study": {"name": spec.name, "storage": redact(url), "n_complete": result.n_complete, "seed": spec.seed,
                   "importances": result.importances},
+        "tuning": {**dataclasses.asdict(spec.tuning), "described": spec.tuning.describe(), "kept": result.kept},
+        "calibration": oof.calibration,
         "data": {"folds": str(oof.sources.folds), "folds_sha256": file_sha256(oof.sources.folds),
                  "labels": str(oof.sources.labels), "n_images": len(oof.problem.image_ids),
                  "n_gt_boxes": len(oof.problem.gt)},

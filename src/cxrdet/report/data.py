@@ -196,6 +196,9 @@ def load_ensemble_data(config: Path) -> ReportData:
                f"tuned OOF score {number(scores.get('optimistic'))} (optimistic), honest "
                f"{number(scores.get('honest'))} (nested across folds; '-' when not run)",
                "per outer fold (a gain on one lucky fold shows here): " + _per_fold_text(scores),
+               f"parameters chosen by: {(record.get('tuning') or {}).get('described', 'best trial')}; per-fold "
+               f"calibration: {spec.calibration or 'none'} (member curves below are "
+               f"{'after' if spec.calibration else 'without'} it)",
                "member cuts: best of each member's pooled OOF curve; ensemble cut: the tuned final_thr"],
     )  # fmt: skip
 
