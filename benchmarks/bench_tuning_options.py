@@ -9,7 +9,8 @@ the chosen submission's test score beside the best single member's.
 
 Variants (`--variants`, comma-separated): `default` (best trial), `top_k` (mean of the 10 best trials' values),
 `sd` (objective - 1.0 x across-fold sd), `pruned` (a second study on the parameters of importance >= 0.05),
-`calibrated` (quantile calibration of each fold model), `calibrated_sd` (both).
+`calibrated` (quantile calibration of each fold model), `calibrated_sd` (both), `rate` (rate calibration),
+`rate_sd` (rate calibration and the sd penalty).
 
 Prints the table and writes it to `<outputs>/bench/tuning_options.json`.
 
@@ -34,6 +35,8 @@ VARIANTS: dict[str, str] = {
     "pruned": "tuning = dict(importance_floor=0.05)",
     "calibrated": "calibration = 'quantile'",
     "calibrated_sd": "calibration = 'quantile'\ntuning = dict(sd_penalty=1.0)",
+    "rate": "calibration = 'rate'",
+    "rate_sd": "calibration = 'rate'\ntuning = dict(sd_penalty=1.0)",
 }
 DEMO = ("demo_fcos_tiny", "demo_atss_tiny", "demo_wbf", "demo_wbf_cls")
 
@@ -109,6 +112,8 @@ def main() -> None:
     parser.add_argument("--test-labels", default=None, help="labels of the test images (the demo's synthetic ones)")
     parser.add_argument("--jobs", type=int, default=1, help="tunings side by side (each single-threaded)")
     parser.add_argument("--rule", default="paired")
+    parser.add_argument("--json", type=Path, default=None, help="where the figures go (default "
+                        "<outputs>/bench/tuning_options.json)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     unknown = set(variants) - set(VARIANTS)
@@ -139,7 +144,7 @@ def main() -> None:
               f"{(s['best_member'] or '-').split('__')[0]} honest {fmt(s['best_member_honest'])} "
               f"test {fmt(s['best_member_test'])}")
         print(f"{'':<14} {s['reason']}")
-    out = paths.outputs_dir() / "bench" / "tuning_options.json"
+    out = args.json or paths.outputs_dir() / "bench" / "tuning_options.json"
     write_json(out, {"rows": results, "selection": chosen, "rule": args.rule, "seconds": time.perf_counter() - start})
     print(f"\nwrote {out} ({time.perf_counter() - start:.0f} s)")
 

@@ -48,6 +48,28 @@ def test_a_less_confident_fold_model_is_mapped_onto_the_pooled_scale() -> None:
     assert calibrate_member(parts, None) == (parts, None)
 
 
+def test_rate_calibration_matches_a_model_whose_low_scores_fell_below_the_prediction_cut() -> None:
+    from cxrdet.ensemble.calibrate import fit_maps
+
+    rng = np.random.default_rng(3)
+    confident = rng.beta(2, 3, 4000)
+    halved = confident * 0.5
+    survives = halved >= 0.1  # the prediction cut: the weak model keeps fewer boxes per image
+    parts = {0: boxes(confident), 1: boxes(halved[survives])}
+    n_images = {0: 1000, 1: 1000}
+    for method, tolerance in (("rate", 0.01), ("quantile", None)):
+        maps = fit_maps(parts, method, n_images)
+        a = apply_map(boxes(confident[survives]), maps["0"], "t")["score"].to_numpy()
+        b = apply_map(parts[1], maps["1"], "t")["score"].to_numpy()
+        gap = np.abs(a - b).max()  # one box scored by both fold models, after calibration
+        if tolerance is not None:
+            assert gap < tolerance, (method, gap)
+        else:
+            assert gap > 0.05, (method, gap)  # equal quantiles assume equal box counts: biased here
+    with pytest.raises(ConfigError, match="calibration='rate' needs each fold's image count"):
+        fit_maps(parts, "rate")
+
+
 def test_classes_are_mapped_separately_and_sparse_classes_kept() -> None:
     rng = np.random.default_rng(1)
     low, high = rng.uniform(0.1, 0.3, 50), rng.uniform(0.6, 0.9, 50)

@@ -141,7 +141,7 @@ def test_tuning_and_calibration_entries_are_checked() -> None:
         parse_ensemble(bad, Path("pair.py"))
     for text in ("tuning.pick='median': expected one of ['best', 'top_k']", "tuning.top_k=0: expected an integer",
                  "tuning.sd_penalty=-1: expected a number >= 0", "tuning.importance_floor=1.5: expected None or",
-                 "calibration='isotonic': expected None or one of ['quantile']"):
+                 "calibration='isotonic': expected None or one of ['quantile', 'rate']"):
         assert text in str(err.value)
     with pytest.raises(ConfigError, match=r"tuning=\{'k': 3\}: expected dict\(pick="):
         parse_ensemble({**RAW, "tuning": {"k": 3}}, Path("pair.py"))

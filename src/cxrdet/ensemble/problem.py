@@ -8,7 +8,7 @@ images.
 
 `load_oof` finds the data of an ensemble config: the members' OOF prediction files (from experiment names and folds),
 the fold file and the labels (from the config, else from the members' experiment configs); with
-`calibration='quantile'` each fold model's scores are calibrated first (`cxrdet.ensemble.calibrate`).
+`calibration` set each fold model's scores are calibrated first (`cxrdet.ensemble.calibrate`).
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ class OofData:
     sources: DataSources
     members: dict[str, pd.DataFrame]
     calibration: dict[str, Any] | None = None
-    """With `calibration='quantile'`: member name -> fold -> class -> map (`cxrdet.ensemble.calibrate`), already
+    """With `calibration` set: member name -> fold -> class -> map (`cxrdet.ensemble.calibrate`), already
     applied to `members` and `problem`; None without calibration."""
 
 
@@ -273,6 +273,7 @@ def load_oof(spec: EnsembleSpec) -> OofData:
     gt = truth[truth["image_id"].isin(image_ids)].reset_index(drop=True)
     fold_of = pd.Series(folds["fold"].to_numpy(), index=image_ids)
     members, problems, maps = {}, [], {}
+    n_per_fold = {int(k): int(n) for k, n in folds["fold"].value_counts().items()}  # images, boxes or not
     for m in spec.members:
         parts = {}
         for k in spec.folds_used:
@@ -283,7 +284,7 @@ def load_oof(spec: EnsembleSpec) -> OofData:
                 problems.append(f"{Run(m.experiment, k).predictions_path('oof')}: {len(ids)} image(s) not in fold "
                                 f"{k} of {sources.folds}, e.g. {list(ids[:_MAX_LISTED])}")
             parts[k] = part
-        parts, maps[m.name] = calibrate_member(parts, spec.calibration)
+        parts, maps[m.name] = calibrate_member(parts, spec.calibration, n_per_fold)
         members[m.name] = pd.concat(list(parts.values()), ignore_index=True)
     if problems:
         raise TableError("OOF predictions", problems)

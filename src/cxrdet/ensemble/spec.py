@@ -27,8 +27,8 @@ An ensemble config is an mmengine Python config with these keys (see `configs/en
   is the pooled score minus this times the across-fold standard deviation of the per-fold scores) and
   `importance_floor` (after the full study, a second one tunes only the parameters whose importance is at least
   this, the others at the config's values). Default: the best trial of one plain study.
-- `calibration`: None, or `'quantile'`: each fold model's scores mapped per class onto the member's pooled score
-  distribution before pooling and before the test-time fold merge (`cxrdet.ensemble.calibrate`).
+- `calibration`: None, `'quantile'` or `'rate'`: each fold model's scores mapped per class onto the member's pooled
+  score scale before pooling and before the test-time fold merge (`cxrdet.ensemble.calibrate`).
 - Optional: `image_size` ((width, height) or a side; default the competition's size, or for a competition whose
   images vary (VinBigData) each image's size from the members' prepare cache), `folds` and `labels` (default: the
   members' experiment configs' `data.folds` and `data.root`), `competition` (default: told by the labels' header),
