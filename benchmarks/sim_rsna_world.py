@@ -1,4 +1,4 @@
-"""A simulated ensemble at RSNA scale from the real labels, for `bench_tuning_options.py`: known truth on a large test set.
+"""A simulated ensemble at RSNA scale from the real labels, for `bench_tuning_options.py`: truth on a large test set.
 
 From `../shared/data/rsna/stage_2_train_labels.csv` (26,684 images): 20% of the images become a labelled test set
 (their labels written apart, as a competition's hidden labels), the rest 5 folds. Three simulated detectors
