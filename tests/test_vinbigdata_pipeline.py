@@ -74,5 +74,33 @@ seed = 4
     score = comp.score(labels, out.csv, test_ids, False, None)
     assert score["metric"] == "voc@0.4" and 0.0 <= score["score"] <= 1.0
 
+    # The member alone, its 14 classes' fold models rate-calibrated, submitted; `cxrdet select` chooses between the two.
+    alone = tmp_path / "vbd_alone.py"
+    alone.write_text(f"""
+members = [dict(experiment='{DETECTOR.stem}', folds=[0, 1])]
+fusion = dict(method='none', iou_thr=0.5, test_fold_merge='before')
+postprocess = dict(final_thr=0.0)
+search_space = dict(final_thr=dict(type='float', low=0.0, high=0.3))
+calibration = 'rate'
+n_trials = 3
+honest_trials = 2
+seed = 4
+""")
+    spec_alone = load_ensemble(alone)
+    tune(spec_alone)
+    maps = json.loads((tmp_path / "outputs" / "ensembles" / "vbd_alone" / "params.json").read_text())["calibration"]
+    classes = {c for fold in maps[DETECTOR.stem].values() for c in fold}
+    assert set(maps[DETECTOR.stem]) == {"0", "1"} and classes and classes <= {str(c) for c in range(14)}
+    read_submission(submit(spec_alone, tmp_path / "alone.csv").csv, test_ids)
+    from typer.testing import CliRunner
+
+    from cxrdet.cli import app
+
+    done = CliRunner().invoke(app, ["select", str(ensemble), str(alone), "--out", "vbd"])
+    assert done.exit_code == 0, done.output
+    chosen = json.loads((tmp_path / "outputs" / "selections" / "vbd.json").read_text())
+    assert {c["candidate"] for c in chosen["candidates"]} == {"vbd_cls", "vbd_alone"}, chosen
+    assert chosen["chosen"] in {"vbd_cls", "vbd_alone"} and chosen["nested_selection"] is not None
+
     page = report(str(ensemble), tmp_path / "report").read_text()
     assert 'src="per_class.png"' in page and "Pulmonary fibrosis" in page and "val/map40" in page
