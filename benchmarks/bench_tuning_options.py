@@ -41,14 +41,15 @@ VARIANTS: dict[str, str] = {
 DEMO = ("demo_fcos_tiny", "demo_atss_tiny", "demo_wbf", "demo_wbf_cls")
 
 
-def variant_config(base: Path, variant: str) -> Path:
-    """The config of `base` with `variant`'s keys, under `<outputs>/bench_configs/`."""
+def variant_config(base: Path, variant: str, seed: int | None = None) -> Path:
+    """The config of `base` with `variant`'s keys (and another sampler seed), under `<outputs>/bench_configs/`."""
     from cxrdet import paths
 
     folder = paths.outputs_dir() / "bench_configs"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{base.stem}__{variant}.py"
-    text = f"_base_ = {str(base.resolve())!r}\n{VARIANTS[variant]}\n"
+    tag = variant if seed is None else f"{variant}_s{seed}"
+    path = folder / f"{base.stem}__{tag}.py"
+    text = f"_base_ = {str(base.resolve())!r}\n{VARIANTS[variant]}\n" + (f"seed = {seed}\n" if seed is not None else "")
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
     return path
@@ -112,6 +113,8 @@ def main() -> None:
     parser.add_argument("--test-labels", default=None, help="labels of the test images (the demo's synthetic ones)")
     parser.add_argument("--jobs", type=int, default=1, help="tunings side by side (each single-threaded)")
     parser.add_argument("--rule", default="paired")
+    parser.add_argument("--seeds", default="", help="comma-separated sampler seeds: each variant is tuned once per "
+                        "seed (the tuning's own randomness, beside the option's effect); default the configs' seed")
     parser.add_argument("--json", type=Path, default=None, help="where the figures go (default "
                         "<outputs>/bench/tuning_options.json)")
     args = parser.parse_args()
@@ -119,7 +122,11 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variant(s) {sorted(unknown)}; expected some of {list(VARIANTS)}")
-    configs = {v: [str(variant_config(c, v)) for c in args.configs] for v in variants}
+    seeds = [int(x) for x in args.seeds.split(",") if x] or [None]
+    tags = [(v, seed) for v in variants for seed in seeds]
+    configs = {f"{v}" if seed is None else f"{v}_s{seed}": [str(variant_config(c, v, seed)) for c in args.configs]
+               for v, seed in tags}
+    variants = list(configs)
     jobs = [c for v in variants for c in configs[v]]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     start = time.perf_counter()

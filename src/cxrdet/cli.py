@@ -362,7 +362,7 @@ def tune_command(
         tasks: dict[str, Any] = {}
 
         def on_trial(study_name: str, trial: Any) -> None:
-            total = n_trials or (spec.n_trials if study_name == spec.name else spec.honest_trials)
+            total = n_trials or (spec.honest_trials if ".holdout" in study_name else spec.n_trials)
             if study_name not in tasks:
                 tasks[study_name] = bar.add_task(study_name, total=total, best="-")
             best = max(bar.tasks[tasks[study_name]].fields.get("best_value", float("-inf")), trial.value)
@@ -376,6 +376,8 @@ def tune_command(
                f"{honest_text}; {result.n_complete} trials")
     if result.importances:
         typer.echo("importance: " + ", ".join(f"{k} {v:.3f}" for k, v in result.importances.items()))
+    if result.unconverged:
+        typer.echo(f"warning: {result.unconverged}")
     typer.echo(f"wrote {result.params_path}")
 
 

@@ -80,6 +80,11 @@ def test_tune_writes_params_scores_and_resumes_without_new_trials(world, tmp_pat
         part = oof.problem.subset(oof.image_fold == k)
         held.append(part.submitted(part.predict(resolve(spec, chosen))).astype({"image_id": str}))
     pooled = oof.problem.evaluator.score(pd.concat(held, ignore_index=True)).score
+    # Each held-out study's choice is also scored on all folds (the main study's convergence check).
+    for k in (0, 1, 2):
+        chosen = best_values(optuna.load_study(study_name=f"ens.holdout{k}", storage=url))[0]
+        assert record["scores"]["holdout_choices_on_all"][str(k)] == pytest.approx(
+            oof.problem.score(resolve(spec, chosen)), abs=1e-12)
     assert record["scores"]["honest"] == pytest.approx(pooled, abs=1e-12)
     assert record["scores"]["honest"] != pytest.approx(sum(result.honest_per_fold.values()) / 3, abs=1e-9)
     # The held-out rows are kept for `cxrdet select`: the same rows, each with its fold.
@@ -345,3 +350,19 @@ def test_tuning_options_choose_as_configured_and_report_the_metric(world, tmp_pa
     for name in set(imp) - set(kept):
         assert record["params"][name] == pytest.approx(defaults[name])
     assert record["tuning"]["importance_floor"] == 0.15 and "pruned" in record["tuning"]["described"]
+
+
+def test_a_held_out_choice_above_the_main_best_says_the_main_study_has_not_converged(tmp_path: Path) -> None:
+    from cxrdet.ensemble.tune import TuneResult
+
+    def result(on_all: dict[int, float], plain: bool = True) -> TuneResult:
+        return TuneResult(params_path=tmp_path, best_params={"a": 1, "b": 2}, optimistic=0.14, honest=0.17,
+                          honest_per_fold={}, members={}, n_complete=80, importances={}, holdout_on_all=on_all,
+                          plain_best=plain)
+
+    warning = result({0: 0.13, 1: 0.19, 2: 0.15}).unconverged
+    assert warning is not None and "fold-1 held-out study chose score 0.19000" in warning
+    assert "main study's best 0.14000 (80 trials over 2 parameters)" in warning and "raise n_trials" in warning
+    assert result({0: 0.13, 1: 0.14}).unconverged is None
+    assert result({0: 0.19}, plain=False).unconverged is None  # a top-k mean is below the best by design
+    assert result({}).unconverged is None

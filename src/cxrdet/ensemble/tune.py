@@ -409,6 +409,23 @@ class Tuned:
     study: Study
     importances: dict[str, float]
     kept: list[str] | None = None
+    holdout_on_all: dict[int, float] = field(default_factory=dict)
+    plain_best: bool = True
+
+    @property
+    def unconverged(self) -> str | None:
+        """A warning when a held-out study's choice scores above the main study's best on all folds (the main study
+        then has not found the best region: more trials, or a smaller space), else None. Only for the plain best
+        trial: a top-k mean or a penalised objective is below the best by design."""
+        if not self.plain_best or not self.holdout_on_all:
+            return None
+        k, value = max(self.holdout_on_all.items(), key=lambda kv: kv[1])
+        if value <= self.optimistic + 1e-9:
+            return None
+        return (f"the parameters the fold-{k} held-out study chose score {value:.5f} on all OOF images, above the "
+                f"main study's best {self.optimistic:.5f} ({self.n_complete} trials over {len(self.best_params)} "
+                "parameters): the main study has not converged, so its parameters and both scores understate the "
+                "ensemble; raise n_trials or narrow the search space")
 
 
 def tune_study(problem: EnsembleProblem, image_fold: npt.NDArray[np.int64], spec: EnsembleSpec, name: str, url: str,
@@ -484,6 +501,23 @@ class TuneResult:
     importances: dict[str, float]
     optimistic_per_fold: dict[int, float] = field(default_factory=dict)
     kept: list[str] | None = None
+    holdout_on_all: dict[int, float] = field(default_factory=dict)
+    plain_best: bool = True
+
+    @property
+    def unconverged(self) -> str | None:
+        """A warning when a held-out study's choice scores above the main study's best on all folds (the main study
+        then has not found the best region: more trials, or a smaller space), else None. Only for the plain best
+        trial: a top-k mean or a penalised objective is below the best by design."""
+        if not self.plain_best or not self.holdout_on_all:
+            return None
+        k, value = max(self.holdout_on_all.items(), key=lambda kv: kv[1])
+        if value <= self.optimistic + 1e-9:
+            return None
+        return (f"the parameters the fold-{k} held-out study chose score {value:.5f} on all OOF images, above the "
+                f"main study's best {self.optimistic:.5f} ({self.n_complete} trials over {len(self.best_params)} "
+                "parameters): the main study has not converged, so its parameters and both scores understate the "
+                "ensemble; raise n_trials or narrow the search space")
 
 
 def per_fold_scores(oof: OofData, params: EnsembleParams) -> dict[int, float]:
@@ -528,6 +562,7 @@ def tune(spec: EnsembleSpec, n_trials: int | None = None, storage: str | None = 
     best = main.values
     optimistic = oof.problem.score(resolve(spec, best))  # the metric itself, whatever the objective was
     per_fold: dict[int, float] = {}
+    on_all: dict[int, float] = {}
     if honest:
         folds = np.unique(oof.image_fold)
         if len(folds) < 2:
@@ -540,6 +575,7 @@ def tune(spec: EnsembleSpec, n_trials: int | None = None, storage: str | None = 
                              n_trials or spec.honest_trials, spec.seed + 1000 * (int(k) + 1), progress)
             part = oof.problem.subset(oof.image_fold == k)
             chosen = resolve(spec, sub.values)
+            on_all[int(k)] = oof.problem.score(chosen)  # above the main study's best: it has not converged
             frame = part.submitted(part.predict(chosen), chosen.post)
             held_out.append(frame.assign(image_id=frame["image_id"].astype(str), fold=int(k)))
             per_fold[int(k)] = _score(part.evaluator.score(held_out[-1]).score)
@@ -557,7 +593,8 @@ def tune(spec: EnsembleSpec, n_trials: int | None = None, storage: str | None = 
         params_path=EnsembleRun(spec.name).params_path, best_params=best, optimistic=optimistic,
         honest=honest_score, honest_per_fold=per_fold,
         members=members, n_complete=n_complete(main.study), importances=main.importances,
-        optimistic_per_fold=optimistic_per_fold, kept=main.kept,
+        optimistic_per_fold=optimistic_per_fold, kept=main.kept, holdout_on_all=on_all,
+        plain_best=spec.tuning.pick == "best" and not spec.tuning.sd_penalty,
     )  # fmt: skip
     write_params(spec, result, oof, url)
     return result
@@ -577,6 +614,7 @@ def write_params(spec: EnsembleSpec, result: TuneResult, oof: OofData, url: str)
             "honest": result.honest,
             "honest_per_fold": {str(k): v for k, v in result.honest_per_fold.items()},
             "optimistic_per_fold": {str(k): v for k, v in result.optimistic_per_fold.items()},
+            "holdout_choices_on_all": {str(k): v for k, v in result.holdout_on_all.items()},
             "best_member_honest": max(m["honest"] for m in result.members.values()),
         },
         "members": result.members,
@@ -584,6 +622,7 @@ def write_params(spec: EnsembleSpec, result: TuneResult, oof: OofData, url: str)
                   "importances": result.importances},
         "tuning": {**dataclasses.asdict(spec.tuning), "described": spec.tuning.describe(), "kept": result.kept},
         "calibration": oof.calibration,
+        "warnings": [w for w in (result.unconverged,) if w],
         "data": {"folds": str(oof.sources.folds), "folds_sha256": file_sha256(oof.sources.folds),
                  "labels": str(oof.sources.labels), "n_images": len(oof.problem.image_ids),
                  "n_gt_boxes": len(oof.problem.gt)},

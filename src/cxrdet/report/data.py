@@ -199,7 +199,8 @@ def load_ensemble_data(config: Path) -> ReportData:
                f"parameters chosen by: {(record.get('tuning') or {}).get('described', 'best trial')}; per-fold "
                f"calibration: {spec.calibration or 'none'} (member curves below are "
                f"{'after' if spec.calibration else 'without'} it)",
-               "member cuts: best of each member's pooled OOF curve; ensemble cut: the tuned final_thr"],
+               "member cuts: best of each member's pooled OOF curve; ensemble cut: the tuned final_thr",
+               *(f"warning: {w}" for w in record.get("warnings") or ())],
     )  # fmt: skip
 
 
