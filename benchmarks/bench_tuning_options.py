@@ -22,6 +22,7 @@ Run, after the demo (same outputs folder):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -102,6 +103,57 @@ def selection(configs: list[str], rows: dict[str, dict[str, Any]], rule: str) ->
             "best_member_test": rows[best_member]["test"] if best_member else None}
 
 
+def _variant_of(tag: str) -> str:
+    """`calibrated_sd_s2` -> `calibrated_sd` (the variant without its seed)."""
+    head, _, tail = tag.rpartition("_s")
+    return head if head and tail.isdigit() else tag
+
+
+def combine(files: list[Path]) -> None:
+    """Mean (and sd over seeds) of every variant's figures from several runs' JSON files, as a Markdown table."""
+    import numpy as np
+
+    rows, picks = [], []
+    for f in files:
+        data = json.loads(f.read_text())
+        for r in data["rows"]:
+            base, _, tag = r["ensemble"].partition("__")
+            rows.append({**r, "base": base, "variant": _variant_of(tag)})
+        picks += [{**s, "variant": _variant_of(tag)} for tag, s in data["selection"].items()]
+
+    def cell(values: list[float]) -> str:
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
+        return f"{np.mean(values):.4f}" + (f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else "")
+
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    bases = list(dict.fromkeys(r["base"] for r in rows))
+    print("| variant | ensemble | runs | optimistic | honest | test |\n|---|---|---|---|---|---|")
+    for v in variants:
+        for b in bases:
+            got = [r for r in rows if r["variant"] == v and r["base"] == b]
+            if got:
+                print(f"| {v} | {b} | {len(got)} | {cell([r['optimistic'] for r in got])} | "
+                      f"{cell([r['honest'] for r in got])} | {cell([r['test'] for r in got])} |")
+    print("\n| variant | runs | chosen (times) | chosen honest | nested | optimism | chosen test | best member test |"
+          "\n|---|---|---|---|---|---|---|---|")
+    for v in variants:
+        got = [s for s in picks if s["variant"] == v]
+        names = ", ".join(f"{n} ({c})" for n, c in
+                          name_counts([s["chosen"].split("__")[0] for s in got]))
+        print(f"| {v} | {len(got)} | {names} | {cell([s['chosen_honest'] for s in got])} | "
+              f"{cell([s['nested'] for s in got])} | {cell([s['optimism'] for s in got])} | "
+              f"{cell([s['chosen_test'] for s in got])} | {cell([s['best_member_test'] for s in got])} |")
+
+
+def name_counts(names: list[str]) -> list[tuple[str, int]]:
+    """Each name with its count, most frequent first."""
+    from collections import Counter
+
+    return Counter(names).most_common()
+
+
 def main() -> None:
     from cxrdet import paths
     from cxrdet.io import write_json
@@ -117,7 +169,12 @@ def main() -> None:
                         "seed (the tuning's own randomness, beside the option's effect); default the configs' seed")
     parser.add_argument("--json", type=Path, default=None, help="where the figures go (default "
                         "<outputs>/bench/tuning_options.json)")
+    parser.add_argument("--combine", type=Path, nargs="+", default=None,
+                        help="only summarise these earlier runs' JSON files (mean ± sd over seeds, Markdown)")
     args = parser.parse_args()
+    if args.combine:
+        combine(args.combine)
+        return
     variants = args.variants.split(",")
     unknown = set(variants) - set(VARIANTS)
     if unknown:
