@@ -36,43 +36,26 @@ MEMBERS = ("sim0", "sim1", "sim2")
 MISCALIBRATED = {("sim0", 2): 0.5, ("sim1", 3): 0.7}  # fold models whose every score is scaled
 SEED = 2018
 
-ALONE = """# {name} alone (simulated): its fold models merged on the test set, the final cut and box shrink tuned.
+# The shipped configs' fusion, post-processing and search spaces, with the simulated members and data.
+ALONE = """# {name} alone (simulated), tuned and merged as any single model (retinanet_r50fpn_512_alone.py).
+_base_ = '{configs}/retinanet_r50fpn_512_alone.py'
 members = [dict(experiment='{name}', folds=[0, 1, 2, 3, 4])]
 folds = '{folds}'
 labels = '{labels}'
 test_ids = '{test_ids}'
-fusion = dict(method='none', iou_thr=0.5, test_fold_merge='before', test_fold_conf_type='max')
-postprocess = dict(final_thr=0.3)
-search_space = dict(
-    final_thr=dict(type='float', low=0.05, high=0.9),
-    shrink=dict(type='float', low=0.8, high=1.0, step=0.0125),
-)
+fusion = dict(test_fold_conf_type='max')
 n_trials = 40
 honest_trials = 30
-seed = 2018
 """
 
-FUSED = """# The three simulated members fused (weighted boxes fusion, vote scaling, shrink), as demo_wbf.py.
+FUSED = """# The three simulated members fused as demo_wbf.py fuses the demo's two.
+_base_ = '{configs}/demo_wbf.py'
 members = [{members}]
 folds = '{folds}'
 labels = '{labels}'
 test_ids = '{test_ids}'
-fusion = dict(method='wbf', iou_thr=0.4, skip_box_thr=0.02, conf_type='avg', test_fold_merge='before',
-              test_fold_conf_type='max')
-postprocess = dict(member_thr=0.05, vote_power=1.0, shrink=0.875, final_thr=0.3, max_boxes=None)
-search_space = dict(
-    iou_thr=dict(type='float', low=0.3, high=0.7),
-    conf_type=dict(type='categorical', choices=['avg', 'max', 'box_and_model_avg']),
-    weight=dict(type='float', low=0.25, high=4.0, log=True),
-    member_thr=dict(type='float', low=0.0, high=0.5),
-    vote_power=dict(type='float', low=0.0, high=2.0),
-    shrink=dict(type='float', low=0.8, high=1.0, step=0.0125),
-    final_thr=dict(type='float', low=0.05, high=0.8),
-    max_boxes=dict(type='int', low=1, high=4),
-)
 n_trials = 80
 honest_trials = 50
-seed = 2018
 """
 
 
@@ -106,7 +89,8 @@ def main() -> None:
             write_parquet(paths.predictions_path(name, k, "test"), frame[test].reset_index(drop=True))
     configs = out / "configs"
     configs.mkdir(parents=True, exist_ok=True)
-    where = {"folds": out / "folds.csv", "labels": out / "labels.csv", "test_ids": out / "test_ids.csv"}
+    where = {"folds": out / "folds.csv", "labels": out / "labels.csv", "test_ids": out / "test_ids.csv",
+             "configs": paths.CONFIGS_DIR / "ensembles"}
     for name in MEMBERS:
         (configs / f"{name}_alone.py").write_text(ALONE.format(name=name, **where))
     members = ", ".join(f"dict(experiment='{m}', folds=[0, 1, 2, 3, 4])" for m in MEMBERS)

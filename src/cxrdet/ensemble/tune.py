@@ -409,23 +409,6 @@ class Tuned:
     study: Study
     importances: dict[str, float]
     kept: list[str] | None = None
-    holdout_on_all: dict[int, float] = field(default_factory=dict)
-    plain_best: bool = True
-
-    @property
-    def unconverged(self) -> str | None:
-        """A warning when a held-out study's choice scores above the main study's best on all folds (the main study
-        then has not found the best region: more trials, or a smaller space), else None. Only for the plain best
-        trial: a top-k mean or a penalised objective is below the best by design."""
-        if not self.plain_best or not self.holdout_on_all:
-            return None
-        k, value = max(self.holdout_on_all.items(), key=lambda kv: kv[1])
-        if value <= self.optimistic + 1e-9:
-            return None
-        return (f"the parameters the fold-{k} held-out study chose score {value:.5f} on all OOF images, above the "
-                f"main study's best {self.optimistic:.5f} ({self.n_complete} trials over {len(self.best_params)} "
-                "parameters): the main study has not converged, so its parameters and both scores understate the "
-                "ensemble; raise n_trials or narrow the search space")
 
 
 def tune_study(problem: EnsembleProblem, image_fold: npt.NDArray[np.int64], spec: EnsembleSpec, name: str, url: str,
