@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from cxrdet import paths
-from cxrdet.ensemble.calibrate import apply_map, calibrate_member, fit_quantile_maps
+from cxrdet.ensemble.calibrate import apply_map, calibrate_member, fit_maps
 from cxrdet.ensemble.problem import load_oof
 from cxrdet.ensemble.spec import load_ensemble, resolve
 from cxrdet.ensemble.submit import predict_test
@@ -49,8 +49,6 @@ def test_a_less_confident_fold_model_is_mapped_onto_the_pooled_scale() -> None:
 
 
 def test_rate_calibration_matches_a_model_whose_low_scores_fell_below_the_prediction_cut() -> None:
-    from cxrdet.ensemble.calibrate import fit_maps
-
     rng = np.random.default_rng(3)
     confident = rng.beta(2, 3, 4000)
     halved = confident * 0.5
@@ -75,7 +73,7 @@ def test_classes_are_mapped_separately_and_sparse_classes_kept() -> None:
     low, high = rng.uniform(0.1, 0.3, 50), rng.uniform(0.6, 0.9, 50)
     parts = {0: pd.concat([boxes(low, 0), boxes(high, 1), boxes(np.array([0.42]), 2)], ignore_index=True),
              1: pd.concat([boxes(low * 0.8, 0), boxes(high, 1)], ignore_index=True)}
-    maps = fit_quantile_maps(parts)
+    maps = fit_maps(parts, "quantile")
     # Class 1 is alike in both folds: its map is the identity at every knot; class 0 of fold 1 is lifted.
     np.testing.assert_allclose(maps["1"]["1"]["x"], np.quantile(high, np.linspace(0, 1, 101)).round(6), atol=1e-6)
     out = apply_map(parts[1], maps["1"], "test")
@@ -125,6 +123,8 @@ def test_calibration_is_tuned_stored_and_applied_to_each_fold_models_test_boxes(
         for k in range(3):
             path = paths.predictions_path(m, k, "test")
             write_parquet(path, apply_map(pd.read_parquet(path), record["calibration"][m][str(k)], str(path)))
+    with pytest.raises(ConfigError, match=r"cal/params.json: calibration holds no map of member 'det_b' fold 0"):
+        predict_test(spec, params, world["test_ids"], calibration={"det_a": record["calibration"]["det_a"]})
     by_hand, _ = predict_test(plain, params, world["test_ids"])
     np.testing.assert_allclose(calibrated.score, by_hand.score, atol=1e-12)
     np.testing.assert_allclose(calibrated.boxes, by_hand.boxes, atol=1e-9)

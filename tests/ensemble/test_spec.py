@@ -134,7 +134,7 @@ def test_tuning_and_calibration_entries_are_checked() -> None:
                            "calibration": "quantile"}, Path("pair.py"))
     assert spec.tuning == TuningSpec("top_k", 5, 0.5, None) and spec.calibration == "quantile"
     assert spec.tuning.describe() == "mean of the top 5 trials, objective - 0.5 x across-fold sd"
-    assert parse_ensemble(RAW, Path("pair.py")).tuning.is_default
+    assert parse_ensemble(RAW, Path("pair.py")).tuning == TuningSpec()
     bad = {**RAW, "tuning": {"pick": "median", "top_k": 0, "sd_penalty": -1, "importance_floor": 1.5},
            "calibration": "isotonic"}
     with pytest.raises(ConfigError) as err:

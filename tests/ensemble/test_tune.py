@@ -366,3 +366,14 @@ def test_a_held_out_choice_above_the_main_best_says_the_main_study_has_not_conve
     assert result({0: 0.13, 1: 0.14}).unconverged is None
     assert result({0: 0.19}, plain=False).unconverged is None  # a top-k mean is below the best by design
     assert result({}).unconverged is None
+
+
+def test_a_penalised_objective_with_the_honest_estimate_needs_three_folds(tmp_path: Path) -> None:
+    from cxrdet.errors import ConfigError
+    from tests.helpers.ensemble_world import make_world
+
+    two = make_world(tmp_path / "two", n_folds=2)
+    spec = load_ensemble(write_config(tmp_path / "sd2.py", two, extra="tuning = dict(sd_penalty=1.0)"))
+    with pytest.raises(ConfigError, match=r"sd2.py: tuning.sd_penalty needs at least 3 folds with the honest "
+                                          r"estimate .* the members have \[0, 1\]: set sd_penalty=0"):
+        tune(spec)

@@ -100,11 +100,6 @@ def fit_maps(parts: Mapping[int, pd.DataFrame], method: str = "quantile",
     return out
 
 
-def fit_quantile_maps(parts: Mapping[int, pd.DataFrame]) -> dict[str, dict[str, ClassMap]]:
-    """`fit_maps` with `quantile`."""
-    return fit_maps(parts, "quantile")
-
-
 def _labels(frame: pd.DataFrame) -> npt.NDArray[np.int64]:
     return frame["label"].to_numpy(np.int64) if "label" in frame.columns else np.zeros(len(frame), np.int64)
 

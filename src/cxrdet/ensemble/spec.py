@@ -87,10 +87,6 @@ class TuningSpec:
     sd_penalty: float = 0.0
     importance_floor: float | None = None
 
-    @property
-    def is_default(self) -> bool:
-        return self == TuningSpec()
-
     def describe(self) -> str:
         """One line for logs and reports."""
         parts = ["best trial" if self.pick == "best" else f"mean of the top {self.top_k} trials"]

@@ -114,7 +114,8 @@ def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str
     if spec.calibration is not None and calibration is None:
         raise ConfigError(f"{spec.path}: calibration={spec.calibration!r} but the tuned parameters hold no calibration "
                           f"maps: rerun `cxrdet tune {spec.path}`")
-    frames = {m.name: [_calibrated(Run(m.experiment, k), m.name, k, calibration) for k in folds]
+    params_path = EnsembleRun(spec.name).params_path
+    frames = {m.name: [_calibrated(Run(m.experiment, k), m.name, k, calibration, params_path) for k in folds]
               for m in spec.members}
     merge = FusionParams(method="wbf", iou_thr=params.fusion.iou_thr, conf_type=spec.test_fold_conf_type)
     n_members = len(spec.members)
@@ -139,16 +140,16 @@ def predict_test(spec: EnsembleSpec, params: EnsembleParams, image_ids: list[str
     return postprocess(merged, replace(params.post, vote_power=0.0), n_members, prob), ids
 
 
-def _calibrated(run: Run, member: str, fold: int, calibration: Mapping[str, Any] | None) -> pd.DataFrame:
-    """One fold model's test boxes, through its calibration map when there is one."""
+def _calibrated(run: Run, member: str, fold: int, calibration: Mapping[str, Any] | None, source: Path
+                ) -> pd.DataFrame:
+    """One fold model's test boxes, through its calibration map (read from `source`) when there is one."""
     frame = run.read_predictions("test")
     if calibration is None:
         return frame
     maps = calibration.get(member, {}).get(str(fold))
     if maps is None:
-        raise ConfigError(f"params.json: calibration holds no map of member {member!r} fold {fold}: "
-                          "rerun `cxrdet tune`")
-    return apply_map(frame, maps, f"params.json calibration of {member} fold {fold}")
+        raise ConfigError(f"{source}: calibration holds no map of member {member!r} fold {fold}: rerun `cxrdet tune`")
+    return apply_map(frame, maps, f"{source} calibration of {member} fold {fold}")
 
 
 def member_provenance(spec: EnsembleSpec, sources: DataSources) -> list[dict[str, Any]]:

@@ -32,10 +32,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections import Counter
 import socket
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
