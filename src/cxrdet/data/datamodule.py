@@ -52,6 +52,7 @@ from cxrdet.data.dataset import (
 )
 from cxrdet.data.folds import read_folds
 from cxrdet.data.labels import Annotations, read_labels
+from cxrdet.data.mosaic import EpochSampler, MosaicDataset, build_mixup, build_mosaic
 from cxrdet.data.prepare import load_meta
 from cxrdet.data.readers import drop_readers, reader_copies, resolve_readers, scored_readers
 from cxrdet.data.transforms import build_augment, build_clahe
@@ -242,6 +243,8 @@ class DetectionDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.augment = build_augment(self.cfg.augment)
         self.clahe = build_clahe(self.cfg.augment)
+        self.mosaic = build_mosaic(self.cfg.augment)
+        self.mixup = build_mixup(self.cfg.augment)
 
     # ---- tables ----
 
@@ -372,10 +375,11 @@ class DetectionDataModule(pl.LightningDataModule):
 
     # ---- datasets ----
 
-    def train_dataset(self) -> DetectionDataset:
-        """Training items: folds other than `fold`, in the training view, augmented."""
+    def train_dataset(self) -> DetectionDataset | MosaicDataset:
+        """Training items: folds other than `fold`, in the training view, augmented (composed by mosaic / mixup when
+        the `augment` section asks, switched off for the trainer's last epochs as it says)."""
         records = self._records(self.train_image_ids, "train", copies=True)
-        return DetectionDataset(
+        dataset = DetectionDataset(
             self.cfg.cache,
             records,
             self.cfg.size,
@@ -384,6 +388,11 @@ class DetectionDataModule(pl.LightningDataModule):
             augment=self.augment,
             clahe=self.clahe,
         )
+        if self.mosaic is None and self.mixup is None:
+            return dataset
+        trainer = self.trainer  # attached by Lightning; None when the data module is used alone
+        epochs = trainer.max_epochs if trainer is not None else None
+        return MosaicDataset(dataset, self.mosaic, self.mixup, epochs=epochs)
 
     def eval_dataset(self, split: str, hflip: bool = False) -> DetectionDataset:
         """Whole, unaugmented images of `oof` (this fold) or `test` (the cache's test split), optionally flipped."""
@@ -395,7 +404,7 @@ class DetectionDataModule(pl.LightningDataModule):
             records = self._records(self.test_image_ids, "test")
         return DetectionDataset(self.cfg.cache, records, self.cfg.size, view="full", clahe=self.clahe, hflip=hflip)
 
-    def train_sampler(self, dataset: DetectionDataset) -> NegativeRatioSampler:
+    def train_sampler(self, dataset: DetectionDataset | MosaicDataset) -> NegativeRatioSampler:
         """All positives and, each epoch, the negatives that `positives_only` / `neg_ratio` keep, shuffled."""
         neg_ratio = 0.0 if self.cfg.positives_only else self.cfg.neg_ratio
         sampler = NegativeRatioSampler(dataset.positive, neg_ratio=neg_ratio, seed=self.seed, shuffle=True)
@@ -427,7 +436,10 @@ class DetectionDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset()
-        return self._loader(dataset, self.train_sampler(dataset))
+        sampler: Sampler = self.train_sampler(dataset)
+        if isinstance(dataset, MosaicDataset):
+            sampler = EpochSampler(sampler)  # the dataset reads the epoch from its keys (workers see no attribute)
+        return self._loader(dataset, sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset("oof"))

@@ -32,7 +32,8 @@ from torchvision.transforms.v2 import functional as F
 from cxrdet.boxes import hflip_xyxy
 from cxrdet.errors import ConfigError
 
-AUGMENT_KEYS: tuple[str, ...] = ("hflip", "affine", "brightness", "contrast", "gamma", "clahe")
+# `mosaic` and `mixup` compose several items; `cxrdet.data.mosaic` reads them.
+AUGMENT_KEYS: tuple[str, ...] = ("hflip", "affine", "brightness", "contrast", "gamma", "clahe", "mosaic", "mixup")
 AFFINE_KEYS: tuple[str, ...] = ("degrees", "translate", "scale")
 CLAHE_KEYS: tuple[str, ...] = ("clip_limit", "tile_grid")
 
