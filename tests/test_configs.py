@@ -26,13 +26,15 @@ NAME = re.compile(r"^(?P<det>[a-z0-9-]+)_(?P<backbone>[a-z0-9-]+)_(?P<size>\d+)_
 SLOW = {"ssd_vgg16_512_sgd24e", "fasterrcnn_r50fpn_512_sgd12e", "fasterrcnn_resnet101_768_sgd12e"}
 # SSD's VGG extractor ends in unpadded 3x3 convolutions: it needs at least 268 px.
 MIN_SIZE = {"ssd": 300}
+# EfficientDet halves its input seven times (levels 3-7): a multiple of 128.
+MIN_SIZE.update({f"efficientdet-d{i}": 128 for i in range(8)})
 
 
 def test_experiments_are_shipped() -> None:
     detectors = {load_config(p).model.type for p in DETECTORS}
-    assert {"retinanet", "faster_rcnn", "fcos", "ssd_vgg16", "ssdlite_mobilenet_v3"} <= detectors
+    assert {"retinanet", "faster_rcnn", "fcos", "ssd_vgg16", "ssdlite_mobilenet_v3", "efficientdet"} <= detectors
     timm_bodies = {load_config(p).model.backbone.get("name") for p in DETECTORS
-                   if load_config(p).model.backbone.get("type") == "timm_fpn"}
+                   if load_config(p).model.get("backbone", {}).get("type") == "timm_fpn"}
     assert {"resnet101", "efficientnet_b3", "convnext_tiny", "densenet121"} <= timm_bodies
 
 
@@ -91,6 +93,17 @@ def test_overrides_merge_into_nested_sections() -> None:
     assert cfg.model.backbone.name == "resnet101" and cfg.model.backbone.type == "torchvision_resnet_fpn"
     assert get_key(cfg, "train.devices") == 2
     assert load_config(path, {"optim.lr": 0.5}).optim.lr == 0.5
+
+
+def test_a_dict_option_replaces_a_none_and_merges_into_a_dict() -> None:
+    # From-scratch configs hold `init_cfg=None`; the option that names weights must replace it (mmengine refuses).
+    path = CONFIGS_DIR / "experiments" / "retinanet_r50fpn_512_sgd12e.py"
+    cfg = load_config(path, {"train.early_stopping": None})
+    assert cfg.train.early_stopping is None
+    cfg = load_config(path, {"train.stages": {"a": 1}})  # None in the default runtime
+    assert cfg.train.stages == {"a": 1} and "_delete_" not in cfg.train.stages
+    cfg = load_config(path, {"train.ema": {"decay": 0.9}})  # a dict merges: its other keys stay
+    assert cfg.train.ema.decay == 0.9 and cfg.train.ema.enabled is True
 
 
 def test_a_resolved_config_reloads_with_its_experiment_name(tmp_path: Path) -> None:

@@ -45,6 +45,9 @@ MMENGINE_RUNNER_KEYS: tuple[str, ...] = (
     "launcher", "randomness", "work_dir", "cudnn_benchmark", "tta_model", "tta_pipeline", "img_scales",
     "dataset_type", "data_root", "backend_args", "metainfo", "train_pipeline", "test_pipeline", "input_size",
     "data_preprocessor",
+    # Module-level variables of mmdet's RTMDet, YOLOX and DINO files that only feed their runner settings.
+    "base_lr", "interval", "max_epochs", "stage2_num_epochs", "num_last_epochs", "train_pipeline_stage2",
+    "train_dataset", "img_scale", "checkpoint",
 )  # fmt: skip
 
 
@@ -83,8 +86,19 @@ def merge_options(cfg: Config, overrides: Mapping[str, Any], source: str | Path)
     """
     if not overrides:
         return
+    overrides = dict(overrides)
+    for key, value in overrides.items():
+        # A dict given where the config holds None or another non-dict (e.g. `model.backbone.init_cfg=None` of a
+        # from-scratch config, given a Pretrained init_cfg) replaces it; mmengine would refuse to merge the two.
+        if isinstance(value, Mapping):
+            try:
+                current = get_key(cfg, key)
+            except KeyError:
+                continue
+            if not isinstance(current, Mapping):
+                overrides[key] = {**value, "_delete_": True}
     try:
-        cfg.merge_from_dict(dict(overrides))
+        cfg.merge_from_dict(overrides)
     except (TypeError, KeyError, ValueError, AttributeError, IndexError) as err:
         given = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
         raise ConfigError(f"{source}: the option(s) {given} cannot be applied: {err}") from err

@@ -34,9 +34,16 @@ CXRDET_SECTIONS = {"experiment", "model", "data", "optim", "lr_schedule", "train
 SIZE = 64  # test input side, pixels
 # SSD's prior boxes are defined for 300 or 512 px inputs only; at 512 px, batches of one keep its VGG quick enough.
 RUN_OPTIONS = {"mmdet-ssd_vgg16_512_sgd24e": {"data.size": 512, "data.batch_size": 1}}
+# DINO picks its `num_queries` best encoder tokens: a 64 px input has 85 (cxrdet refuses more, see
+# test_dino_refuses_more_queries_than_tokens).
+MODEL_OPTIONS = {"mmdet-dino-4scale_r50_512_adamw12e": {"model.num_queries": 50},
+                 "mmdet-dino-4scale_mnv3s_128_tiny12e": {"model.num_queries": 50}}
 # Over ~5 s for a build, two steps and a prediction of the 15-image fold on 1 CPU thread.
 SLOW = {"mmdet-ssd_vgg16_512_sgd24e", "mmdet-cascadercnn_r50fpn_512_sgd12e", "mmdet-fasterrcnn_r101fpn_512_sgd12e",
-        "mmdet-maskrcnn_r50fpn_512_sgd12e", "mmdet-yolov3_d53_512_sgd24e", "mmdet-gfl_convnextt_512_adamw12e"}
+        "mmdet-maskrcnn_r50fpn_512_sgd12e", "mmdet-yolov3_d53_512_sgd24e", "mmdet-gfl_convnextt_512_adamw12e",
+        "mmdet-dino-4scale_r50_512_adamw12e", "mmdet-yolox-x_cspdarknet_512_sgd24e", "mmdet-rtmdet-l_cspnext_512_adamw12e",
+        "mmdet-yolox-l_cspdarknet_512_sgd24e", "mmdet-dino-4scale_mnv3s_128_tiny12e", "mmdet-yolox-m_cspdarknet_512_sgd24e",
+        "mmdet-rtmdet-m_cspnext_512_adamw12e"}
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +105,19 @@ def no_box() -> dict[str, torch.Tensor]:
 def test_mmdet_configs_are_shipped() -> None:
     cfgs = {p.stem: load_config(p) for p in MMDET_CONFIGS}
     types = {c.model.type for c in cfgs.values()}
-    assert {"RetinaNet", "FasterRCNN", "CascadeRCNN", "ATSS", "YOLOV3", "MaskRCNN", "GFL"} <= types
+    assert {"RetinaNet", "FasterRCNN", "CascadeRCNN", "ATSS", "YOLOV3", "MaskRCNN", "GFL", "RTMDet", "YOLOX",
+            "DINO"} <= types
+    # RTMDet tiny to l and YOLOX tiny to x, by mmdet's own depth and width factors.
+    factors = {p.stem.split("_")[0]: (c.model.backbone.deepen_factor, c.model.backbone.widen_factor)
+               for p, c in zip(MMDET_CONFIGS, cfgs.values(), strict=True) if c.model.type in ("RTMDet", "YOLOX")}
+    assert factors["mmdet-rtmdet-tiny"] == (0.167, 0.375) and factors["mmdet-rtmdet-l"] == (1, 1)
+    assert factors["mmdet-yolox-tiny"] == (0.33, 0.375) and factors["mmdet-yolox-x"] == (1.33, 1.25)
+    assert {"mmdet-rtmdet-s", "mmdet-rtmdet-m", "mmdet-yolox-s", "mmdet-yolox-m", "mmdet-yolox-l"} <= set(factors)
+    # The one-stage detectors' competition configs train on mosaic + mixup, switched off for the last epochs.
+    for name in ("mmdet-rtmdet-s_cspnext_512_adamw12e", "mmdet-yolox-s_cspdarknet_512_sgd24e"):
+        augment = cfgs[name].data.augment
+        assert augment.mosaic.off_last > 0 and augment.mixup.off_last > 0 and augment.hflip == 0.5, name
+        assert cfgs[name].model.get("data_preprocessor", {}).get("batch_augments") is None, name
     assert cfgs["mmdet-ssd_vgg16_512_sgd24e"].model.bbox_head.type == "SSDHead"
     backbones = {(c.model.backbone.type, c.model.backbone.get("depth") or c.model.backbone.get("name"))
                  for c in cfgs.values()}
@@ -132,7 +151,8 @@ def test_config_trains_and_predicts_in_the_common_format(path: Path, squares: di
     from cxrdet.models.lit_detector import PRED_COLUMNS, empty_predictions
     from cxrdet.tasks import predict, train
 
-    options = {**squares, "train.limit_train_batches": 2, "train.ema.enabled": False, **RUN_OPTIONS.get(path.stem, {})}
+    options = {**squares, "train.limit_train_batches": 2, "train.ema.enabled": False, **RUN_OPTIONS.get(path.stem, {}),
+               **MODEL_OPTIONS.get(path.stem, {})}
     cfg = tiny_cfg(path, **options)
     result = train(cfg, fold=0)
     metrics = pd.read_csv(result.run_dir / "csv" / "version_0" / "metrics.csv")
@@ -161,7 +181,7 @@ def test_config_takes_a_training_step_with_the_vinbigdata_classes(path: Path) ->
 
     torch.manual_seed(0)
     size = RUN_OPTIONS.get(path.stem, {}).get("data.size", SIZE)
-    detector = create_detector(tiny_cfg(path, size, **{"data.classes": CLASSES}))
+    detector = create_detector(tiny_cfg(path, size, **{"data.classes": CLASSES}, **MODEL_OPTIONS.get(path.stem, {})))
     detector.train()
     losses = detector(torch.rand(2, 3, size, size), [one_box(size, label=13), one_box(size, (0.5, 0.5, 0.9, 0.8), 4)])
     loss = sum(losses.values())
@@ -340,6 +360,52 @@ def test_pretrained_init_cfg_is_loaded_by_cxrdet(tmp_path: Path) -> None:
         create_detector(tiny_cfg(TINY, **{"model.backbone.init_cfg": pretrained % "open-mmlab://darknet53"}))
     with pytest.raises(ConfigError, match=r"model.neck.init_cfg: a 'Pretrained' init_cfg is taken only on the model"):
         create_detector(tiny_cfg(TINY, **{"model.neck.init_cfg": pretrained % path}))
+
+
+RTMDET_TINY = CONFIGS_DIR / "experiments" / "mmdet-rtmdet-tiny_cspnext_128_tiny12e.py"
+YOLOX_TINY = CONFIGS_DIR / "experiments" / "mmdet-yolox-tiny_cspdarknet_128_tiny12e.py"
+DINO_TINY = CONFIGS_DIR / "experiments" / "mmdet-dino-4scale_mnv3s_128_tiny12e.py"
+
+
+@needs_mmdet
+def test_pretrained_prefix_reads_a_backbone_out_of_a_whole_checkpoint(tmp_path: Path) -> None:
+    # mmdet's RTMDet configs load CSPNeXt from an ImageNet classifier's checkpoint, keys under 'backbone.'.
+    source = create_detector(tiny_cfg(RTMDET_TINY))
+    stem = source.net.backbone.stem[0].conv.weight
+    nn.init.constant_(stem, 0.25)
+    whole = {f"backbone.{k}": v for k, v in source.net.backbone.state_dict().items()}
+    whole["head.fc.weight"] = torch.zeros(1000, 384)
+    path = tmp_path / "cspnext.pth"
+    torch.save({"state_dict": whole}, path)
+    init = "{'type':'Pretrained','prefix':'backbone.','checkpoint':'%s'}"
+    det = create_detector(tiny_cfg(RTMDET_TINY, **{"model.backbone.init_cfg": init % path}))
+    assert torch.all(det.net.backbone.stem[0].conv.weight == 0.25)
+    init = "{'type':'Pretrained','prefix':'body.','checkpoint':'%s'}"
+    with pytest.raises(ConfigError, match=r"cspnext.pth': no tensor under the prefix 'body.' \(e.g. 'backbone."):
+        create_detector(tiny_cfg(RTMDET_TINY, **{"model.backbone.init_cfg": init % path}))
+
+
+@needs_mmdet
+def test_dino_refuses_more_queries_than_tokens() -> None:
+    # 64 px: 8x8 + 4x4 + 2x2 + 1x1 = 85 encoder tokens at strides 8, 16, 32, 64.
+    with pytest.raises(ConfigError, match=r"model.num_queries=100: a 64 px input gives 85 encoder tokens over 4 "
+                                          r"levels .* expected at most 85 queries, or a larger data.size"):
+        create_detector(tiny_cfg(DINO_TINY, 64))
+    create_detector(tiny_cfg(DINO_TINY, 64, **{"model.num_queries": 85}))
+
+
+@needs_mmdet
+def test_yolox_adds_its_l1_loss_once_mosaic_and_mixup_are_off(squares: dict[str, str]) -> None:
+    from cxrdet.tasks import train
+
+    options = {**squares, "train.epochs": 3, "train.limit_train_batches": 2, "train.ema.enabled": False,
+               "data.augment.mosaic": {"prob": 1.0, "off_last": 1}, "data.augment.mixup": {"prob": 0.5, "off_last": 2}}
+    result = train(tiny_cfg(YOLOX_TINY, **options), fold=0)
+    metrics = pd.read_csv(result.run_dir / "csv" / "version_0" / "metrics.csv")
+    steps = metrics.dropna(subset=["train/loss_step"])
+    # Both steps are off only in the last epoch (mixup from the second, mosaic from the third): L1 then, not before.
+    with_l1 = steps.groupby("epoch")["train/loss_l1"].apply(lambda v: v.notna().all()).to_dict()
+    assert with_l1 == {0: False, 1: False, 2: True}
 
 
 @needs_mmdet

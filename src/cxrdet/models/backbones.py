@@ -87,7 +87,8 @@ def _extra_block(extra: str | None, channels: int) -> ExtraFPNBlock | None:
     return blocks[extra]()
 
 
-def load_checkpoint(module: nn.Module, path: str | Path, what: str = "model.backbone.checkpoint") -> None:
+def load_checkpoint(module: nn.Module, path: str | Path, what: str = "model.backbone.checkpoint", prefix: str = ""
+                    ) -> None:
     """Load a local weights file into `module`, ignoring keys that do not fit (a classifier head, say).
 
     The file may hold a bare state dict or one under `state_dict` / `model`; a `module.` or `model.` prefix is
@@ -97,6 +98,8 @@ def load_checkpoint(module: nn.Module, path: str | Path, what: str = "model.back
         module: The module to fill.
         path: The weights file.
         what: The config key naming the file, for error messages.
+        prefix: Only the tensors under this key prefix are read, the prefix dropped (mmdet's `Pretrained`
+            `prefix='backbone.'` reads a backbone out of a whole classifier's or detector's checkpoint).
 
     Raises:
         ConfigError: The file is missing or none of its tensors fit the module.
@@ -104,12 +107,14 @@ def load_checkpoint(module: nn.Module, path: str | Path, what: str = "model.back
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what}={str(path)!r}: file not found")
-    load_fitting_state(module, torch.load(path, map_location="cpu", weights_only=True), f"{what}={str(path)!r}")
+    load_fitting_state(module, torch.load(path, map_location="cpu", weights_only=True), f"{what}={str(path)!r}",
+                       prefix)
 
 
-def load_fitting_state(module: nn.Module, state: Mapping[str, Any], source: str) -> None:
+def load_fitting_state(module: nn.Module, state: Mapping[str, Any], source: str, prefix: str = "") -> None:
     """Copy the tensors of `state` whose name (after dropping a `module.` / `model.` prefix, or from under a
-    `state_dict` / `model` key) and shape match `module`'s; the others are ignored.
+    `state_dict` / `model` key) and shape match `module`'s; the others are ignored. With `prefix`, only the tensors
+    whose (unwrapped) name starts with it are read, the prefix dropped.
 
     Raises:
         ConfigError: None of the tensors fit (`source` names where they came from).
@@ -117,6 +122,17 @@ def load_fitting_state(module: nn.Module, state: Mapping[str, Any], source: str)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if prefix:
+        unwrapped = {}
+        for key, value in state.items():
+            for wrapper in ("", "module.", "model."):
+                name = key.removeprefix(wrapper) if wrapper else key
+                if name.startswith(prefix):
+                    unwrapped[name.removeprefix(prefix)] = value
+                    break
+        if not unwrapped:
+            raise ConfigError(f"{source}: no tensor under the prefix {prefix!r} (e.g. {next(iter(state), '')!r})")
+        state = unwrapped
     own = module.state_dict()
     fitting = {}
     for key, value in state.items():

@@ -58,6 +58,10 @@ class Detector(nn.Module):
             result.append({"boxes": out["boxes"][keep], "scores": out["scores"][keep], "labels": labels[keep]})
         return result
 
+    def enter_final_stage(self) -> None:
+        """The last epochs, once mosaic and mixup are off: switch on what the detector's own recipe adds there
+        (YOLOX's L1 box loss, see `MmdetDetector`); nothing for the torchvision detectors."""
+
     def set_postprocess(self, score_thresh: float, nms_thresh: float, detections_per_img: int) -> None:
         """Set the inference score floor, NMS IoU and per-image cap of the wrapped head."""
         # Faster R-CNN keeps these on its RoI heads; RetinaNet, FCOS and SSD on the model itself, under the same names.

@@ -188,6 +188,15 @@ def _ssd_at_size(net: nn.Module, size: int, mean: Sequence[float], std: Sequence
 
 
 @register_detector
+def efficientdet(model_cfg: Mapping[str, Any], num_classes: int, size: int) -> Detector:
+    """EfficientDet (BiFPN on an EfficientNet body) through effdet: `model.name` picks effdet's model config
+    (`tf_efficientdet_d0`, ...); see `cxrdet.models.effdet_models`."""
+    from cxrdet.models.effdet_models import create_effdet_detector  # effdet is imported only for this detector
+
+    return create_effdet_detector(model_cfg, num_classes, size)
+
+
+@register_detector
 def ssd_vgg16(model_cfg: Mapping[str, Any], num_classes: int, size: int) -> Detector:
     """SSD with torchvision's VGG-16 extractor (`ssd300_vgg16`), run at S x S (S >= 268 for its last maps)."""
     backbone = model_cfg.get("backbone", {})

@@ -115,6 +115,24 @@ class LitDetector(LitBase):
 
     # ---- training ----
 
+    def final_stage_epoch(self) -> int | None:
+        """The first epoch with mosaic and mixup both off (`augment.*.off_last`), when the detector enters its final
+        stage (`Detector.enter_final_stage`); None when neither step is on or neither switches off."""
+        augment = (self.cfg.get("data") or {}).get("augment") or {}
+        epochs = self.trainer.max_epochs if self._trainer is not None else None
+        steps = [augment.get(k) for k in ("mosaic", "mixup")]
+        steps = [s for s in steps if isinstance(s, Mapping) and float(s.get("prob", 1.0)) > 0]
+        if not steps or epochs is None or any(not s.get("off_last") for s in steps):
+            return None
+        return epochs - min(int(s["off_last"]) for s in steps)
+
+    def on_train_epoch_start(self) -> None:
+        start = self.final_stage_epoch()
+        if start is not None and self.current_epoch >= start:
+            self.model.enter_final_stage()
+            if self.ema is not None:
+                self.ema.module.enter_final_stage()
+
     def training_step(self, batch: tuple[torch.Tensor, list[dict], list[dict]], batch_idx: int) -> torch.Tensor:
         images, targets, _ = batch
         losses = self.model(images, targets)

@@ -27,6 +27,7 @@ on timm bodies (MobileNet-V3, EfficientNet, ConvNeXt, ...).
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -49,6 +50,12 @@ from cxrdet.config import to_dict
 from cxrdet.errors import ConfigError
 from cxrdet.models.backbones import create_timm_body, load_checkpoint, load_fitting_state
 from cxrdet.models.detector import MIN_TARGET_SIDE, Detector
+
+# mmdet 3.3's SimOTA (YOLOX) and dynamic soft-label (RTMDet) assigners call the deprecated
+# `torch.cuda.amp.autocast(enabled=False)` at every training step (reported in open-mmlab/mmdetection#11892's log;
+# unfixed in 3.3.0): the warning says nothing a cxrdet user can act on.
+warnings.filterwarnings("ignore", message=r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated",
+                        category=FutureWarning, module=r"mmdet\.")
 
 # Sections of an mmdet model dict that hold a detection head's `num_classes` (the RPN's single class is not ours).
 NOT_CLASS_HEADS: frozenset[str] = frozenset({"rpn_head"})
@@ -167,6 +174,13 @@ class MmdetDetector(Detector):
         return [{"boxes": r.pred_instances.bboxes, "scores": r.pred_instances.scores,
                  "labels": r.pred_instances.labels.long()} for r in results]
 
+    def enter_final_stage(self) -> None:
+        """YOLOX adds an L1 loss on the box offsets once mosaic and mixup are off, as mmdet's `YOLOXModeSwitchHook`
+        does (`bbox_head.use_l1 = True`); other heads have no such switch."""
+        head = getattr(self.net, "bbox_head", None)
+        if head is not None and hasattr(head, "use_l1"):
+            head.use_l1 = True
+
     def set_postprocess(self, score_thresh: float, nms_thresh: float, detections_per_img: int) -> None:
         """Set the score floor, NMS IoU and per-image cap in the final head's `test_cfg` (the RoI head of a two-stage
         detector, else the dense head)."""
@@ -193,14 +207,15 @@ def _set_num_classes(node: Any, num_classes: int) -> None:
             _set_num_classes(value, num_classes)
 
 
-def _take_pretrained(model_cfg: dict[str, Any]) -> dict[str, str]:
+def _take_pretrained(model_cfg: dict[str, Any]) -> dict[str, tuple[str, str]]:
     """Remove the `Pretrained` init_cfgs from the model dict (mmengine must not load them) and return their
-    checkpoints by owner (`''`: the whole detector, `'backbone'`).
+    `(checkpoint, prefix)` by owner (`''`: the whole detector, `'backbone'`); `prefix` is the init_cfg's key prefix
+    to read (RTMDet's CSPNeXt: `'backbone.'` of an ImageNet classifier's checkpoint), '' for all keys.
 
     Raises:
         ConfigError: A `Pretrained` init_cfg sits elsewhere.
     """
-    found: dict[str, str] = {}
+    found: dict[str, tuple[str, str]] = {}
 
     def walk(node: Any, where: str) -> None:
         if isinstance(node, dict):
@@ -211,7 +226,7 @@ def _take_pretrained(model_cfg: dict[str, Any]) -> dict[str, str]:
                 if where not in PRETRAINED_OWNERS:
                     raise ConfigError(f"model.{where}.init_cfg: a 'Pretrained' init_cfg is taken only on the model or "
                                       "its backbone (cxrdet loads it, not mmengine)")
-                found[where] = str(pretrained[0]["checkpoint"])
+                found[where] = (str(pretrained[0]["checkpoint"]), str(pretrained[0].get("prefix") or ""))
                 rest = [c for c in inits if c not in pretrained and c is not None]
                 node["init_cfg"] = rest or None
             for key, value in node.items():
@@ -224,7 +239,7 @@ def _take_pretrained(model_cfg: dict[str, Any]) -> dict[str, str]:
     return found
 
 
-def load_pretrained(module: nn.Module, source: str, what: str) -> None:
+def load_pretrained(module: nn.Module, source: str, what: str, prefix: str = "") -> None:
     """Load weights into `module`, keys matched by name and shape, through cxrdet's loader (`weights_only=True`).
 
     Args:
@@ -232,9 +247,10 @@ def load_pretrained(module: nn.Module, source: str, what: str) -> None:
         source: A local file, an http(s) URL (downloaded into torch's hub cache) or `torchvision://<model name>`
             (torchvision's ImageNet weights, IMAGENET1K_V1 as mmdet's configs were trained from).
         what: The config key, for error messages.
+        prefix: Read only the tensors under this key prefix, dropping it (mmdet's `Pretrained` `prefix`).
 
     Raises:
-        ConfigError: Unknown scheme, unknown torchvision model, or nothing fits.
+        ConfigError: Unknown scheme, unknown torchvision model, nothing under the prefix, or nothing fits.
     """
     if source.startswith("torchvision://"):
         name = source.removeprefix("torchvision://")
@@ -245,11 +261,11 @@ def load_pretrained(module: nn.Module, source: str, what: str) -> None:
         source = (getattr(weights, "IMAGENET1K_V1", None) or weights.DEFAULT).url
     if source.startswith(("http://", "https://")):
         state = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True)
-        load_fitting_state(module, state, f"{what}={source!r}")
+        load_fitting_state(module, state, f"{what}={source!r}", prefix)
     elif "://" in source:
         raise ConfigError(f"{what}={source!r}: expected a local file, an http(s) URL or torchvision://<name>")
     else:
-        load_checkpoint(module, source, what)
+        load_checkpoint(module, source, what, prefix)
 
 
 def _adapt_preprocessor(model_cfg: dict[str, Any]) -> None:
@@ -284,6 +300,23 @@ def _check_timm_neck(net: nn.Module) -> None:
                           f"{backbone.out_channels} channels at strides {list(backbone.strides)}")
 
 
+def _check_queries(model_cfg: Mapping[str, Any], size: int) -> None:
+    """A two-stage DETR (DINO) picks its `num_queries` best encoder tokens: the S x S input must have that many.
+
+    The tokens are the positions of every feature level the encoder reads: for a backbone at strides 8, 16, 32 and
+    one extra level, `ceil(S / 8)^2 + ceil(S / 16)^2 + ...`; torch's top-k would fail deep in the first step.
+    """
+    queries = model_cfg.get("num_queries")
+    if not queries or not model_cfg.get("as_two_stage"):
+        return
+    levels = int((model_cfg.get("neck") or {}).get("num_outs") or 4)
+    tokens = sum(math.ceil(size / 2 ** (3 + i)) ** 2 for i in range(levels))
+    if queries > tokens:
+        raise ConfigError(f"model.num_queries={queries}: a {size} px input gives {tokens} encoder tokens over {levels} "
+                          f"levels (strides 8 to {2 ** (2 + levels)}); expected at most {tokens} queries, or a larger "
+                          "data.size")
+
+
 def is_mmdet_detector(name: Any) -> bool:
     """Whether `name` is a detector class in mmdet's model registry (the `model.type` of an mmdet config)."""
     register_all_modules(init_default_scope=False)
@@ -305,6 +338,7 @@ def create_mmdet_detector(model_cfg: Mapping[str, Any], num_classes: int, size: 
     cfg = to_dict(model_cfg)  # a plain copy: the caller's config is left as it was
     _set_num_classes(cfg, num_classes)
     _set_input_size(cfg, size)
+    _check_queries(cfg, size)
     _adapt_preprocessor(cfg)
     pretrained = _take_pretrained(cfg)
     try:
@@ -328,8 +362,8 @@ def create_mmdet_detector(model_cfg: Mapping[str, Any], num_classes: int, size: 
         net.init_weights()
     finally:
         logger.setLevel(level)
-    for owner, source in pretrained.items():
+    for owner, (source, prefix) in pretrained.items():
         module = net.get_submodule(owner) if owner else net
-        load_pretrained(module, source, f"model.{owner + '.' if owner else ''}init_cfg.checkpoint")
+        load_pretrained(module, source, f"model.{owner + '.' if owner else ''}init_cfg.checkpoint", prefix)
     return MmdetDetector(net)
 
