@@ -73,7 +73,8 @@ def test_postprocess_floor_and_cap_and_the_fixed_nms() -> None:
 def test_images_without_boxes_train() -> None:
     det = create_detector(tiny_cfg())
     det.train()
-    losses = det(torch.rand(2, 3, SIZE, SIZE), [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * 2)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+    losses = det(torch.rand(2, 3, SIZE, SIZE), [empty, empty])
     assert set(losses) == {"loss_cls", "loss_box"} and all(torch.isfinite(v) for v in losses.values())
 
 

@@ -41,8 +41,9 @@ MODEL_OPTIONS = {"mmdet-dino-4scale_r50_512_adamw12e": {"model.num_queries": 50}
 # Over ~5 s for a build, two steps and a prediction of the 15-image fold on 1 CPU thread.
 SLOW = {"mmdet-ssd_vgg16_512_sgd24e", "mmdet-cascadercnn_r50fpn_512_sgd12e", "mmdet-fasterrcnn_r101fpn_512_sgd12e",
         "mmdet-maskrcnn_r50fpn_512_sgd12e", "mmdet-yolov3_d53_512_sgd24e", "mmdet-gfl_convnextt_512_adamw12e",
-        "mmdet-dino-4scale_r50_512_adamw12e", "mmdet-yolox-x_cspdarknet_512_sgd24e", "mmdet-rtmdet-l_cspnext_512_adamw12e",
-        "mmdet-yolox-l_cspdarknet_512_sgd24e", "mmdet-dino-4scale_mnv3s_128_tiny12e", "mmdet-yolox-m_cspdarknet_512_sgd24e",
+        "mmdet-dino-4scale_r50_512_adamw12e", "mmdet-yolox-x_cspdarknet_512_sgd24e",
+        "mmdet-rtmdet-l_cspnext_512_adamw12e", "mmdet-yolox-l_cspdarknet_512_sgd24e",
+        "mmdet-dino-4scale_mnv3s_128_tiny12e", "mmdet-yolox-m_cspdarknet_512_sgd24e",
         "mmdet-rtmdet-m_cspnext_512_adamw12e"}
 
 
