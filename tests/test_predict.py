@@ -222,3 +222,76 @@ def test_classifier_hflip_tta_averages_the_two_passes(trained_classifier: Any) -
     # 'bright' is the same on both passes; 'left' averages sigmoid(x) and sigmoid(-x): 0.5.
     assert probs["bright"].tolist() == pytest.approx([sigmoid(0.4375)] * 2)
     assert probs["left"].tolist() == pytest.approx([0.5, 0.5])
+
+
+# ---- multi-scale + flip test-time augmentation ----
+
+
+def test_tta_forms_parse_and_name_themselves() -> None:
+    from cxrdet.predict import TtaSpec, parse_tta
+
+    assert parse_tta(None) == parse_tta("none") == TtaSpec()
+    assert parse_tta("hflip") == TtaSpec(hflip=True)
+    spec = parse_tta({"scales": [512, 448, 576, 512], "hflip": True})
+    assert spec == TtaSpec(scales=(512, 448, 576), hflip=True) and spec.name == "scales=512/448/576+hflip"
+    assert parse_tta(spec.name) == spec  # the sidecar's and --tta's form reads back
+    assert parse_tta("scales=448/512") == TtaSpec(scales=(448, 512))
+    # The plain pass first, then the other sides, each also mirrored.
+    assert spec.passes(512) == [(512, False), (512, True), (448, False), (448, True), (576, False), (576, True)]
+    assert TtaSpec().passes(64) == [(64, False)]
+    for bad, match in [("vflip", r"tta='vflip': expected 'none', 'hflip'"), ({"scale": [1]}, r"unknown key\(s\) scale"),
+                       ({"scales": 512}, r"predict.tta.scales=512: expected a non-empty list"),
+                       ({"scales": ["big"]}, r"predict.tta.scales=\['big'\]: expected a list of input sides"),
+                       ({"scales": [4]}, r"at least 8 pixels"), ("scales=448+vflip", r"tta='scales=448\+vflip'")]:
+        with pytest.raises(ConfigError, match=match):
+            parse_tta(bad)
+
+
+@pytest.mark.parametrize(("side", "hflip"), [(32, True), (64, False), (64, True), (48, True), (24, False)])
+def test_a_flipped_rescaled_pass_maps_its_boxes_back_to_the_original_pixels(trained: Any, side: int, hflip: bool
+                                                                          ) -> None:
+    from cxrdet.predict import run_pass
+    from cxrdet.tasks import get_task
+
+    loader = FakeDataModule(None, 0).predict_dataloader_for("test", hflip=hflip)
+    table, sizes = run_pass(BrightBoxDetector(), loader, SIZE, torch.device("cpu"), get_task(trained), scale=side)
+    for image_id, ((w, h), _) in IMAGES.items():
+        square = table[(table["image_id"] == image_id) & np.isclose(table["score"], 0.9)]
+        assert len(square) == 1 and sizes[image_id] == (w, h)
+        # The detector saw the batch at `side` (mirrored or not) and boxed the square in its pixels; mapped back, the
+        # box is the square's original place, to the resize's half a pixel of `side`.
+        tol = 0.5 * max(w, h) / side + 1e-6
+        assert square.iloc[0][["x1", "y1", "x2", "y2"]].tolist() == pytest.approx(expected_square(image_id), abs=tol)
+
+
+def test_multiscale_flip_tta_fuses_the_passes_and_names_them(trained: Any) -> None:
+    out = predict(trained, 0, "test", tta="scales=32/64+hflip", datamodule_cls=FakeDataModule)
+    pred = pd.read_parquet(out)
+    for image_id in IMAGES:
+        rows = pred[pred["image_id"] == image_id].reset_index(drop=True)
+        # All four passes found the square at the same original place (2x upsampling keeps its edges exactly).
+        assert rows.loc[0, "score"] == pytest.approx(0.9)
+        assert rows.loc[0, ["x1", "y1", "x2", "y2"]].tolist() == pytest.approx(expected_square(image_id))
+    assert json.loads(out.with_suffix(".json").read_text())["tta"] == "scales=32/64+hflip"
+    # The config's dict form does the same.
+    cfg = load_config(TINY, [f"data.size={SIZE}", "predict.max_per_image=5",
+                             "predict.tta={'scales': [32, 64], 'hflip': True}"])
+    again = pd.read_parquet(predict(cfg, 0, "test", datamodule_cls=FakeDataModule))
+    pd.testing.assert_frame_equal(again, pred)
+
+
+def test_torchvision_detectors_really_run_at_the_pass_side() -> None:
+    from cxrdet.config import to_dict
+    from cxrdet.models.factory import create_detector
+
+    torch.set_num_threads(1)
+    det = create_detector(to_dict(load_config(TINY, ["data.size=64"]))).eval()
+    seen: list[tuple[int, ...]] = []
+    det.net.backbone.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    with torch.no_grad():
+        det(torch.rand(1, 3, 96, 96))  # torchvision resizes it to the detector's 64
+        with det.at_size(96):
+            out = det(torch.rand(1, 3, 96, 96))
+        det(torch.rand(1, 3, 96, 96))  # restored
+    assert seen == [(64, 64), (96, 96), (64, 64)]
+    assert (out[0]["boxes"] <= 96).all()

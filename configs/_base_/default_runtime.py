@@ -14,6 +14,7 @@ train = dict(
     limit_val_batches=None,
     log_every_n_steps=10,
     progress_bar='auto',  # 'auto': a live bar in a terminal, one line per epoch in a log file; True / False
+    multiscale=None,  # e.g. [448, 480, 512, 544, 576]: one input side drawn per batch (images and boxes rescaled)
     stages=None,  # curriculum: a list of dict(name=..., epochs=..., view='crops'|'full', lr=..., data=dict(...))
 )
 predict = dict(
@@ -21,7 +22,7 @@ predict = dict(
     score_floor=0.01,  # keep boxes down to this confidence, so that threshold tuning has room
     nms_iou=0.5,
     max_per_image=20,
-    tta='none',  # 'none' or 'hflip' (merged with weighted box fusion)
+    tta='none',  # 'none', 'hflip' or dict(scales=[448, 512, 576], hflip=True) (passes merged by weighted box fusion)
     wbf_iou=0.55,
     wbf_skip=0.0,
     batch_size=None,  # None: data.batch_size

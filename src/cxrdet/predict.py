@@ -8,8 +8,9 @@ checkpoint, the settings and the fold file the run was trained with.
 
 - A detector writes `image_id, x1, y1, x2, y2, score, label` (xyxy, pixels of the original image; label = class index
   from 0). Low-confidence boxes are kept down to `predict.score_floor`, at most `predict.max_per_image` per image, so
-  that threshold tuning has room. Horizontal-flip TTA runs the model on mirrored images too and merges both passes
-  per image with weighted box fusion (ensemble-boxes, on coordinates normalised to [0, 1]).
+  that threshold tuning has room. Test-time augmentation runs the model on mirrored and / or rescaled images too
+  and merges the passes per image with weighted box fusion (ensemble-boxes, on coordinates normalised to [0, 1]);
+  see `TtaSpec`.
 - A classifier writes per-image probabilities: `image_id` plus one float column per class of `data.classes` (sigmoid
   outputs in [0, 1]), one row per image; hflip TTA averages the two passes' probabilities. The ensemble's gating step
   reads these files.
@@ -19,7 +20,9 @@ The config is the run's own (`cxrdet.runs.Run.config`): what training wrote, not
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +36,7 @@ from cxrdet.config import to_dict
 from cxrdet.ensemble.fuse import FusionParams, fuse_predictions
 from cxrdet.errors import ConfigError
 from cxrdet.io import file_sha256
+from cxrdet.models.detector import resize_images
 from cxrdet.models.lit_base import LitBase
 from cxrdet.models.lit_detector import PRED_COLUMNS, empty_predictions
 from cxrdet.progress import progress
@@ -41,6 +45,66 @@ from cxrdet.runs import SPLITS, Run, checkpoint_record
 
 TTAS: tuple[str, ...] = ("none", "hflip")
 ImageSizes = Mapping[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class TtaSpec:
+    """Test-time augmentation: one pass per input side of `scales` (None: `data.size` only), each also mirrored
+    when `hflip`; the passes are merged by the task (boxes: weighted box fusion).
+
+    A config gives `predict.tta` as `'none'`, `'hflip'` or `dict(scales=[448, 512, 576], hflip=True)`; the command
+    line's `--tta` and the prediction sidecar use the `name` form: `none`, `hflip`, `scales=448/512/576` or
+    `scales=448/512/576+hflip`. A rescaled pass resizes the `S x S` batch to `s x s` (bilinear, antialiased), runs the
+    model at that side (`Detector.at_size`) and reads its boxes in pixels of `s`, flips undone about the same centre,
+    so every pass's boxes land in the original image's pixels.
+    """
+
+    scales: tuple[int, ...] | None = None
+    hflip: bool = False
+
+    @property
+    def name(self) -> str:
+        if self.scales is None:
+            return "hflip" if self.hflip else "none"
+        return "scales=" + "/".join(map(str, self.scales)) + ("+hflip" if self.hflip else "")
+
+    def passes(self, size: int) -> list[tuple[int, bool]]:
+        """`(input side, mirrored)` of every pass, the plain pass at `size` first when it is one of them."""
+        scales = list(self.scales or (size,))
+        scales.sort(key=lambda s: (s != size, s))
+        return [(s, flip) for s in scales for flip in ((False, True) if self.hflip else (False,))]
+
+
+def parse_tta(value: Any) -> TtaSpec:
+    """`predict.tta` or `--tta` as a `TtaSpec` (forms in its docstring).
+
+    Raises:
+        ConfigError: Any other form, or a side that is not a positive integer.
+    """
+    expected = ("expected 'none', 'hflip', dict(scales=[...], hflip=True|False) or the command-line form "
+                "'scales=448/512/576[+hflip]'")
+    if value is None or value in TTAS:
+        return TtaSpec(hflip=value == "hflip")
+    if isinstance(value, str) and value.startswith("scales="):
+        body, _, flag = value.removeprefix("scales=").partition("+")
+        if flag not in ("", "hflip"):
+            raise ConfigError(f"tta={value!r}: {expected}")
+        return parse_tta({"scales": body.split("/"), "hflip": flag == "hflip"})
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"scales", "hflip"})
+        if unknown:
+            raise ConfigError(f"predict.tta: unknown key(s) {', '.join(unknown)}; {expected}")
+        raw = value.get("scales")
+        if raw is not None and (isinstance(raw, (str, int)) or not len(raw)):
+            raise ConfigError(f"predict.tta.scales={raw!r}: expected a non-empty list of input sides in pixels")
+        try:
+            scales = None if raw is None else tuple(dict.fromkeys(int(s) for s in raw))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"predict.tta.scales={raw!r}: expected a list of input sides in pixels") from err
+        if scales is not None and min(scales) < 8:
+            raise ConfigError(f"predict.tta.scales={raw!r}: expected input sides of at least 8 pixels")
+        return TtaSpec(scales=scales, hflip=bool(value.get("hflip", False)))
+    raise ConfigError(f"tta={value!r}: {expected}")
 
 
 def cap_predictions(pred: pd.DataFrame, score_floor: float, max_per_image: int) -> pd.DataFrame:
@@ -106,18 +170,26 @@ class Predictor(Protocol):
 
 @torch.inference_mode()
 def run_pass(model: torch.nn.Module, loader: Any, size: int, device: torch.device, task: Predictor,
-             desc: str = "predict") -> tuple[pd.DataFrame, dict[str, tuple[int, int]]]:
+             desc: str = "predict", scale: int | None = None) -> tuple[pd.DataFrame, dict[str, tuple[int, int]]]:
     """`model`'s outputs on every batch of `loader` as one table (`task.batch_frame`), in loader order.
+
+    Args:
+        size: The loader's input side S.
+        scale: Run the model at this side instead (the batch resized, the model told by `at_size`); the outputs are
+            read in its pixels.
 
     Returns:
         The table and each image's original `(width, height)`.
     """
     frames, sizes = [], {}
     autocast = device.type == "cuda"
-    for images, _, metas in progress(loader, desc=desc, leave=False, unit="batch"):
-        with torch.autocast(device.type, enabled=autocast):
-            outputs = model(images.to(device))
-        frames.append(task.batch_frame(model, outputs, metas, size))
+    side = scale or size
+    at_size = getattr(model, "at_size", None)
+    with at_size(side) if at_size is not None else contextlib.nullcontext():
+        for images, _, metas in progress(loader, desc=desc, leave=False, unit="batch"):
+            with torch.autocast(device.type, enabled=autocast):
+                outputs = model(resize_images(images.to(device), side))
+            frames.append(task.batch_frame(model, outputs, metas, side))
         sizes.update({str(m["image_id"]): (int(m["orig_width"]), int(m["orig_height"])) for m in metas})
     kept = [f for f in frames if len(f)]
     table = pd.concat(kept, ignore_index=True) if kept else frames[0] if frames else empty_predictions()
@@ -149,7 +221,7 @@ def predict(cfg: Config | Mapping[str, Any], fold: int, task: Predictor, split: 
         fold: The fold whose model predicts (`oof` = the images of this fold).
         task: The task's prediction pieces (`Predictor`).
         split: `oof` or `test`.
-        tta: `none` or `hflip`; default `predict.tta`.
+        tta: A `TtaSpec` form (`none`, `hflip`, `scales=448/512/576+hflip`, a dict); default `predict.tta`.
         checkpoint: `best`, `last` or a .ckpt path; default `predict.checkpoint` (`best`).
         device: Torch device; default CUDA when available, else CPU.
         datamodule_cls: Data module class taking `(data_cfg, fold, view=..., seed=...)`; default the task's.
@@ -163,9 +235,7 @@ def predict(cfg: Config | Mapping[str, Any], fold: int, task: Predictor, split: 
     if split not in SPLITS:
         raise ConfigError(f"split={split!r}: expected one of {list(SPLITS)}")
     pred_cfg = cfg["predict"]
-    tta = str(tta or pred_cfg.get("tta") or "none")
-    if tta not in TTAS:
-        raise ConfigError(f"tta={tta!r}: expected one of {list(TTAS)}")
+    spec = parse_tta(tta if tta is not None else pred_cfg.get("tta"))
     run = Run(cfg["experiment"], fold)
     ckpt = run.final_checkpoint(checkpoint or pred_cfg.get("checkpoint", "best"), cfg=cfg)
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -179,9 +249,10 @@ def predict(cfg: Config | Mapping[str, Any], fold: int, task: Predictor, split: 
     dm.setup("predict")
     size = int(plain["data"]["size"])
     passes, sizes = [], {}
-    for hflip in ([False, True] if tta == "hflip" else [False]):
+    for side, hflip in spec.passes(size):
         frame, pass_sizes = run_pass(model, dm.predict_dataloader_for(split, hflip=hflip), size, torch_device, task,
-                                     desc=f"{split}{' hflip' if hflip else ''}")
+                                     desc=f"{split}{f' {side}px' if side != size else ''}{' hflip' if hflip else ''}",
+                                     scale=side)
         passes.append(frame)
         sizes.update(pass_sizes)
     table = task.merge(passes, sizes, pred_cfg)
@@ -189,7 +260,7 @@ def predict(cfg: Config | Mapping[str, Any], fold: int, task: Predictor, split: 
     root = plain["data"].get("root") or paths.data_root(plain["data"].get("competition"))
     return run.write_predictions(split, table, {
         "experiment": cfg["experiment"], "fold": fold, "split": split, "checkpoint": str(ckpt),
-        **checkpoint_record(ckpt), "tta": tta, **task.sidecar(table, sizes, pred_cfg, model),
+        **checkpoint_record(ckpt), "tta": spec.name, **task.sidecar(table, sizes, pred_cfg, model),
         # The float arithmetic depends on it: the same weights give slightly different scores with another count.
         "torch_threads": torch.get_num_threads(),
         "folds_file": str(folds), "folds_sha256": file_sha256(folds) if folds.is_file() else None,

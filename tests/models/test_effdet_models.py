@@ -109,3 +109,13 @@ def test_trains_and_predicts_in_the_common_format(tmp_path: Path) -> None:
     assert list(pred.columns) == list(PRED_COLUMNS)
     boxes = pred[["x1", "y1", "x2", "y2"]].to_numpy()
     assert ((boxes >= 0) & (boxes <= squares_data.ORIG)).all()
+
+
+def test_other_sides_are_refused_with_the_reason() -> None:
+    det = create_detector(tiny_cfg())
+    with det.at_size(SIZE):  # the built side runs
+        pass
+    with pytest.raises(ConfigError, match=r"EfficientDet built for 128 px cannot run at 256 px: effdet fixes its "
+                                          r"BiFPN's feature-map sizes at build time"):
+        with det.at_size(256):
+            pass

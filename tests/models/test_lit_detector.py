@@ -133,3 +133,62 @@ def test_unknown_optimiser_and_schedule(monkeypatch: pytest.MonkeyPatch) -> None
         LitDetector(tiny_cfg("optim.type=lamb")).configure_optimizers()
     with pytest.raises(ConfigError, match="lr_schedule.type='step'"):
         LitDetector(tiny_cfg("lr_schedule.type=step")).configure_optimizers()
+
+
+class RecordingDetector(torch.nn.Module):
+    """Records the side it was told (`at_size`), the batch it got and its boxes; returns a loss of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+        self.side: int | None = None
+        self.calls: list[tuple[int | None, tuple[int, ...], torch.Tensor]] = []
+
+    def at_size(self, side: int) -> Any:
+        import contextlib
+
+        self.side = side
+        return contextlib.nullcontext()
+
+    def forward(self, images: torch.Tensor, targets: Any) -> dict[str, torch.Tensor]:
+        self.calls.append((self.side, tuple(images.shape), targets[0]["boxes"].clone()))
+        return {"loss": self.weight * images.mean()}
+
+
+def test_multiscale_training_draws_a_side_per_batch_and_rescales_images_and_boxes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = to_dict(load_config(TINY, ["data.size=64", "train.multiscale=[48, 64, 96]", "train.ema.enabled=False"]))
+    module = LitDetector(cfg)
+    module.model = RecordingDetector()
+    monkeypatch.setattr(LitDetector, "log", lambda self, *a, **k: None)
+    step = {"n": 0}
+    monkeypatch.setattr(LitDetector, "global_step", property(lambda self: step["n"]))
+    image = torch.zeros(1, 3, 64, 64)
+    image[:, :, 16:32, 8:40] = 1.0
+    box = torch.tensor([[8.0, 16.0, 40.0, 32.0]])
+    for n in range(30):
+        step["n"] = n
+        module.training_step((image, [{"boxes": box, "labels": torch.tensor([0])}], [{}]), n)
+    sides = [side for side, _, _ in module.model.calls]
+    assert set(sides) == {48, 64, 96}  # each side drawn, by (seed, step): the same every run and on every rank
+    redrawn = []
+    for n in range(30):
+        step["n"] = n
+        redrawn.append(module.batch_side())
+    assert sides == redrawn
+    for side, shape, boxes in module.model.calls:
+        assert shape == (1, 3, side, side)
+        assert torch.allclose(boxes, box * side / 64)
+    step["n"] = 0
+    assert LitDetector(to_dict(load_config(TINY, ["data.size=64"]))).batch_side() == 64  # off by default
+
+
+@pytest.mark.parametrize(("value", "match"), [
+    ("512", r"train.multiscale=512: expected None or a non-empty list"),
+    ("[]", r"train.multiscale=\[\]: expected None or a non-empty list"),
+    ("[4, 64]", r"train.multiscale=\[4, 64\]: expected input sides of at least 8 pixels"),
+    ("['a']", r"train.multiscale=\['a'\]: expected a list of input sides"),
+])
+def test_multiscale_errors(value: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        LitDetector(to_dict(load_config(TINY, [f"train.multiscale={value}"])))

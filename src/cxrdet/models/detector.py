@@ -12,14 +12,23 @@ other's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Boxes thinner than this (pixels of the network input) are dropped from training targets: torchvision refuses
 # zero-area boxes, and a crop can cut a box down to a sliver.
 MIN_TARGET_SIDE = 1.0
+
+
+def resize_images(images: torch.Tensor, side: int) -> torch.Tensor:
+    """A `[B, C, S, S]` batch resized to `side x side` (bilinear, antialiased, as the dataset's own resize)."""
+    if images.shape[-1] == side and images.shape[-2] == side:
+        return images
+    return F.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
 
 
 class Detector(nn.Module):
@@ -57,6 +66,27 @@ class Detector(nn.Module):
             keep = labels >= 0
             result.append({"boxes": out["boxes"][keep], "scores": out["scores"][keep], "labels": labels[keep]})
         return result
+
+    @contextmanager
+    def at_size(self, size: int) -> Iterator[None]:
+        """Run at a `size x size` input for the duration (multi-scale training and test-time augmentation).
+
+        torchvision's detectors resize every input to their own side inside (`GeneralizedRCNNTransform`, set to S at
+        build time): its sides are set to `size` and restored afterwards, so the network really sees `size` pixels
+        and its boxes come back in them. mmdet's detectors take any side as it is (nothing to do).
+        """
+        transform = getattr(self.net, "transform", None)
+        if transform is None or not hasattr(transform, "min_size"):
+            yield
+            return
+        saved = (transform.min_size, transform.max_size, transform.fixed_size)
+        transform.min_size, transform.max_size = (int(size),), int(size)
+        if transform.fixed_size is not None:
+            transform.fixed_size = (int(size), int(size))
+        try:
+            yield
+        finally:
+            transform.min_size, transform.max_size, transform.fixed_size = saved
 
     def enter_final_stage(self) -> None:
         """The last epochs, once mosaic and mixup are off: switch on what the detector's own recipe adds there

@@ -20,12 +20,16 @@ What the wrapper adapts (effdet's `DetBenchTrain` computes the loss, its anchor 
   class -1 as padding);
 - outputs: effdet's post-processing (top `max_detection_points` anchors, batched NMS at IoU 0.5, `max_det_per_image`
   per image), rows padded with class 0 dropped, classes back to 0-based, boxes xyxy in input pixels.
+
+It runs at the side it was built for only (`at_size`): effdet fixes the BiFPN's feature-map sizes at build time, so
+`train.multiscale` and rescaled TTA passes are refused; flip TTA works.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -92,6 +96,24 @@ class EffdetDetector(Detector):
             boxes = det[keep, :4].clamp(0, float(x.shape[-1]))  # effdet clips only when told the image size
             result.append({"boxes": boxes, "scores": det[keep, 4], "labels": labels[keep]})
         return result
+
+    @contextmanager
+    def at_size(self, size: int) -> Iterator[None]:
+        """Run at a `size x size` input: only the side the model was built for.
+
+        effdet fixes an EfficientDet's feature-map sizes when it builds it (its BiFPN resamples between levels to
+        sizes computed from `config.image_size`, as do its anchors), so another side cannot run through the same
+        model: multi-scale training and rescaled TTA passes are refused (flip TTA works).
+
+        Raises:
+            ConfigError: `size` is not the built side.
+        """
+        built = tuple(self.net.model.config.image_size)
+        if built != (size, size):
+            raise ConfigError(f"EfficientDet built for {built[0]} px cannot run at {size} px: effdet fixes its BiFPN's "
+                              "feature-map sizes at build time; expected train.multiscale=None and TTA without "
+                              "scales (predict.tta='none' or 'hflip')")
+        yield
 
     def set_postprocess(self, score_thresh: float, nms_thresh: float, detections_per_img: int) -> None:
         """Set the score floor and the per-image cap; effdet's NMS IoU is fixed at 0.5.

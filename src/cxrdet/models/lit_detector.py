@@ -21,7 +21,7 @@ import torch
 from cxrdet.boxes import hflip_xyxy, rescale_xyxy
 from cxrdet.competitions import Evaluator, of_data
 from cxrdet.errors import ConfigError
-from cxrdet.models.detector import Detector
+from cxrdet.models.detector import Detector, resize_images
 from cxrdet.models.factory import create_detector
 from cxrdet.models.lit_base import LitBase, from_all_ranks
 
@@ -64,6 +64,25 @@ def detections_to_frame(outputs: Sequence[Mapping[str, torch.Tensor]], metas: Se
     return pd.concat(frames, ignore_index=True) if frames else empty_predictions()
 
 
+def multiscale_sides(value: Any) -> tuple[int, ...]:
+    """`train.multiscale`: None (off) or a list of input sides in pixels, one drawn per training batch.
+
+    Raises:
+        ConfigError: Any other form, or a side under 8 pixels.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, (str, int)) or not isinstance(value, Sequence) or not value:
+        raise ConfigError(f"train.multiscale={value!r}: expected None or a non-empty list of input sides in pixels")
+    try:
+        sides = tuple(dict.fromkeys(int(v) for v in value))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"train.multiscale={value!r}: expected a list of input sides in pixels") from err
+    if min(sides) < 8:
+        raise ConfigError(f"train.multiscale={value!r}: expected input sides of at least 8 pixels")
+    return sides
+
+
 def threshold_grid(spec: Sequence[float] | Mapping[str, float]) -> np.ndarray:
     """Confidence cuts to sweep: an explicit list, or `dict(start, stop, step)` with `stop` included."""
     if isinstance(spec, Mapping):
@@ -104,6 +123,8 @@ class LitDetector(LitBase):
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__(cfg, create_detector(cfg))
         self.size = int(cfg["data"]["size"])
+        self.multiscale = multiscale_sides(cfg["train"].get("multiscale"))
+        self.seed = int(cfg["train"].get("seed", 42))
         self.thresholds = threshold_grid(cfg["evaluation"]["thresholds"])
         self._val_frames: list[pd.DataFrame] = []
         self._evaluator: Evaluator | None = None
@@ -133,9 +154,23 @@ class LitDetector(LitBase):
             if self.ema is not None:
                 self.ema.module.enter_final_stage()
 
+    def batch_side(self) -> int:
+        """This step's input side: `data.size`, or one of `train.multiscale` drawn by (seed, step), so every rank of
+        a distributed run draws the same side (as mmdet's `BatchSyncRandomResize` keeps them in step)."""
+        if not self.multiscale:
+            return self.size
+        rng = np.random.default_rng([self.seed, int(self.global_step)])
+        return int(self.multiscale[int(rng.integers(len(self.multiscale)))])
+
     def training_step(self, batch: tuple[torch.Tensor, list[dict], list[dict]], batch_idx: int) -> torch.Tensor:
         images, targets, _ = batch
-        losses = self.model(images, targets)
+        side = self.batch_side()
+        if side != self.size:
+            # The batch and its boxes rescaled together: boxes are xyxy pixels of the input.
+            images = resize_images(images, side)
+            targets = [{**t, "boxes": t["boxes"] * (side / self.size)} for t in targets]
+        with self.model.at_size(side):
+            losses = self.model(images, targets)
         loss = sum(losses.values())
         n = len(images)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
