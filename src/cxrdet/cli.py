@@ -614,7 +614,8 @@ def predict_command(
     split: Annotated[
         list[str] | None, typer.Option("--split", help="oof (the images of --fold) or test; repeat for both.")
     ] = None,
-    tta: Annotated[str | None, typer.Option("--tta", help="none, hflip, or scales=448/512/576[+hflip] (default: config predict.tta).")] = None,
+    tta: Annotated[str | None, typer.Option(
+        "--tta", help="none, hflip, or scales=448/512/576[+hflip] (default: config predict.tta).")] = None,
     checkpoint: Annotated[
         str | None, typer.Option("--checkpoint", help="best, last or a .ckpt path (default: config, best).")
     ] = None,
