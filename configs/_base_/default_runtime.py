@@ -14,11 +14,13 @@ train = dict(
     limit_val_batches=None,
     log_every_n_steps=10,
     progress_bar='auto',  # 'auto': a live bar in a terminal, one line per epoch in a log file; True / False
+    swa=None,  # e.g. dict(epochs=3, bn_batches=100): average the last epochs' weights -> swa.ckpt
+    average_best=None,  # e.g. dict(k=3, bn_batches=100): average the k best epochs' weights -> avg.ckpt
     multiscale=None,  # e.g. [448, 480, 512, 544, 576]: one input side drawn per batch (images and boxes rescaled)
     stages=None,  # curriculum: a list of dict(name=..., epochs=..., view='crops'|'full', lr=..., data=dict(...))
 )
 predict = dict(
-    checkpoint='best',  # 'best', 'last' or a .ckpt path
+    checkpoint='best',  # 'best', 'last', 'swa', 'avg' (train.swa / train.average_best) or a .ckpt path
     score_floor=0.01,  # keep boxes down to this confidence, so that threshold tuning has room
     nms_iou=0.5,
     max_per_image=20,

@@ -617,7 +617,7 @@ def predict_command(
     tta: Annotated[str | None, typer.Option(
         "--tta", help="none, hflip, or scales=448/512/576[+hflip] (default: config predict.tta).")] = None,
     checkpoint: Annotated[
-        str | None, typer.Option("--checkpoint", help="best, last or a .ckpt path (default: config, best).")
+        str | None, typer.Option("--checkpoint", help="best, last, swa, avg or a .ckpt path (default: config, best).")
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: CUDA if present).")
                       ] = None,
@@ -676,7 +676,7 @@ def explain_command(
     n: Annotated[int, typer.Option("--n", help="Images to pick when no --image-id is given.", min=1)] = 8,
     classes: Annotated[str, typer.Option("--classes", help="auto (the top 4 classes by OOF AUROC) or names, "
                                          "comma-separated: A,B.")] = "auto",
-    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last or a .ckpt path.")] = "best",
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last, swa, avg or a .ckpt path.")] = "best",
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default outputs/<experiment>/report/"
                                              "explain/fold<k>).")] = None,
     cfg_options: Annotated[list[str] | None, typer.Option("--cfg-options", "-o", help="Config override KEY=VALUE "
@@ -709,7 +709,7 @@ def export_command(
     fmt: Annotated[str, typer.Option("--format", help="onnx; coreml (classifiers; refused for detectors, with "
                                      "the reason); or safetensors (the weights alone, no pickle, for sharing).")
                    ] = "onnx",
-    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last or a .ckpt path.")] = "best",
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, last, swa, avg or a .ckpt path.")] = "best",
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default outputs/<experiment>/fold<k>/"
                                              "export).")] = None,
     cfg_options: Annotated[list[str] | None, typer.Option("--cfg-options", "-o", help="Config override KEY=VALUE "

@@ -190,7 +190,7 @@ def run_pass(model: torch.nn.Module, loader: Any, size: int, device: torch.devic
             with torch.autocast(device.type, enabled=autocast):
                 outputs = model(resize_images(images.to(device), side))
             frames.append(task.batch_frame(model, outputs, metas, side))
-        sizes.update({str(m["image_id"]): (int(m["orig_width"]), int(m["orig_height"])) for m in metas})
+            sizes.update({str(m["image_id"]): (int(m["orig_width"]), int(m["orig_height"])) for m in metas})
     kept = [f for f in frames if len(f)]
     table = pd.concat(kept, ignore_index=True) if kept else frames[0] if frames else empty_predictions()
     return table, sizes

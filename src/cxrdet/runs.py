@@ -45,6 +45,9 @@ DONE_FILE = "done.json"
 PARAMS_FILE = "params.json"
 BEST = "best"
 LAST = "last"
+# What prediction can name: the best and last epochs, and the averaged weights of `train.swa` / `train.average_best`
+# (`cxrdet.models.averaging`).
+CHECKPOINT_NAMES: tuple[str, ...] = (BEST, LAST, "swa", "avg")
 SPLITS: tuple[str, ...] = ("oof", "test")
 STAGE_KEYS: frozenset[str] = frozenset({"name", "epochs", "view", "lr", "data"})
 # Dotted keys (or prefixes ending in '.') that a step after training may set differently from the run's config.
@@ -281,21 +284,26 @@ class Run:
         """The checkpoint prediction uses: `best` or `last` of the final curriculum stage, or an explicit file.
 
         Args:
-            which: `best`, `last` or the path of a .ckpt file.
+            which: `best`, `last`, `swa`, `avg` or the path of a .ckpt file.
             cfg: The run's config, to tell its stages; default the written one.
 
         Raises:
             CxrdetError: The checkpoint does not exist (the run has not finished, or never started).
         """
-        if which not in (BEST, LAST):
+        if which not in CHECKPOINT_NAMES:
             path = Path(which)
             if not path.is_file():
-                raise CxrdetError(f"checkpoint {path} not found: expected 'best', 'last' or the path of a .ckpt file")
+                raise CxrdetError(f"checkpoint {path} not found: expected one of {', '.join(CHECKPOINT_NAMES)} or the "
+                                  "path of a .ckpt file")
             return path
         if cfg is None and not self.has_config():
             raise CxrdetError(f"{self.config_path} not found: train first (`cxrdet train CONFIG --fold {self.fold}`)")
         stage = resolve_stages(cfg if cfg is not None else load_config(self.config_path))[-1]
         path = self.checkpoints_dir(stage) / f"{which}.ckpt"
+        if not path.is_file() and which not in (BEST, LAST):
+            key = "swa" if which == "swa" else "average_best"
+            raise CxrdetError(f"{path} not found: the run averaged no weights of that kind; train it with "
+                              f"train.{key}=dict(...) (see cxrdet.models.averaging)")
         if not path.is_file():
             raise CxrdetError(f"{path} not found: train first (`cxrdet train CONFIG --fold {self.fold}`), or finish "
                               "the run with --resume")

@@ -32,12 +32,14 @@ import torch
 from mmengine.config import Config
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
 from cxrdet import paths
 from cxrdet.config import to_dict
 from cxrdet.errors import CxrdetError
-from cxrdet.io import file_sha256
+from cxrdet.io import atomic_path, file_sha256
+from cxrdet.models.averaging import WeightAverager, averaging_specs, recompute_batchnorm
 from cxrdet.models.lit_base import LitBase
 from cxrdet.provenance import git_revision
 from cxrdet.runs import BEST, LAST, Run, Stage, checkpoint_record, load_checkpoint_file, resolve_stages
@@ -136,7 +138,8 @@ class _EpochLine(Callback):
             self._n_batches += 1
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        # Only the epochs of a fit: averaged weights are validated after it and reported by `fit` itself.
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != TrainerFn.FITTING:
             return
         m = trainer.callback_metrics
         loss = f"{self._loss_sum / self._n_batches:.4f}" if self._n_batches else "-"
@@ -161,9 +164,10 @@ class _StageRecord(Callback):
         }
 
 
-def build_trainer(cfg: Mapping[str, Any], run: Run, stage: Stage, monitor: str) -> tuple[pl.Trainer, ModelCheckpoint]:
+def build_trainer(cfg: Mapping[str, Any], run: Run, stage: Stage, monitor: str,
+                  extra: list[Callback] | None = None) -> tuple[pl.Trainer, ModelCheckpoint]:
     """A Trainer for one stage: checkpoints (best by `monitor`, higher is better; last), early stopping on it, LR
-    monitor, loggers."""
+    monitor, loggers, and the `extra` callbacks (weight averagers)."""
     train_cfg = cfg["train"]
     experiment, fold = run.experiment, run.fold
     folder = run.stage_dir(stage)
@@ -177,7 +181,7 @@ def build_trainer(cfg: Mapping[str, Any], run: Run, stage: Stage, monitor: str) 
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, monitor=None, save_top_k=1, every_n_epochs=1,
                              enable_version_counter=False, auto_insert_metric_name=False)
     callbacks: list[Callback] = [checkpoint, latest, LearningRateMonitor(logging_interval="step"),
-                                 _StageRecord(monitor)]
+                                 _StageRecord(monitor), *(extra or [])]
     # 'auto': a live bar in a terminal, one line per epoch in a log file.
     bar = train_cfg.get("progress_bar", "auto")
     bar = sys.stderr.isatty() if bar == "auto" else bool(bar)
@@ -210,6 +214,47 @@ def build_trainer(cfg: Mapping[str, Any], run: Run, stage: Stage, monitor: str) 
         deterministic=train_cfg.get("deterministic", False),
     )  # fmt: skip
     return trainer, checkpoint
+
+
+def finish_average(trainer: pl.Trainer, module: LitBase, dm: pl.LightningDataModule, averager: WeightAverager,
+                   ckpt_dir: Path, monitor: str) -> dict[str, Any] | None:
+    """Put an averager's weights in the module (model and EMA copy), recompute BatchNorm, validate them on the
+    held-out fold and save them as `<kind>.ckpt` (see `cxrdet.models.averaging`).
+
+    Returns:
+        The record (`checkpoint`, `val_score`, `val_threshold`, `epochs`, `bn_batches`), or None when nothing was
+        collected (a run stopped early before its last epochs, say so).
+    """
+    state = averager.state()
+    label = f"{module.cfg['experiment']} {averager.spec.kind}"
+    if state is None:
+        print(f"{label}: no weights collected (the run stopped at epoch {trainer.current_epoch} before the averaged "
+              "epochs), no checkpoint written", file=sys.stderr, flush=True)
+        return None
+    module.model.load_state_dict(state)
+    seen = 0
+    if averager.spec.bn_batches != 0:
+        seen = recompute_batchnorm(module.model, dm.train_dataloader(), module.bn_forward, averager.spec.bn_batches)
+    if module.ema is not None:
+        module.ema.module.load_state_dict(module.model.state_dict())
+    trainer.validate(module, datamodule=dm, verbose=False)
+    metrics = trainer.callback_metrics
+    record = {"checkpoint": f"{averager.spec.kind}.ckpt", "val_score": float(metrics.get(monitor, math.nan)),
+              "val_threshold": float(metrics["val/threshold"]) if "val/threshold" in metrics else math.nan,
+              "epochs": averager.epochs(), "bn_batches": seen}
+    path = ckpt_dir / record["checkpoint"]
+    raw = ckpt_dir / f".{path.name}.raw"
+    trainer.save_checkpoint(raw, weights_only=True)  # every rank calls it; rank 0 writes. No callback hook runs then,
+    if trainer.is_global_zero:  # so the validation record goes in here, and the file is renamed into place whole.
+        ckpt = load_checkpoint_file(raw)
+        ckpt["cxrdet"] = {"val_score": record["val_score"], "val_threshold": record["val_threshold"]}
+        with atomic_path(path) as tmp:
+            torch.save(ckpt, tmp)
+        raw.unlink()
+    if trainer.is_global_zero:
+        print(f"{label} of epochs {record['epochs']}: {monitor} {record['val_score']:.4f} -> {path}", file=sys.stderr,
+              flush=True)
+    return record
 
 
 def fit(cfg: Config | Mapping[str, Any], fold: int, module_cls: type[LitBase],
@@ -268,7 +313,9 @@ def fit(cfg: Config | Mapping[str, Any], fold: int, module_cls: type[LitBase],
             load_checkpoint_file(last)  # refuses a checkpoint that would run code, with cxrdet's message
         if ckpt_path is None and previous_best is not None:
             module.init_from_checkpoint(previous_best)
-        trainer, checkpoint = build_trainer(scfg, run, stage, module_cls.monitor_for(scfg))
+        monitor = module_cls.monitor_for(scfg)
+        averagers = [WeightAverager(spec, monitor) for spec in averaging_specs(scfg["train"])]
+        trainer, checkpoint = build_trainer(scfg, run, stage, monitor, extra=list(averagers))
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         if not checkpoint.best_model_path:
             raise CxrdetError(f"stage {stage.name or 'train'} of {run.folder} saved no best checkpoint: did validation "
@@ -278,6 +325,9 @@ def fit(cfg: Config | Mapping[str, Any], fold: int, module_cls: type[LitBase],
         record = {"best_checkpoint": best.name, "best_score": score,
                   "best_threshold": checkpoint_record(best).get("val_threshold", math.nan),
                   "epochs_run": trainer.current_epoch, "stage": stage.name}
+        averaged = {a.spec.kind: finish_average(trainer, module, dm, a, ckpt_dir, monitor) for a in averagers}
+        if averaged:
+            record["averaged"] = {kind: rec for kind, rec in averaged.items() if rec is not None}
         if is_main:
             run.mark_done(stage, record)
         previous_best = best

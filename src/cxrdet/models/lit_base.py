@@ -163,6 +163,11 @@ class LitBase(pl.LightningModule):
         module.init_from_checkpoint(checkpoint)
         return module.inference_model().cpu().eval()
 
+    def bn_forward(self, batch: Any) -> None:
+        """Run the model on one training batch in training mode, for nothing but its BatchNorm statistics
+        (`cxrdet.models.averaging.recompute_batchnorm`); a task whose model needs more than the images overrides it."""
+        self.model(batch[0].to(self.device))
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # global_step counts optimiser steps, so with gradient accumulation the EMA follows real updates only.
         if self.ema is not None and self.global_step != self._ema_step:

@@ -154,6 +154,11 @@ class LitDetector(LitBase):
             if self.ema is not None:
                 self.ema.module.enter_final_stage()
 
+    def bn_forward(self, batch: tuple[torch.Tensor, list[dict], list[dict]]) -> None:
+        """A training-mode pass (a detector in training mode needs its targets); the losses are thrown away."""
+        images, targets, _ = batch
+        self.model(images.to(self.device), [{k: v.to(self.device) for k, v in t.items()} for t in targets])
+
     def batch_side(self) -> int:
         """This step's input side: `data.size`, or one of `train.multiscale` drawn by (seed, step), so every rank of
         a distributed run draws the same side (as mmdet's `BatchSyncRandomResize` keeps them in step)."""
