@@ -439,6 +439,31 @@ def submit_command(
                f"(validated); provenance {result.provenance}")
 
 
+@app.command("pseudo-label")
+@user_errors
+def pseudo_label_command(
+    config: Annotated[Path, typer.Argument(help="Ensemble config, configs/ensembles/NAME.py (tuned, test predicted).")],
+    out: Annotated[str, typer.Option("--out", help="Name of the round: writes outputs/pseudo/NAME/.")],
+    box_thr: Annotated[float, typer.Option("--box-thr", help="Keep boxes with a fused score at least this.")] = 0.5,
+    image_thr: Annotated[float, typer.Option("--image-thr", help="Keep images whose classifier probability is at "
+                                             "least this (ensembles with a classifier).")] = 0.5,
+    negatives_below: Annotated[float | None, typer.Option(
+        "--negatives-below", help="Also keep images with no box and a classifier probability below this, as "
+        "negatives.")] = None,
+) -> None:
+    """Turn the tuned ensemble's test predictions into a pseudo-label table for the next training round.
+
+    Train on it with -o data.pseudo=NAME: its images join every fold's training set, never a validation fold.
+    """
+    from cxrdet.ensemble.pseudo import pseudo_label
+    from cxrdet.ensemble.spec import load_ensemble
+
+    result = pseudo_label(load_ensemble(config), out, box_thr=box_thr, image_thr=image_thr,
+                          negatives_below=negatives_below)
+    typer.echo(f"wrote {result.labels}: {result.n_images} images ({result.n_negatives} negatives), {result.n_boxes} "
+               f"boxes; provenance {result.provenance}; train on it with -o data.pseudo={out}")
+
+
 @app.command("package")
 @user_errors
 def package_command(

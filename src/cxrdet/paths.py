@@ -156,6 +156,11 @@ def ensemble_dir(name: str) -> Path:
     return outputs_dir() / "ensembles" / component(name, "ensemble name")
 
 
+def pseudo_dir(name: str) -> Path:
+    """Folder of one pseudo-label round (`cxrdet pseudo-label`): `labels.csv` and `provenance.json`."""
+    return outputs_dir() / "pseudo" / component(name, "pseudo-label name")
+
+
 @dataclass(frozen=True)
 class KaggleLayout:
     """The folder layout of the RSNA Kaggle download (and of `cxrdet synth` output).

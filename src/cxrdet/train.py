@@ -16,6 +16,7 @@ every epoch), so a killed run loses at most the epoch in progress.
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import shutil
@@ -91,7 +92,20 @@ def write_provenance(cfg: Config | Mapping[str, Any], fold: int, folds_file: Pat
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "lightning": pl.__version__},
+        "pseudo_labels": pseudo_provenance((cfg["data"] or {}).get("pseudo")),
     }, resumed=resumed)  # fmt: skip
+
+
+def pseudo_provenance(name: str | None) -> dict[str, Any] | None:
+    """The pseudo-label round a run trains on: its name, the table's hash now and the source ensemble that its
+    `provenance.json` names (None without a round)."""
+    if not name:
+        return None
+    folder = paths.pseudo_dir(name)
+    record = json.loads((folder / "provenance.json").read_text()) if (folder / "provenance.json").is_file() else {}
+    labels = folder / "labels.csv"
+    return {"name": name, "labels": str(labels), "sha256": file_sha256(labels) if labels.is_file() else None,
+            "source_ensemble": record.get("source_ensemble"), "thresholds": record.get("thresholds")}
 
 
 def _precision(train_cfg: Mapping[str, Any]) -> str:

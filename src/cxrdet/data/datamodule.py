@@ -81,6 +81,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     },
     "crops": {"size_frac": 0.5, "neg_per_image": 1},
     "readers": None,
+    "pseudo": None,
 }
 GT_COLUMNS: tuple[str, ...] = ("image_id", "x1", "y1", "x2", "y2", "label")
 SPLITS: tuple[str, ...] = ("oof", "test")
@@ -136,6 +137,7 @@ class DataConfig:
     augment: dict[str, Any] | None
     crops: CropSpec
     readers: dict[str, Any] | None
+    pseudo: str | None = None
 
     @classmethod
     def from_dict(cls, data_cfg: Mapping[str, Any]) -> DataConfig:
@@ -187,7 +189,46 @@ class DataConfig:
                 size_frac=float(crops.get("size_frac", 0.5)), neg_per_image=int(crops.get("neg_per_image", 1))
             ),
             readers=readers,
+            pseudo=_pseudo_name(cfg["pseudo"]),
         )
+
+
+def _pseudo_name(value: Any) -> str | None:
+    """`data.pseudo`: None, or the name of a `cxrdet pseudo-label` round (`outputs/pseudo/NAME`)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"data.pseudo={value!r}: expected None or the name of a pseudo-label round "
+                          "(`cxrdet pseudo-label ENSEMBLE --out NAME`)")
+    paths.component(value, "data.pseudo")
+    return value
+
+
+def read_pseudo_labels(name: str, classes: Sequence[str]) -> tuple[list[str], pd.DataFrame]:
+    """A pseudo-label round's images (in table order) and boxes (`image_id, x1, y1, x2, y2, label`; rows without a
+    box, the negatives, left out).
+
+    Raises:
+        CxrdetError: The round's table is missing or malformed (named with the row and value).
+    """
+    path = paths.pseudo_dir(name) / "labels.csv"
+    if not path.is_file():
+        raise CxrdetError(f"data.pseudo={name!r}: {path} not found; write it with `cxrdet pseudo-label ENSEMBLE "
+                          f"--out {name}`")
+    table = pd.read_csv(path, dtype={"image_id": str})
+    missing = sorted({"image_id", *GT_COLUMNS} - set(table.columns))
+    if missing:
+        raise CxrdetError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(GT_COLUMNS)}, score, "
+                          "image_prob")
+    boxes = table.dropna(subset=["x1", "y1", "x2", "y2"])
+    bad = boxes[~boxes["label"].isin(range(len(classes))) | (boxes["x2"] <= boxes["x1"]) | (boxes["y2"] <= boxes["y1"])]
+    if len(bad):
+        row = bad.iloc[0]
+        raise CxrdetError(f"{path} row {int(bad.index[0]) + 2}: image {row['image_id']} has label {row['label']} and "
+                          f"box {row[['x1', 'y1', 'x2', 'y2']].tolist()}; expected a label in 0..{len(classes) - 1} "
+                          "and x1 < x2, y1 < y2")
+    images = list(dict.fromkeys(table["image_id"].astype(str)))
+    return images, boxes[list(GT_COLUMNS)].astype({"label": np.int64}).reset_index(drop=True)
 
 
 def _plain(value: Any) -> Any:
@@ -375,10 +416,36 @@ class DetectionDataModule(pl.LightningDataModule):
 
     # ---- datasets ----
 
+    @cached_property
+    def pseudo_records(self) -> list[ImageRecord]:
+        """The images of the `data.pseudo` round with its boxes (none without one): test-split images of the cache,
+        never an image of the fold file, so no validation fold ever holds one.
+
+        Raises:
+            CxrdetError: An image of the round is labelled (in the fold file) or not in the cache's test split.
+        """
+        if self.cfg.pseudo is None:
+            return []
+        image_ids, boxes = read_pseudo_labels(self.cfg.pseudo, self.cfg.classes)
+        labelled = sorted(set(image_ids) & set(self._tables.folds["image_id"]))
+        where = paths.pseudo_dir(self.cfg.pseudo) / "labels.csv"
+        if labelled:
+            raise CxrdetError(f"{where}: {len(labelled)} image(s) are in the fold file {self.cfg.folds} (e.g. "
+                              f"{labelled[:3]}): pseudo-labels are for unlabelled (test) images only, or a validation "
+                              "fold would be scored on them")
+        meta = self._tables.meta
+        test_ids = set(meta.loc[meta["split"] == "test", "image_id"])
+        missing = [i for i in image_ids if i not in test_ids]
+        if missing:
+            raise MissingImagesError(where, f"the test split of the prepare cache {self.cfg.cache}", missing,
+                                     "Pseudo-label the test images of this data root's cache.")
+        return build_records(meta, image_ids, boxes)
+
     def train_dataset(self) -> DetectionDataset | MosaicDataset:
-        """Training items: folds other than `fold`, in the training view, augmented (composed by mosaic / mixup when
-        the `augment` section asks, switched off for the trainer's last epochs as it says)."""
-        records = self._records(self.train_image_ids, "train", copies=True)
+        """Training items: folds other than `fold` plus the `data.pseudo` round's images, in the training view,
+        augmented (composed by mosaic / mixup when the `augment` section asks, switched off for the trainer's last
+        epochs as it says)."""
+        records = self._records(self.train_image_ids, "train", copies=True) + self.pseudo_records
         dataset = DetectionDataset(
             self.cfg.cache,
             records,
