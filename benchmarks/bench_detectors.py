@@ -103,7 +103,8 @@ def evaluate(ensemble: Path, test_labels: Path, subs: Path) -> dict[str, float]:
     scored = json.loads(run([cxrdet(), "score", "--labels", str(test_labels), "--submission", str(csv),
                              "--json"]).strip().splitlines()[-1])
     scores = json.loads((paths.ensemble_dir(name) / "params.json").read_text())["scores"]
-    return {"optimistic": float(scores["optimistic"]), "honest": float(scores["honest"]), "test": float(scored["score"])}
+    return {"optimistic": float(scores["optimistic"]), "honest": float(scores["honest"]),
+            "test": float(scored["score"])}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ def targets() -> list[dict[str, torch.Tensor]]:
 
 
 def test_registry_names() -> None:
-    assert list_detectors() == ["faster_rcnn", "fcos", "retinanet", "ssd_vgg16", "ssdlite_mobilenet_v3"]
+    assert list_detectors() == ["efficientdet", "faster_rcnn", "fcos", "retinanet", "ssd_vgg16", "ssdlite_mobilenet_v3"]
 
 
 def test_unknown_detector_lists_the_registered_ones() -> None:
