@@ -14,8 +14,9 @@ train = dict(
     limit_val_batches=None,
     log_every_n_steps=10,
     progress_bar='auto',  # 'auto': a live bar in a terminal, one line per epoch in a log file; True / False
-    swa=None,  # e.g. dict(epochs=3, bn_batches=100): average the last epochs' weights -> swa.ckpt
-    average_best=None,  # e.g. dict(k=3, bn_batches=100): average the k best epochs' weights -> avg.ckpt
+    # Off unless set (no key here, so that a config file can set them: mmengine refuses a dict over a None):
+    # swa=dict(epochs=3, bn_batches=100): average the last epochs' weights -> swa.ckpt;
+    # average_best=dict(k=3, bn_batches=100): average the k best epochs' weights -> avg.ckpt.
     multiscale=None,  # e.g. [448, 480, 512, 544, 576]: one input side drawn per batch (images and boxes rescaled)
     stages=None,  # curriculum: a list of dict(name=..., epochs=..., view='crops'|'full', lr=..., data=dict(...))
 )
@@ -24,7 +25,10 @@ predict = dict(
     score_floor=0.01,  # keep boxes down to this confidence, so that threshold tuning has room
     nms_iou=0.5,
     max_per_image=20,
-    tta='none',  # 'none', 'hflip' or dict(scales=[448, 512, 576], hflip=True) (passes merged by weighted box fusion)
+    # 'none', 'hflip' or multi-scale 'scales=448/512/576' / 'scales=448/512/576+hflip' (passes merged by weighted box
+    # fusion); the dict form dict(scales=[...], hflip=True) works from the command line, and in a config file as
+    # dict(_delete_=True, scales=[...], hflip=True) (mmengine refuses a dict over this string otherwise).
+    tta='none',
     wbf_iou=0.55,
     wbf_skip=0.0,
     batch_size=None,  # None: data.batch_size
