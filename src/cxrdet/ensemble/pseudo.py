@@ -29,13 +29,11 @@ import numpy as np
 import pandas as pd
 
 from cxrdet import paths
-from cxrdet.ensemble.problem import data_sources
-from cxrdet.ensemble.spec import EnsembleSpec, resolve
-from cxrdet.ensemble.submit import load_test_image_ids, predict_test, submission_images
+from cxrdet.ensemble.spec import EnsembleSpec
+from cxrdet.ensemble.submit import predict_test, tuned_test
 from cxrdet.errors import ConfigError
 from cxrdet.io import file_sha256, write_csv, write_json
 from cxrdet.provenance import git_revision
-from cxrdet.runs import EnsembleRun
 
 LABEL_COLUMNS: tuple[str, ...] = ("image_id", "x1", "y1", "x2", "y2", "label", "score", "image_prob")
 
@@ -62,12 +60,7 @@ def pseudo_label(spec: EnsembleSpec, name: str, box_thr: float = 0.5, image_thr:
     for what, value in (("box_thr", box_thr), ("image_thr", image_thr), ("negatives_below", negatives_below)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise ConfigError(f"--{what.replace('_', '-')}={value}: expected a probability in [0, 1]")
-    ensemble = EnsembleRun(spec.name)
-    record = ensemble.read_params(spec.path)
-    params = resolve(spec, record["params"])
-    sources = data_sources(spec)
-    image_ids = load_test_image_ids(spec, sources)
-    test = submission_images(spec, sources, image_ids)
+    ensemble, record, params, sources, image_ids, test = tuned_test(spec)
     if negatives_below is not None and test.prob is None:
         raise ConfigError(f"--negatives-below={negatives_below}: {spec.path} gates with no classifier, so no image is "
                           "known to be negative; leave it out or use an ensemble with a classifier")

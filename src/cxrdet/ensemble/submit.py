@@ -171,6 +171,22 @@ def member_provenance(spec: EnsembleSpec, sources: DataSources) -> list[dict[str
     return out
 
 
+def tuned_test(spec: EnsembleSpec) -> tuple[EnsembleRun, dict[str, Any], EnsembleParams, DataSources, list[str],
+                                            SubmissionImages]:
+    """What predicting a tuned ensemble's test boxes reads: its run, `params.json` record, resolved parameters, data
+    sources, test image ids and per-image inputs (`submit` and `cxrdet.ensemble.pseudo` both start here).
+
+    Raises:
+        ConfigError: Not tuned yet, or no test image list.
+    """
+    ensemble = EnsembleRun(spec.name)
+    record = ensemble.read_params(spec.path)
+    params = resolve(spec, record["params"])
+    sources = data_sources(spec)
+    image_ids = load_test_image_ids(spec, sources)
+    return ensemble, record, params, sources, image_ids, submission_images(spec, sources, image_ids)
+
+
 def submit(spec: EnsembleSpec, out: str | Path | None = None) -> SubmitResult:
     """Write `out` (default `submissions/NAME.csv`) and its provenance `out` with suffix `.json`.
 
@@ -178,12 +194,7 @@ def submit(spec: EnsembleSpec, out: str | Path | None = None) -> SubmitResult:
         ConfigError: Not tuned yet, or no test image list. TableError: Missing or invalid prediction files, or the
             written file fails validation.
     """
-    ensemble = EnsembleRun(spec.name)
-    record = ensemble.read_params(spec.path)
-    params = resolve(spec, record["params"])
-    sources = data_sources(spec)
-    image_ids = load_test_image_ids(spec, sources)
-    test = submission_images(spec, sources, image_ids)
+    ensemble, record, params, sources, image_ids, test = tuned_test(spec)
     boxes, ids = predict_test(spec, params, image_ids, test, record.get("calibration"))
     frame = boxes.to_frame(ids)
     # The file format takes confidences in [0, 1]; weights can push a fused one above 1.
