@@ -18,6 +18,7 @@ from cxrdet.errors import ConfigError
 from cxrdet.models.factory import create_detector
 from cxrdet.paths import CONFIGS_DIR
 from tests.helpers import squares as squares_data
+from tests.helpers.overfit import overfit_and_predict
 
 TINY = CONFIGS_DIR / "experiments" / "efficientdet-d0_effb0_256_tiny12e.py"
 SIZE = 128  # tests run it at 128 px with batches of two (a batch of one cannot train at 128: level 7 is 1 x 1)
@@ -43,16 +44,7 @@ def test_a_box_is_learnt_in_input_pixels_with_its_label() -> None:
     box = torch.tensor([[16.0, 40.0, 64.0, 120.0]])  # tall: a swapped x / y would miss it
     image[:, :, 40:120, 16:64] = 0.9
     target = [{"boxes": box, "labels": torch.tensor([2])}] * 2
-    optimizer = torch.optim.AdamW(det.parameters(), lr=3e-3)
-    det.train()
-    for _ in range(80):
-        loss = sum(det(image, target).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    det.eval()
-    with torch.no_grad():
-        out = det(image[:1])[0]
+    out = overfit_and_predict(det, image, target, steps=80, lr=3e-3)
     top = int(out["scores"].argmax())
     assert int(out["labels"][top]) == 2
     assert float(box_iou(out["boxes"][top: top + 1], box)) > 0.5

@@ -22,6 +22,7 @@ from cxrdet.errors import ConfigError
 from cxrdet.models.factory import create_detector
 from cxrdet.paths import CONFIGS_DIR
 from tests.helpers import squares as squares_data
+from tests.helpers.overfit import overfit_and_predict
 
 HAS_MMDET = importlib.util.find_spec("mmdet") is not None and importlib.util.find_spec("mmcv") is not None
 needs_mmdet = pytest.mark.skipif(not HAS_MMDET, reason="mmdet is not installed: run `make mmdet` (builds mmcv once)")
@@ -324,16 +325,7 @@ def test_a_box_is_learnt_in_input_pixels_with_its_label() -> None:
     box = torch.tensor([[8.0, 16.0, 40.0, 56.0]])  # xyxy, pixels of the 64 x 64 input
     image[:, :, 16:56, 8:40] = 0.9
     target = [{"boxes": box, "labels": torch.tensor([2])}]
-    optimizer = torch.optim.AdamW(det.parameters(), lr=2e-3)
-    det.train()
-    for _ in range(60):
-        loss = sum(det(image, target).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    det.eval()
-    with torch.no_grad():
-        out = det(image)[0]
+    out = overfit_and_predict(det, image, target, steps=60, lr=2e-3)
     top = int(out["scores"].argmax())
     assert int(out["labels"][top]) == 2
     from torchvision.ops import box_iou
