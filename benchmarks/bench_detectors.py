@@ -16,7 +16,7 @@ Recipe pieces (`--recipe`), each on the tiny FCOS:
   fold's training set, then a fresh five-fold run.
 
 Prints one row per variant: optimistic and honest OOF score, synthetic test score, training wall time; writes them to
-`<outputs>/bench/detectors.json`.
+`<outputs>/bench/detectors.json` after each variant (rows of earlier runs kept, a variant run again replaced).
 
 Run, after the demo:
     CXRDET_OUTPUTS=outputs .venv/bin/python benchmarks/bench_detectors.py --jobs 2
@@ -128,10 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     recipe = [r for r in args.recipe.split(",") if r]
     if recipe and "fcos" not in detectors:
         detectors.insert(0, "fcos")  # the recipe pieces are measured against the baseline
-    rows: list[dict[str, Any]] = []
+    # Rows of earlier runs are kept (a variant measured again replaces its row), and the file is rewritten after every
+    # variant, so a run that stops half way loses nothing it measured.
+    table = out / "bench" / "detectors.json"
+    rows: list[dict[str, Any]] = json.loads(table.read_text()) if table.is_file() else []
 
     def record(name: str, experiment: str, wall: float | None, **scores: float) -> None:
+        rows[:] = [r for r in rows if r["variant"] != name]
         rows.append({"variant": name, "experiment": experiment, "train_s": wall, **scores})
+        table.parent.mkdir(parents=True, exist_ok=True)
+        tmp = table.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows, indent=2))
+        tmp.replace(table)
         print(f"{name:14s} optimistic {scores['optimistic']:.4f}  honest {scores['honest']:.4f}  test "
               f"{scores['test']:.4f}  train {wall if wall is None else round(wall)} s", flush=True)
 
@@ -167,10 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             record(f"fcos+{piece}", base_config.stem, None, **evaluate(base_ensemble, labels, subs))
     if "tta" in recipe or "swa" in recipe:
         predict(base_config)  # leave the baseline's own predictions in place
-    bench = out / "bench"
-    bench.mkdir(parents=True, exist_ok=True)
-    (bench / "detectors.json").write_text(json.dumps(rows, indent=2))
-    print(f"wrote {bench / 'detectors.json'}")
+    print(f"wrote {table}")
     return 0
 
 

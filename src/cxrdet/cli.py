@@ -669,13 +669,55 @@ def predict_command(
 # ---- reports and export: report, explain, export, infer ----
 
 
+@app.command("runs")
+@user_errors
+def runs_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as one JSON object, not tables.")] = False,
+    sort: Annotated[str | None, typer.Option("--sort", help="Column to sort by (either table's; default oof for "
+                                             "experiments, honest for ensembles), highest first.")] = None,
+    ascending: Annotated[bool, typer.Option("--ascending", help="Lowest first.")] = False,
+    test_labels: Annotated[Path | None, typer.Option("--test-labels", help="Test labels to score every recorded "
+                                                     "submission against (default: the data's "
+                                                     "synth_test_labels.csv where it exists).")] = None,
+) -> None:
+    """The local leaderboard: every experiment (folds done and missing, best validation score per fold, pooled OOF
+    score, epochs, wall time, status) and every tuned ensemble (optimistic, honest and test score, its submissions).
+
+    Reads the outputs folder (run folders, done.json, status.json, OOF predictions, params.json, submissions.json);
+    writes only each experiment's leaderboard.json (the pooled OOF score, cached). `cxrdet report --all` writes the
+    same tables as outputs/index.html.
+    """
+    import json
+
+    from rich.table import Table
+
+    from cxrdet.report.leaderboard import ENSEMBLE_COLUMNS, EXPERIMENT_COLUMNS, cell
+    from cxrdet.tasks import leaderboard
+
+    board = leaderboard(test_labels, sort, ascending)
+    if as_json:
+        typer.echo(json.dumps(board, default=str))
+        return
+    out = Console(width=max(Console().width, 160))
+    for title, key, columns in (("Experiments", "experiments", EXPERIMENT_COLUMNS),
+                                ("Ensembles", "ensembles", ENSEMBLE_COLUMNS)):
+        table = Table(title=f"{title} ({len(board[key])})", title_justify="left")
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in board[key]:
+            table.add_row(*(escape(cell(c, row.get(c))) for c in columns))
+        out.print(table)
+
+
 @app.command("report")
 @user_errors
 def report_command(
-    name: Annotated[str, typer.Argument(help="An experiment name (outputs/<experiment>/fold<k>) or a tuned ensemble "
-                                        "(configs/ensembles/<name>.py with params.json).")],
+    name: Annotated[str | None, typer.Argument(help="An experiment name (outputs/<experiment>/fold<k>) or a tuned "
+                                               "ensemble (configs/ensembles/<name>.py with params.json).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default outputs/<experiment>/report or "
                                              "outputs/ensembles/<name>/report).")] = None,
+    all_reports: Annotated[bool, typer.Option("--all", help="Every experiment's and tuned ensemble's report, then "
+                                              "outputs/index.html: the leaderboard linking them.")] = False,
 ) -> None:
     """Write an offline HTML report with PNG figures of OOF results: score vs threshold, PR curves, per-IoU metric,
     per-fold scores, training curves, an image gallery, error analysis and the box-size bias. For a classifier
@@ -685,6 +727,20 @@ def report_command(
     Reads the runs' configs, OOF predictions, CSV logs and checkpoint records (and, for an ensemble, params.json),
     the labels, fold file and prepare cache. Writes index.html, report.json and the PNGs to --out.
     """
+    if all_reports:
+        if name is not None or out is not None:
+            raise CxrdetError("report --all writes every report to its default folder: give no NAME and no --out")
+        from cxrdet.tasks import report_all
+
+        index, written, failures = report_all()
+        for what, path in written.items():
+            typer.echo(f"{what}: {path}")
+        for what, why in failures.items():
+            console.print(f"warning: {what}: no report ({why})", highlight=False, markup=False)
+        typer.echo(str(index))
+        return
+    if name is None:
+        raise CxrdetError("report: name an experiment or a tuned ensemble, or pass --all")
     from cxrdet.tasks import report
 
     typer.echo(str(report(name, out)))

@@ -9,12 +9,14 @@ picks it (which curriculum stage is final, which checkpoint prediction uses) liv
 outputs/<experiment>/fold<k>/          Run(experiment, k).folder
     config.py                          the resolved config (after `-o` overrides): the source of truth after training
     provenance.json                    git revision, fold file and its hash, versions, command
+    status.json                        what training is doing: running (pid, host), failed (the error), killed
     [stage<i>_<name>/]                 one folder per curriculum stage (none for a single-stage run)
         checkpoints/{best,last}.ckpt, done.json
         tensorboard/, csv/
     {oof,test}.parquet (+ .json)       predictions of this fold's model and their sidecars
     export/                            deployment exports
-outputs/ensembles/<name>/              EnsembleRun(name).folder: study.db, params.json, report/
+outputs/<experiment>/leaderboard.json  the pooled OOF score `cxrdet runs` shows, keyed by the files it read
+outputs/ensembles/<name>/              EnsembleRun(name).folder: study.db, params.json, submissions.json, report/
 ```
 
 After training, later steps read the run's written config rather than the experiment config file again: a run
@@ -43,6 +45,11 @@ CONFIG_FILE = "config.py"
 PROVENANCE_FILE = "provenance.json"
 DONE_FILE = "done.json"
 PARAMS_FILE = "params.json"
+STATUS_FILE = "status.json"
+# A run's state (`Run.state`): finished (the final stage's done.json), running (status.json names a live process on
+# this host, or another host's that has not said otherwise), failed (training raised), killed (interrupted, or its
+# process is gone without finishing), not started.
+STATES: tuple[str, ...] = ("finished", "running", "failed", "killed", "not started")
 BEST = "best"
 LAST = "last"
 # What prediction can name: the best and last epochs, and the averaged weights of `train.swa` / `train.average_best`
@@ -276,6 +283,47 @@ class Run:
     def mark_done(self, stage: Stage, record: Mapping[str, Any]) -> Path:
         return write_json(self.checkpoints_dir(stage) / DONE_FILE, dict(record))
 
+    # -- status --
+
+    @property
+    def status_path(self) -> Path:
+        return self.folder / STATUS_FILE
+
+    def write_status(self, state: str, **info: Any) -> Path:
+        """Record what training is doing (`running`, `failed`, `killed`, `finished`) with this process's pid and host
+        and the time, plus `info` (the error of a failed run)."""
+        import os
+        import platform
+        from datetime import UTC, datetime
+
+        return write_json(self.status_path, {"state": state, "pid": os.getpid(), "host": platform.node(),
+                                             "time": datetime.now(UTC).isoformat(timespec="seconds"), **info})
+
+    def status(self) -> dict[str, Any]:
+        """`status.json` (empty when absent)."""
+        path = self.status_path
+        try:
+            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except json.JSONDecodeError:
+            return {}
+
+    def state(self, stages: Sequence[Stage] | None = None) -> str:
+        """One of `STATES`: `finished` once the final stage's done.json exists; else what status.json says, where a
+        `running` record whose process is gone from this host reads `killed` (a SIGKILL, an out-of-memory kill, a
+        closed terminal); a folder with checkpoints but no status (trained before status.json existed) reads
+        `killed`."""
+        if stages is None:
+            stages = resolve_stages(load_config(self.config_path)) if self.has_config() else []
+        if stages and self.done(stages[-1]) is not None:
+            return "finished"
+        record = self.status()
+        state = record.get("state")
+        if state == "running":
+            return "running" if _alive(record) else "killed"
+        if state in ("failed", "killed"):
+            return str(state)
+        return "killed" if stages and self.existing_checkpoints(stages) else "not started"
+
     def existing_checkpoints(self, stages: Sequence[Stage]) -> list[Path]:
         """Every `.ckpt` file of the given stages."""
         return [p for st in stages for p in sorted(self.checkpoints_dir(st).glob("*.ckpt"))]
@@ -373,6 +421,23 @@ class Run:
         return paths.explain_dir(self.experiment, self.fold)
 
 
+def _alive(record: Mapping[str, Any]) -> bool:
+    """Whether the process a `running` status names still runs: checked on this host; another host's run is taken at
+    its word (its process cannot be seen from here)."""
+    import os
+    import platform
+
+    if record.get("host") != platform.node():
+        return True
+    try:
+        os.kill(int(record["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True  # another user's process, or a record without a pid: not known to be gone
+    return True
+
+
 # ---- an experiment's runs ----
 
 
@@ -404,6 +469,11 @@ class Experiment:
     @property
     def report_dir(self) -> Path:
         return self.folder / "report"
+
+    @property
+    def leaderboard_cache(self) -> Path:
+        """The pooled OOF score `cxrdet runs` computed, with the file signatures it was computed from."""
+        return self.folder / "leaderboard.json"
 
 
 # ---- an ensemble's folder ----
@@ -457,6 +527,31 @@ class EnsembleRun:
 
     def write_params(self, record: Mapping[str, Any]) -> Path:
         return write_json(self.params_path, dict(record))
+
+    @property
+    def submissions_path(self) -> Path:
+        """The submission files written from this ensemble (`cxrdet submit`), newest last."""
+        return self.folder / "submissions.json"
+
+    def record_submission(self, csv: str | Path, provenance: str | Path) -> Path:
+        """Add a written submission (its path, hash and provenance file) to `submissions.json`; a file written again
+        to the same path replaces its entry."""
+        from datetime import UTC, datetime
+
+        csv = Path(csv).resolve()
+        entry = {"submission": str(csv), "sha256": file_sha256(csv), "provenance": str(Path(provenance).resolve()),
+                 "date": datetime.now(UTC).isoformat(timespec="seconds")}
+        kept = [e for e in self.submissions() if e.get("submission") != str(csv)]
+        return write_json(self.submissions_path, [*kept, entry])
+
+    def submissions(self) -> list[dict[str, Any]]:
+        """The recorded submissions (`record_submission`), oldest first; empty when none."""
+        path = self.submissions_path
+        try:
+            found = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+        except json.JSONDecodeError:
+            return []
+        return [e for e in found if isinstance(e, dict)] if isinstance(found, list) else []
 
 
 def run_config(config: str | Path, fold: int, options: Sequence[str] | Mapping[str, Any] | None = None) -> Any:

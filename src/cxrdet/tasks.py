@@ -23,6 +23,7 @@ from cxrdet.data.classify import ClassificationDataModule
 from cxrdet.data.datamodule import DetectionDataModule
 from cxrdet.deploy import export as exporting
 from cxrdet.deploy import infer as inferring
+from cxrdet import paths
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.models.lit_base import LitBase
 from cxrdet.models.lit_classifier import LitClassifier, probabilities_frame
@@ -31,8 +32,10 @@ from cxrdet.predict import ImageSizes, mean_passes, merge_box_passes
 from cxrdet.registry import Registry
 from cxrdet.report import classification as classification_report
 from cxrdet.report import detection as detection_report
-from cxrdet.report.data import no_oof_error, tuned_ensemble_config
-from cxrdet.runs import Experiment
+from cxrdet.report import leaderboard as board
+from cxrdet.report.data import (no_oof_error, pooled_classification_score, pooled_detection_score,
+                                tuned_ensemble_config)
+from cxrdet.runs import EnsembleRun, Experiment
 
 DEFAULT_TASK = "detect"
 
@@ -54,6 +57,7 @@ class Task:
         inference_model: Its `cxrdet.deploy.infer.InferenceModel` class (`from_onnx`, `from_checkpoint`).
         run_studies: `(model, dicoms, out_dir, threshold) -> result`: single-study inference.
         report_page: `(experiment, out_dir) -> index.html`: an experiment's report.
+        pooled_score: `experiment -> (metric, score)`: the pooled OOF score the leaderboard shows.
         explain: Grad-CAM of a fold's model, or None where the task has none.
     """
 
@@ -69,6 +73,7 @@ class Task:
     inference_model: type[inferring.InferenceModel]
     run_studies: Callable[..., Any]
     report_page: Callable[[str, str | Path | None], Path]
+    pooled_score: Callable[[str], tuple[str, float]]
     explain: Callable[..., Any] | None = None
 
 
@@ -98,7 +103,7 @@ TASKS.register(Task(
     merge=merge_box_passes, sidecar=_detection_sidecar,
     refuse_format=exporting.refuse_detector_format, write_model=exporting.write_detector,
     model_fields=exporting.detector_fields, inference_model=inferring.BoxModel, run_studies=inferring.infer,
-    report_page=detection_report.write_page,
+    report_page=detection_report.write_page, pooled_score=pooled_detection_score,
 ), name="detect")  # fmt: skip
 TASKS.register(Task(
     name="classify", module=LitClassifier, datamodule=ClassificationDataModule,
@@ -107,7 +112,8 @@ TASKS.register(Task(
     merge=lambda passes, sizes, pred_cfg: mean_passes(passes), sidecar=_classification_sidecar,
     refuse_format=lambda fmt: None, write_model=exporting.write_classifier,
     model_fields=exporting.classifier_fields, inference_model=inferring.ProbabilityModel,
-    run_studies=inferring.classify, report_page=classification_report.write_page, explain=_explain,
+    run_studies=inferring.classify, report_page=classification_report.write_page,
+    pooled_score=pooled_classification_score, explain=_explain,
 ), name="classify")  # fmt: skip
 
 
@@ -181,6 +187,57 @@ def report(name: str, out_dir: str | Path | None = None) -> Path:
     if not runs:
         raise no_oof_error(Experiment(name), ", or name a tuned ensemble")
     return get_task(runs[0].config()).report_page(name, out_dir)
+
+
+def pooled_score(experiment: str) -> tuple[str, float]:
+    """An experiment's pooled OOF score by its task (the leaderboard's `oof` column).
+
+    Raises:
+        CxrdetError: No fold has OOF predictions.
+    """
+    runs = Experiment(experiment).runs("oof")
+    if not runs:
+        raise no_oof_error(Experiment(experiment))
+    return get_task(runs[0].config()).pooled_score(experiment)
+
+
+def leaderboard(test_labels: Path | None = None, sort: str | None = None, ascending: bool = False
+                ) -> dict[str, list[dict[str, Any]]]:
+    """Every experiment's and tuned ensemble's leaderboard row (`cxrdet.report.leaderboard`)."""
+    return board.leaderboard(pooled_score, test_labels, sort, ascending)
+
+
+def report_all(test_labels: Path | None = None) -> tuple[Path, dict[str, Path], dict[str, str]]:
+    """Every experiment's and tuned ensemble's report, then `outputs/index.html` linking them.
+
+    Returns:
+        The index page, the written reports by name, and why each report that could not be written failed (one
+        failure does not stop the others).
+    """
+    written: dict[str, Path] = {}
+    failures: dict[str, str] = {}
+    for name in board.experiment_names():
+        if not Experiment(name).runs("oof"):
+            failures[name] = "no OOF predictions yet"
+            continue
+        try:
+            written[name] = report(name)
+        except CxrdetError as err:
+            failures[name] = str(err).splitlines()[0]
+    for name in board.ensemble_names():
+        config = EnsembleRun(name).read_params().get("config")
+        path = Path(config) if config else None
+        if path is not None and not path.is_absolute() and not path.is_file():
+            path = paths.REPO_ROOT / path
+        if path is None or not path.is_file():
+            failures[name] = f"its config {config} is not found"
+            continue
+        try:
+            written[name] = detection_report.write_page(str(path), None)
+        except CxrdetError as err:
+            failures[name] = str(err).splitlines()[0]
+    index = board.write_index(leaderboard(test_labels), failures=failures)
+    return index, written, failures
 
 
 def load_model(model: str | Path, threads: int = 0) -> Any:

@@ -303,11 +303,35 @@ def fit(cfg: Config | Mapping[str, Any], fold: int, module_cls: type[LitBase],
             for sub in (run.checkpoints_dir(st), run.stage_dir(st) / TENSORBOARD, run.stage_dir(st) / CSV):
                 shutil.rmtree(sub, ignore_errors=True)
 
+    if is_main:
+        run.folder.mkdir(parents=True, exist_ok=True)
+        run.write_status("running", resumed=resume)
+    try:
+        result = _fit_stages(cfg, run, stages, module_cls, datamodule_cls, resume, is_main)
+    except (KeyboardInterrupt, SystemExit) as err:  # Lightning turns Ctrl-C into SystemExit(1) after its shutdown
+        if is_main:
+            run.write_status("killed", error=f"interrupted ({type(err).__name__})")
+        raise
+    except BaseException as err:
+        if is_main:
+            run.write_status("failed", error=f"{type(err).__name__}: {err}"[:2000])
+        raise
+    if is_main:
+        run.write_status("finished")
+    return result
+
+
+def _fit_stages(cfg: Config | Mapping[str, Any], run: Run, stages: list[Stage], module_cls: type[LitBase],
+                datamodule_cls: type[pl.LightningDataModule], resume: bool, is_main: bool) -> TrainResult:
+    """`fit`'s stages, in order (a finished stage skipped on resume); each stage's done.json records the wall time of
+    the attempt that finished it (`wall_s`)."""
+    fold = run.fold
     seed = int(cfg["train"].get("seed", 42))
     previous_best: Path | None = None
     record: dict[str, Any] = {}
     wrote_provenance = False
     for stage in stages:
+        started = time.perf_counter()
         ckpt_dir = run.checkpoints_dir(stage)
         done = run.done(stage) if resume else None
         if done is not None:
@@ -342,6 +366,7 @@ def fit(cfg: Config | Mapping[str, Any], fold: int, module_cls: type[LitBase],
         averaged = {a.spec.kind: finish_average(trainer, module, dm, a, ckpt_dir, monitor) for a in averagers}
         if averaged:
             record["averaged"] = {kind: rec for kind, rec in averaged.items() if rec is not None}
+        record["wall_s"] = round(time.perf_counter() - started, 1)
         if is_main:
             run.mark_done(stage, record)
         previous_best = best

@@ -219,4 +219,5 @@ def submit(spec: EnsembleSpec, out: str | Path | None = None) -> SubmitResult:
         "git": git_revision(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     })  # fmt: skip
+    ensemble.record_submission(csv, provenance)
     return SubmitResult(csv, provenance, stats["n_rows"], stats["n_boxes"], stats["n_empty"])

@@ -157,6 +157,15 @@ def load_experiment(experiment: str) -> ReportData:
     )  # fmt: skip
 
 
+def pooled_detection_score(experiment: str) -> tuple[str, float]:
+    """The competition's metric (name, score) on an experiment's pooled OOF boxes at the best cut of their curve
+    (what its report shows: slightly optimistic, the cut is chosen on the same images)."""
+    data = load_experiment(experiment)
+    pred = data.predictions[experiment]
+    kept = pred[pred["score"].to_numpy() >= data.chosen[experiment]].reset_index(drop=True)
+    return data.contest.metric, float(data.evaluator().score(kept).score)
+
+
 def ensemble_config(name: str) -> Path | None:
     """`configs/ensembles/<name>.py` when it exists (a path to a config is taken as is)."""
     given = Path(name)
@@ -328,3 +337,8 @@ def evaluate_experiment(experiment: str) -> ClassificationResult:
     """Pooled and per-fold OOF metrics of a classifier experiment (`load_experiment_oof` then `evaluate`)."""
     oof = load_experiment_oof(experiment)
     return evaluate(oof.probs, oof.truth, oof.image_fold)
+
+
+def pooled_classification_score(experiment: str) -> tuple[str, float]:
+    """A classifier experiment's mean AUROC over its classes on the pooled OOF probabilities."""
+    return "mean AUROC", float(evaluate_experiment(experiment).mean_auroc)
