@@ -17,11 +17,13 @@ every epoch), so a killed run loses at most the epoch in progress.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +49,16 @@ from cxrdet.runs import BEST, LAST, Run, Stage, checkpoint_record, load_checkpoi
 
 TENSORBOARD = "tensorboard"
 CSV = "csv"
+
+# Quiet console (only what a cxrdet user can act on; the per-epoch line and progress bars stay):
+# - Lightning 2.6 calls torch's deprecated `isinstance(treespec, LeafSpec)` in its pytree helper at every fit and
+#   validate (Lightning-AI/pytorch-lightning#21326): a FutureWarning about Lightning's code, not the user's.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+# - Lightning's rank-zero info lines: "GPU available: False, used: False", "TPU available", the litlogger /
+#   litmodels advertising tips, "Loading `train_dataloader` to estimate...", "`Trainer.fit` stopped: `max_epochs`
+#   reached". Warnings (its PossibleUserWarning about too few batches, ...) still print.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)

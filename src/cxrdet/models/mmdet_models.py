@@ -56,6 +56,11 @@ from cxrdet.models.detector import MIN_TARGET_SIDE, Detector
 # unfixed in 3.3.0): the warning says nothing a cxrdet user can act on.
 warnings.filterwarnings("ignore", message=r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated",
                         category=FutureWarning, module=r"mmdet\.")
+# mmdet 3.3 calls `torch.meshgrid` without `indexing` (its point generator, DINO's deformable layers), which makes torch
+# warn on every forward; the fix (open-mmlab/mmdetection#8090) was never merged. The default it relies on ('ij') is
+# what it wants. The warning is raised from torch's own module, so it is matched by its text.
+warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release, it will be required to pass the "
+                        r"indexing argument", category=UserWarning)
 
 # Sections of an mmdet model dict that hold a detection head's `num_classes` (the RPN's single class is not ours).
 NOT_CLASS_HEADS: frozenset[str] = frozenset({"rpn_head"})
