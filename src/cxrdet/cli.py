@@ -381,6 +381,30 @@ def tune_command(
     typer.echo(f"wrote {result.params_path}")
 
 
+@app.command("dashboard")
+@user_errors
+def dashboard_command(
+    config: Annotated[Path, typer.Argument(help="Ensemble config, configs/ensembles/NAME.py.")],
+    storage: Annotated[str | None, typer.Option("--storage", help="Study storage (default: the one the ensemble was "
+                                                "tuned with, from params.json; else its config's or SQLite in "
+                                                "outputs/ensembles/NAME/).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (default loopback only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: a free one, printed).")] = 0,
+) -> None:
+    """Serve optuna-dashboard on the ensemble's study storage (SQLite, journal or PostgreSQL): the main study and the
+    honest estimate's held-out studies, their trials, importances and plots. Prints the URL once listening; Ctrl-C
+    stops it. Reads the storage (and params.json); writes nothing.
+    """
+    from cxrdet.ensemble.dashboard import is_loopback, serve
+    from cxrdet.ensemble.spec import load_ensemble
+
+    spec = load_ensemble(config)
+    if not is_loopback(host):
+        console.print(f"warning: listening on {host}: anyone who can reach this machine can read (and edit) the "
+                      "studies; the dashboard has no login", highlight=False, markup=False)
+    serve(spec, storage, host, port, announce=lambda line: typer.echo(line))
+
+
 @app.command("select")
 @user_errors
 def select_command(
