@@ -3,7 +3,7 @@ layer, and no modules import each other in a circle.
 
 The layers, lowest first (the README's layout section states the same line):
 
-    core (errors, registry, io, paths, boxes, progress, provenance, config, runs)
+    core (errors, registry, io, paths, boxes, progress, provenance, config, runs, tracking)
     -> data, metrics, submission, competitions -> synth, models, ensemble -> train, predict -> report, explain, deploy
     -> tasks -> cli
 """
@@ -22,7 +22,8 @@ SRC = paths.REPO_ROOT / "src"
 PACKAGE = "cxrdet"
 # Layer of each top-level module or subpackage of cxrdet (a subpackage's modules share its layer).
 LAYERS: dict[str, int] = {
-    **dict.fromkeys(("errors", "registry", "io", "paths", "boxes", "progress", "provenance", "config", "runs"), 0),
+    **dict.fromkeys(("errors", "registry", "io", "paths", "boxes", "progress", "provenance", "config", "runs",
+                     "tracking"), 0),
     **dict.fromkeys(("data", "metrics", "submission", "competitions"), 1),
     **dict.fromkeys(("synth", "models", "ensemble"), 2),
     **dict.fromkeys(("train", "predict"), 3),

@@ -14,6 +14,10 @@ train = dict(
     limit_val_batches=None,
     log_every_n_steps=10,
     progress_bar='auto',  # 'auto': a live bar in a terminal, one line per epoch in a log file; True / False
+    # Add 'mlflow' for MLflow tracking (cxrdet.tracking: one MLflow experiment per experiment, one run per fold);
+    # 'csv' stays (the reports read its files).
+    loggers=['csv', 'tensorboard'],
+    tracking_uri=None,  # MLflow: None = MLFLOW_TRACKING_URI, else outputs/mlflow.db; or http://HOST:PORT of a server
     # Off unless set (no key here, so that a config file can set them: mmengine refuses a dict over a None):
     # swa=dict(epochs=3, bn_batches=100): average the last epochs' weights -> swa.ckpt;
     # average_best=dict(k=3, bn_batches=100): average the k best epochs' weights -> avg.ckpt.

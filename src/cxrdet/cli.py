@@ -33,6 +33,25 @@ def _root() -> None:
     """Chest X-ray object detection, Kaggle-style. Each subcommand's --help says what it reads and writes."""
 
 
+TrackingUriOpt = Annotated[str | None, typer.Option(
+    "--tracking-uri", help="MLflow tracking URI (http://HOST:PORT of an `mlflow server`, sqlite:///PATH); default "
+    "MLFLOW_TRACKING_URI, else outputs/mlflow.db. Implies --mlflow.")]
+MlflowOpt = Annotated[bool | None, typer.Option(
+    "--mlflow/--no-mlflow", help="Log this step to MLflow (default: on when --tracking-uri or MLFLOW_TRACKING_URI is "
+    "given).")]
+
+
+def _mlflow_uri(enabled: bool | None, uri: str | None) -> str | None:
+    """The MLflow URI a tune or submit logs to, or None when it does not log."""
+    import os
+
+    from cxrdet.tracking import tracking_uri
+
+    if enabled is False or (enabled is None and not uri and not os.environ.get("MLFLOW_TRACKING_URI")):
+        return None
+    return tracking_uri(uri)
+
+
 def user_errors(func: F) -> F:
     """Turn a `CxrdetError` into its message on stderr and exit status 1 (no traceback: the message says what to
     fix)."""
@@ -341,6 +360,8 @@ def tune_command(
     honest: Annotated[
         bool, typer.Option("--honest/--no-honest", help="Also tune on k-1 folds and score the held-out fold.")
     ] = True,
+    mlflow: MlflowOpt = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Tune an ensemble's fusion and post-processing on the members' pooled OOF boxes (RSNA metric, Optuna TPE).
 
@@ -379,6 +400,11 @@ def tune_command(
     if result.unconverged:
         typer.echo(f"warning: {result.unconverged}")
     typer.echo(f"wrote {result.params_path}")
+    uri = _mlflow_uri(mlflow, tracking_uri)
+    if uri is not None:
+        from cxrdet.ensemble.tune import track_tuning
+
+        typer.echo(f"mlflow run {track_tuning(spec, result, uri)} ({uri})")
 
 
 @app.command("dashboard")
@@ -449,6 +475,8 @@ def select_command(
 def submit_command(
     config: Annotated[Path, typer.Argument(help="Ensemble config, configs/ensembles/NAME.py (tuned).")],
     out: Annotated[Path | None, typer.Option("--out", help="Submission CSV (default submissions/NAME.csv).")] = None,
+    mlflow: MlflowOpt = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Apply the tuned parameters to the members' test boxes and write a validated submission.
 
@@ -458,9 +486,15 @@ def submit_command(
     from cxrdet.ensemble.spec import load_ensemble
     from cxrdet.ensemble.submit import submit
 
-    result = submit(load_ensemble(config), out)
+    spec = load_ensemble(config)
+    result = submit(spec, out)
     typer.echo(f"wrote {result.csv}: {result.n_rows} rows, {result.n_boxes} boxes, {result.n_empty} empty rows "
                f"(validated); provenance {result.provenance}")
+    uri = _mlflow_uri(mlflow, tracking_uri)
+    if uri is not None:
+        from cxrdet.ensemble.submit import track_submission
+
+        typer.echo(f"mlflow run {track_submission(spec, result, uri)} ({uri})")
 
 
 @app.command("pseudo-label")
@@ -596,6 +630,9 @@ def train_command(
     devices: Annotated[str | None, typer.Option("--devices", help="Device count or list (default: config).")] = None,
     strategy: Annotated[str | None, typer.Option("--strategy", help="auto, ddp, ddp_spawn, ... (default: config).")
                         ] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        "--tracking-uri", help="Also log to MLflow at this URI (adds 'mlflow' to train.loggers; default store "
+        "outputs/mlflow.db when train.loggers has 'mlflow' without a URI).")] = None,
     cfg_options: CfgOptions = None,
 ) -> None:
     """Train a detector or a classifier (config task='classify') on every fold but --fold and validate on --fold
@@ -621,6 +658,11 @@ def train_command(
         if value is not None:
             overrides.append(f"train.{key}={value}")
     cfg = load_config(config, overrides)
+    if tracking_uri:
+        from cxrdet.tracking import logger_names
+
+        cfg["train"]["tracking_uri"] = tracking_uri
+        cfg["train"]["loggers"] = list(dict.fromkeys([*logger_names(cfg["train"], str(config)), "mlflow"]))
     folds = _chosen_folds(cfg, fold, all_folds)
     for k in folds:
         if len(folds) > 1:

@@ -34,18 +34,18 @@ import pytorch_lightning as pl
 import torch
 from mmengine.config import Config
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
-from cxrdet import paths
+from cxrdet import paths, tracking
 from cxrdet.config import to_dict
 from cxrdet.errors import CxrdetError
 from cxrdet.io import atomic_path, file_sha256
 from cxrdet.models.averaging import WeightAverager, averaging_specs, recompute_batchnorm
 from cxrdet.models.lit_base import LitBase
 from cxrdet.provenance import git_revision
-from cxrdet.runs import BEST, LAST, Run, Stage, checkpoint_record, load_checkpoint_file, resolve_stages
+from cxrdet.runs import BEST, DONE_FILE, LAST, Run, Stage, checkpoint_record, load_checkpoint_file, resolve_stages
 
 TENSORBOARD = "tensorboard"
 CSV = "csv"
@@ -218,7 +218,14 @@ def build_trainer(cfg: Mapping[str, Any], run: Run, stage: Stage, monitor: str,
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=int(early.get("patience", 5)),
                                        min_delta=float(early.get("min_delta", 0.0))))
     # One version folder per attempt (version_0, then version_1 after a resume...): a resumed run keeps its logs.
-    loggers = [TensorBoardLogger(save_dir=str(folder), name=TENSORBOARD), CSVLogger(save_dir=str(folder), name=CSV)]
+    names = tracking.logger_names(train_cfg, experiment)
+    loggers: list[Any] = [CSVLogger(save_dir=str(folder), name=CSV)]
+    if "tensorboard" in names:
+        loggers.insert(0, TensorBoardLogger(save_dir=str(folder), name=TENSORBOARD))
+    if "mlflow" in names:
+        loggers.append(tracking.training_logger(experiment, fold, stage.name,
+                                                tracking.tracking_uri(None, train_cfg.get("tracking_uri")),
+                                                {"cxrdet.experiment": experiment}))
     trainer = pl.Trainer(
         max_epochs=stage.epochs,
         accelerator=train_cfg.get("accelerator", "auto"),
@@ -381,6 +388,11 @@ def _fit_stages(cfg: Config | Mapping[str, Any], run: Run, stages: list[Stage], 
         record["wall_s"] = round(time.perf_counter() - started, 1)
         if is_main:
             run.mark_done(stage, record)
+            for logger in trainer.loggers:
+                if isinstance(logger, MLFlowLogger):
+                    tracking.finish_training(logger, [run.config_path, run.provenance_path, ckpt_dir / DONE_FILE],
+                                             {"cxrdet.best_checkpoint": best, "cxrdet.best_score": score,
+                                              "cxrdet.epochs_run": record["epochs_run"]})
         previous_best = best
     assert previous_best is not None  # resolve_stages returns at least one stage
     return TrainResult(run.folder, previous_best, float(record["best_score"]), float(record["best_threshold"]),

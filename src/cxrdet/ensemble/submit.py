@@ -53,6 +53,24 @@ class SubmitResult:
     n_empty: int
 
 
+def track_submission(spec: EnsembleSpec, result: SubmitResult, uri: str) -> str:
+    """Log one submission to MLflow (the CSV and its provenance sidecar as artefacts, its hash and the scores it was
+    tuned to); returns the run id."""
+    import json
+
+    from cxrdet import tracking
+
+    record = json.loads(result.provenance.read_text(encoding="utf-8"))
+    scores = record.get("scores") or {}
+    return tracking.log_run(
+        tracking.ensemble_experiment(spec.name), f"submit {result.csv.name}", uri, params=record.get("params") or {},
+        metrics={"optimistic": scores.get("optimistic"), "honest": scores.get("honest"),
+                 "n_rows": result.n_rows, "n_boxes": result.n_boxes, "n_empty": result.n_empty},
+        tags={"cxrdet.kind": "submit", "cxrdet.ensemble": spec.name, "cxrdet.submission": result.csv.resolve(),
+              "cxrdet.sha256": record.get("sha256"), "cxrdet.git": (record.get("git") or {}).get("commit")},
+        files=[result.csv, result.provenance])
+
+
 def load_test_image_ids(spec: EnsembleSpec, sources: DataSources) -> list[str]:
     """The test image set: the config's `test_ids` file, else the data root's sample submission, else the ids of
     its test image folder.

@@ -470,6 +470,27 @@ def member_scores(oof: OofData) -> dict[str, dict[str, float]]:
 # ---- the whole tuning ----
 
 
+def track_tuning(spec: EnsembleSpec, result: TuneResult, uri: str) -> str:
+    """Log one tuning to MLflow (`cxrdet.tracking`: the best trial and both CV scores, not every trial); returns
+    the run id."""
+    from cxrdet import tracking
+
+    metrics: dict[str, float] = {"optimistic": result.optimistic, "n_complete": float(result.n_complete)}
+    if result.honest is not None:
+        metrics["honest"] = result.honest
+    metrics.update({f"optimistic_fold{k}": v for k, v in result.optimistic_per_fold.items()})
+    metrics.update({f"honest_fold{k}": v for k, v in result.honest_per_fold.items()})
+    metrics.update({f"member_honest.{name}": m["honest"] for name, m in result.members.items()
+                    if m.get("honest") is not None})
+    record = EnsembleRun(spec.name).read_params()
+    return tracking.log_run(
+        tracking.ensemble_experiment(spec.name), "tune", uri, params=result.best_params, metrics=metrics,
+        tags={"cxrdet.kind": "tune", "cxrdet.ensemble": spec.name, "cxrdet.config": spec.path,
+              "cxrdet.members": ",".join(spec.member_names), "cxrdet.git": (record.get("git") or {}).get("commit"),
+              "cxrdet.study_storage": (record.get("study") or {}).get("storage")},
+        files=[result.params_path, spec.path])
+
+
 @dataclass(frozen=True)
 class TuneResult:
     """What `tune` found (also written to `params.json`)."""
