@@ -38,15 +38,19 @@ demo-siim: setup
 demo-nih: setup
 	@bash scripts/demo_nih.sh
 
-# The two-worker tuning test starts a throw-away PostgreSQL server on loopback; install its binaries when missing
-# (Debian package, needs root). Where that is impossible the test skips and says why.
+# The two-worker tuning test starts a throw-away PostgreSQL server on loopback, and the browser test opens the
+# report pages in headless Chromium; install both (Debian packages, need root) when missing. Where that is
+# impossible the tests skip and say why. (The MLflow and optuna-dashboard tests need only the Python packages.)
 services:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=" postgresql"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			echo "installing PostgreSQL server binaries for the tuning tests"; \
-			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
-				|| echo "warning: could not install postgresql; its test will skip"; \
-		else echo "note: PostgreSQL server not installed and not root; its test will skip"; fi; \
+			echo "installing$$missing for the tuning and browser tests"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+				|| echo "warning: could not install $$missing; their tests will skip"; \
+		else echo "note: $$missing not installed and not root; their tests will skip"; fi; \
 	fi
 
 test: setup mmdet services
