@@ -48,10 +48,12 @@ for ens in "${ENSEMBLES[@]}"; do CANDIDATES+=("configs/ensembles/$ens.py"); done
 step "7/7 score the submissions on the synthetic test labels (hidden in the real competition)"
 score_submissions "$DATA/stage_2_sample_submission.csv" "$DATA/synth_test_labels.csv" "$SUBS" "${ENSEMBLES[@]}"
 
-step "reports: the gated ensemble (figures, gallery, error analysis), the classifier (ROC, AUROC), Grad-CAM"
-"$CXRDET" report demo_wbf_cls
-"$CXRDET" report "$CLASSIFIER"
+step "reports: every experiment and ensemble (figures, gallery, error analysis; classifier ROC) and the index page"
+"$CXRDET" report --all
 "$CXRDET" explain "configs/experiments/$CLASSIFIER.py" --fold 0 --n 4
+
+step "the leaderboard: every experiment and ensemble with its scores (cxrdet runs; --json for scripts)"
+"$CXRDET" runs
 
 step "done in $((SECONDS - start)) s"
 echo "data:        $DATA"
@@ -60,6 +62,5 @@ echo "runs:        $OUT/<experiment>/fold<k>/ (config, provenance, checkpoints, 
 echo "ensembles:   $OUT/ensembles/<name>/params.json"
 echo "submissions: $SUBS/<name>.csv (+ .json provenance)"
 echo "selection:   $OUT/selections/demo.json (which ensemble to submit, and why)"
-echo "reports:     $("$PY" -c "from cxrdet.runs import report_dir; print(report_dir('demo_wbf_cls'))")/index.html"
-echo "             $("$PY" -c "from cxrdet.runs import report_dir; print(report_dir('$CLASSIFIER'))")/index.html"
+echo "reports:     $OUT/index.html (the leaderboard, linking every report)"
 echo "grad-cam:    $("$PY" -c "from cxrdet.runs import Run; print(Run('$CLASSIFIER', 0).explain_dir)")/"
