@@ -204,7 +204,7 @@ def pooled_score(experiment: str) -> tuple[str, float]:
 def leaderboard(test_labels: Path | None = None, sort: str | None = None, ascending: bool = False
                 ) -> dict[str, list[dict[str, Any]]]:
     """Every experiment's and tuned ensemble's leaderboard row (`cxrdet.report.leaderboard`)."""
-    return board.leaderboard(pooled_score, test_labels, sort, ascending)
+    return board.leaderboard(pooled_score, task_name, test_labels, sort, ascending)
 
 
 def report_all(test_labels: Path | None = None) -> tuple[Path, dict[str, Path], dict[str, str]]:

@@ -31,6 +31,8 @@ from cxrdet.runs import DONE_FILE, STATES, EnsembleRun, Experiment, Run, resolve
 
 PooledScore = Callable[[str], tuple[str, float]]
 """`experiment -> (metric name, pooled OOF score)` (the experiment's task decides: `cxrdet.tasks`)."""
+TaskOf = Callable[[Mapping[str, Any]], str]
+"""`run config -> task name` (`cxrdet.tasks.task_name`: the task is read from a config in one place)."""
 
 EXPERIMENT_COLUMNS: tuple[str, ...] = ("experiment", "task", "metric", "folds", "missing", "val_per_fold", "val_mean",
                                        "oof", "epochs", "wall_s", "status")
@@ -129,7 +131,7 @@ def _overall(states: Mapping[int, str], expected: Sequence[int]) -> str:
     return "finished" if all(states.get(k) == "finished" for k in wanted) else "incomplete"
 
 
-def experiment_row(name: str, score: PooledScore) -> dict[str, Any]:
+def experiment_row(name: str, score: PooledScore, task_name: TaskOf) -> dict[str, Any]:
     """One experiment's leaderboard row (keys `EXPERIMENT_COLUMNS`, plus `per_fold` details and `report`)."""
     experiment = Experiment(name)
     runs = experiment.runs(split=None)
@@ -157,7 +159,7 @@ def experiment_row(name: str, score: PooledScore) -> dict[str, Any]:
     report = experiment.report_dir / "index.html"
     return {
         "experiment": name,
-        "task": str((cfg or {}).get("task") or "detect"),
+        "task": task_name(cfg) if cfg is not None else None,
         "metric": metric,
         "folds": f"{len(finished)}/{len(expected) if expected else len(per_fold)}",
         "missing": [k for k in expected if k not in finished],
@@ -245,7 +247,7 @@ def ensemble_row(name: str, test_labels: Path | None = None) -> dict[str, Any]:
 # ---- the table ----
 
 
-def leaderboard(score: PooledScore, test_labels: Path | None = None, sort: str | None = None,
+def leaderboard(score: PooledScore, task_name: TaskOf, test_labels: Path | None = None, sort: str | None = None,
                 ascending: bool = False) -> dict[str, list[dict[str, Any]]]:
     """Every experiment's and ensemble's row, each list sorted by `sort` where it has that column (default: pooled
     OOF for experiments, honest for ensembles; highest first, missing values last).
@@ -256,7 +258,7 @@ def leaderboard(score: PooledScore, test_labels: Path | None = None, sort: str |
     if sort is not None and sort not in EXPERIMENT_COLUMNS and sort not in ENSEMBLE_COLUMNS:
         raise CxrdetError(f"--sort {sort!r}: expected a column, one of {', '.join(EXPERIMENT_COLUMNS)} (experiments) "
                           f"or {', '.join(ENSEMBLE_COLUMNS)} (ensembles)")
-    experiments = [experiment_row(n, score) for n in experiment_names()]
+    experiments = [experiment_row(n, score, task_name) for n in experiment_names()]
     ensembles = [ensemble_row(n, test_labels) for n in ensemble_names()]
     return {"experiments": sort_rows(experiments, sort if sort in EXPERIMENT_COLUMNS else "oof", ascending),
             "ensembles": sort_rows(ensembles, sort if sort in ENSEMBLE_COLUMNS else "honest", ascending)}
