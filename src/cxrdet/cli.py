@@ -41,15 +41,17 @@ MlflowOpt = Annotated[bool | None, typer.Option(
     "given).")]
 
 
-def _mlflow_uri(enabled: bool | None, uri: str | None) -> str | None:
-    """The MLflow URI a tune or submit logs to, or None when it does not log."""
+def _track(enabled: bool | None, uri: str | None, log: Callable[[str], str]) -> None:
+    """Log a tune or submit to MLflow with `log(uri) -> run id` when asked (--mlflow, --tracking-uri or
+    MLFLOW_TRACKING_URI), and say where."""
     import os
 
     from cxrdet.tracking import tracking_uri
 
     if enabled is False or (enabled is None and not uri and not os.environ.get("MLFLOW_TRACKING_URI")):
-        return None
-    return tracking_uri(uri)
+        return
+    uri = tracking_uri(uri)
+    typer.echo(f"mlflow run {log(uri)} ({uri})")
 
 
 def user_errors(func: F) -> F:
@@ -373,7 +375,7 @@ def tune_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cxrdet.ensemble.spec import load_ensemble
-    from cxrdet.ensemble.tune import summary_frame, tune
+    from cxrdet.ensemble.tune import summary_frame, track_tuning, tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_ensemble(config)
@@ -400,11 +402,7 @@ def tune_command(
     if result.unconverged:
         typer.echo(f"warning: {result.unconverged}")
     typer.echo(f"wrote {result.params_path}")
-    uri = _mlflow_uri(mlflow, tracking_uri)
-    if uri is not None:
-        from cxrdet.ensemble.tune import track_tuning
-
-        typer.echo(f"mlflow run {track_tuning(spec, result, uri)} ({uri})")
+    _track(mlflow, tracking_uri, lambda uri: track_tuning(spec, result, uri))
 
 
 @app.command("dashboard")
@@ -484,17 +482,13 @@ def submit_command(
     Writes the CSV and, beside it, NAME.json (git revision, configs, fold-file hashes, parameters, CV scores, date).
     """
     from cxrdet.ensemble.spec import load_ensemble
-    from cxrdet.ensemble.submit import submit
+    from cxrdet.ensemble.submit import submit, track_submission
 
     spec = load_ensemble(config)
     result = submit(spec, out)
     typer.echo(f"wrote {result.csv}: {result.n_rows} rows, {result.n_boxes} boxes, {result.n_empty} empty rows "
                f"(validated); provenance {result.provenance}")
-    uri = _mlflow_uri(mlflow, tracking_uri)
-    if uri is not None:
-        from cxrdet.ensemble.submit import track_submission
-
-        typer.echo(f"mlflow run {track_submission(spec, result, uri)} ({uri})")
+    _track(mlflow, tracking_uri, lambda uri: track_submission(spec, result, uri))
 
 
 @app.command("pseudo-label")

@@ -80,3 +80,19 @@ seed = 3
 {extra}
 """)
     return path
+
+
+def write_pair_of_one(path: Path, experiment: str) -> Path:
+    """An ensemble of one experiment's fold-0 run twice (members `a` and `b`), three trials on the final cut: the
+    smallest tuned ensemble a report can show."""
+    path.write_text(f"""
+members = [dict(name='a', experiment='{experiment}', folds=[0]),
+           dict(name='b', experiment='{experiment}', folds=[0])]
+fusion = dict(method='wbf', iou_thr=0.5, skip_box_thr=0.0, conf_type='avg', test_fold_merge='before')
+postprocess = dict(member_thr=0.0, vote_power=0.0, shrink=1.0, final_thr=0.3)
+search_space = dict(final_thr=dict(type='float', low=0.1, high=0.5))
+n_trials = 3
+honest_trials = 1
+seed = 3
+""")
+    return path

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrdet.cli import app
+from tests.helpers.ensemble_world import write_pair_of_one
 
 pytestmark = pytest.mark.slow
 
@@ -57,16 +58,7 @@ def test_every_report_page_loads_its_images_without_console_errors(
         browser: Any, tiny_run: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXRDET_OUTPUTS", str(tiny_run["outputs"]))
     experiment = tiny_run["experiment"]
-    config = tmp_path / "tiny_browser.py"
-    config.write_text(f"""
-members = [dict(name='a', experiment='{experiment}', folds=[0]), dict(name='b', experiment='{experiment}', folds=[0])]
-fusion = dict(method='wbf', iou_thr=0.5, skip_box_thr=0.0, conf_type='avg', test_fold_merge='before')
-postprocess = dict(member_thr=0.0, vote_power=0.0, shrink=1.0, final_thr=0.3)
-search_space = dict(final_thr=dict(type='float', low=0.1, high=0.5))
-n_trials = 3
-honest_trials = 1
-seed = 3
-""")
+    config = write_pair_of_one(tmp_path / "tiny_browser.py", experiment)
     runner = CliRunner()
     assert runner.invoke(app, ["tune", str(config), "--no-honest"]).exit_code == 0
     pages = []

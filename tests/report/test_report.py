@@ -18,6 +18,7 @@ from cxrdet.metrics.rsna import match_boxes
 from cxrdet.report.detection import box_ratios, lung_zone, precision_recall, shrink_factor, size_group
 from cxrdet.report.figures import FIGURES, figure_sizes, training_logs
 from cxrdet.tasks import report
+from tests.helpers.ensemble_world import write_pair_of_one
 
 
 def boxes(rows: list[tuple[Any, ...]], scored: bool = False) -> pd.DataFrame:
@@ -114,17 +115,7 @@ def test_report_of_a_tuned_ensemble_shows_members_and_the_fused_boxes(tiny_run: 
     from cxrdet.report.data import load_report_data
 
     monkeypatch.setenv("CXRDET_OUTPUTS", str(tiny_run["outputs"]))
-    config = tmp_path / "tiny_pair.py"
-    config.write_text(f"""
-members = [dict(name='a', experiment='{tiny_run["experiment"]}', folds=[0]),
-           dict(name='b', experiment='{tiny_run["experiment"]}', folds=[0])]
-fusion = dict(method='wbf', iou_thr=0.5, skip_box_thr=0.0, conf_type='avg', test_fold_merge='before')
-postprocess = dict(member_thr=0.0, vote_power=0.0, shrink=1.0, final_thr=0.3)
-search_space = dict(final_thr=dict(type='float', low=0.1, high=0.5))
-n_trials = 3
-honest_trials = 1
-seed = 3
-""")
+    config = write_pair_of_one(tmp_path / "tiny_pair.py", tiny_run["experiment"])
     tune(load_ensemble(config), honest=False)
     data = load_report_data(str(config))
     assert data.kind == "ensemble" and list(data.predictions) == ["ensemble", "a", "b"]
