@@ -296,7 +296,9 @@ class Run:
         import platform
         from datetime import UTC, datetime
 
-        return write_json(self.status_path, {"state": state, "pid": os.getpid(), "host": platform.node(),
+        pid = os.getpid()
+        return write_json(self.status_path, {"state": state, "pid": pid, "pid_start": _process_start(pid),
+                                             "host": platform.node(),
                                              "time": datetime.now(UTC).isoformat(timespec="seconds"), **info})
 
     def status(self) -> dict[str, Any]:
@@ -421,21 +423,33 @@ class Run:
         return paths.explain_dir(self.experiment, self.fold)
 
 
+def _process_start(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (Linux `/proc/<pid>/stat`, field 22), None where unknown:
+    with the pid it names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # the fields after the command name, which may hold spaces
+
+
 def _alive(record: Mapping[str, Any]) -> bool:
-    """Whether the process a `running` status names still runs: checked on this host; another host's run is taken at
-    its word (its process cannot be seen from here)."""
+    """Whether the process a `running` status names still runs: checked on this host (its pid exists and, where
+    recorded, started when the recorded one did); another host's run is taken at its word."""
     import os
     import platform
 
     if record.get("host") != platform.node():
         return True
     try:
-        os.kill(int(record["pid"]), 0)
+        pid = int(record["pid"])
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except (PermissionError, KeyError, ValueError, TypeError):
         return True  # another user's process, or a record without a pid: not known to be gone
-    return True
+    started = record.get("pid_start")
+    return started is None or _process_start(pid) in (None, started)
 
 
 # ---- an experiment's runs ----

@@ -4,6 +4,7 @@ rows against the figures their own files hold, and outputs/index.html linking th
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import subprocess
@@ -46,6 +47,8 @@ def test_a_runs_state_follows_its_status_and_done_files() -> None:
     run.write_status("running")  # this process: alive
     assert run.state() == "running"
     write_json(run.status_path, {**run.status(), "pid": _dead_pid()})  # its process is gone: killed, not running
+    assert run.state() == "killed"
+    write_json(run.status_path, {**run.status(), "pid": os.getpid(), "pid_start": "1"})  # the pid, reused
     assert run.state() == "killed"
     write_json(run.status_path, {**run.status(), "host": platform.node() + "-elsewhere"})  # taken at its word
     assert run.state() == "running"
