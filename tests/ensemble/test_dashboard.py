@@ -37,11 +37,14 @@ def _dashboard(config: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
     return proc, found[1]
 
 
-@pytest.mark.parametrize("storage", [None, "journal"])
-def test_the_dashboard_answers_with_the_study_and_its_trials(tmp_path: Path, storage: str | None) -> None:
+@pytest.mark.parametrize("storage", [None, "journal", pytest.param("postgresql", marks=pytest.mark.slow)])
+def test_the_dashboard_answers_with_the_study_and_its_trials(tmp_path: Path, storage: str | None,
+                                                             request: pytest.FixtureRequest) -> None:
     world = make_world(tmp_path)
     config = write_config(tmp_path / "ens.py", world, n_trials=3)
-    options = ["--storage", f"journal:{tmp_path / 'journal.log'}"] if storage else []
+    urls = {None: None, "journal": f"journal:{tmp_path / 'journal.log'}"}
+    url = request.getfixturevalue("postgres_url") if storage == "postgresql" else urls[storage]
+    options = ["--storage", url] if url else []
     tuned = CliRunner().invoke(app, ["tune", str(config), "--n-trials", "3", "--no-honest", *options])
     assert tuned.exit_code == 0, tuned.output
     # No --storage for the dashboard: it finds the storage the ensemble was tuned with in params.json.
