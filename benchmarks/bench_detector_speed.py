@@ -37,7 +37,10 @@ BACKENDS = {"retinanet": "torchvision", "fcos": "torchvision", "faster_rcnn": "t
             "ssd_vgg16": "torchvision", "ssdlite_mobilenet_v3": "torchvision", "efficientdet": "effdet"}
 LICENCES = {"torchvision": "BSD-3-Clause", "mmdet": "Apache-2.0", "effdet": "Apache-2.0"}
 FAMILIES = {"retinanet": "RetinaNet", "fcos": "FCOS", "faster_rcnn": "Faster R-CNN", "ssd_vgg16": "SSD",
-            "ssdlite_mobilenet_v3": "SSDlite", "efficientdet": "EfficientDet"}
+            "ssdlite_mobilenet_v3": "SSDlite", "efficientdet": "EfficientDet",
+            # mmdet's detector classes whose name is not the family's (mmdet's SSD is its SingleStageDetector).
+            "SingleStageDetector": "SSD", "FasterRCNN": "Faster R-CNN", "CascadeRCNN": "Cascade R-CNN",
+            "MaskRCNN": "Mask R-CNN", "YOLOV3": "YOLOv3"}
 
 
 def detector_configs(only: list[str]) -> list[Path]:
