@@ -216,25 +216,26 @@ def report_all(test_labels: Path | None = None) -> tuple[Path, dict[str, Path], 
     """
     written: dict[str, Path] = {}
     failures: dict[str, str] = {}
+    unreadable = (CxrdetError, ValueError, OSError)  # a broken folder is reported, the others still written
     for name in board.experiment_names():
         if not Experiment(name).runs("oof"):
             failures[name] = "no OOF predictions yet"
             continue
         try:
             written[name] = report(name)
-        except CxrdetError as err:
+        except unreadable as err:
             failures[name] = str(err).splitlines()[0]
     for name in board.ensemble_names():
-        config = EnsembleRun(name).read_params().get("config")
-        path = Path(config) if config else None
-        if path is not None and not path.is_absolute() and not path.is_file():
-            path = paths.REPO_ROOT / path
-        if path is None or not path.is_file():
-            failures[name] = f"its config {config} is not found"
-            continue
         try:
+            config = EnsembleRun(name).read_params().get("config")
+            path = Path(config) if config else None
+            if path is not None and not path.is_absolute() and not path.is_file():
+                path = paths.REPO_ROOT / path
+            if path is None or not path.is_file():
+                failures[name] = f"its config {config} is not found"
+                continue
             written[name] = detection_report.write_page(str(path), None)
-        except CxrdetError as err:
+        except unreadable as err:
             failures[name] = str(err).splitlines()[0]
     index = board.write_index(leaderboard(test_labels), failures=failures)
     return index, written, failures

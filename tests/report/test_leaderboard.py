@@ -160,3 +160,23 @@ def test_an_experiments_row_and_the_index_page(tiny_run: dict[str, Any], monkeyp
     links = re.findall(r'href="([^"]+)"', page)
     assert f"{experiment}/report/index.html" in links
     assert all((index.parent / link).is_file() for link in links)
+
+
+def test_a_folder_that_cannot_be_read_is_a_row_saying_why() -> None:
+    run = _run_with_config()
+    run.config_path.write_text("model = dict(type=\n")  # a hand-edited config cut short
+    broken = paths.ensemble_dir("half_written") / "params.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"scores": ')
+    result = CliRunner().invoke(app, ["runs", "--json"])
+    assert result.exit_code == 0, result.output
+    board = json.loads(result.output)
+    (row,) = board["experiments"]
+    assert row["experiment"] == run.experiment and row["status"].startswith("unreadable: ")
+    (ens,) = board["ensembles"]
+    assert ens["ensemble"] == "half_written" and ens["tuned"].startswith("unreadable: ")
+    # report --all lists what it could not write and still writes the index page.
+    result = CliRunner().invoke(app, ["report", "--all"])
+    assert result.exit_code == 0, result.output
+    assert "warning: half_written: no report" in result.output
+    assert "half_written" in (paths.outputs_dir() / "index.html").read_text()

@@ -258,10 +258,21 @@ def leaderboard(score: PooledScore, task_name: TaskOf, test_labels: Path | None 
     if sort is not None and sort not in EXPERIMENT_COLUMNS and sort not in ENSEMBLE_COLUMNS:
         raise CxrdetError(f"--sort {sort!r}: expected a column, one of {', '.join(EXPERIMENT_COLUMNS)} (experiments) "
                           f"or {', '.join(ENSEMBLE_COLUMNS)} (ensembles)")
-    experiments = [experiment_row(n, score, task_name) for n in experiment_names()]
-    ensembles = [ensemble_row(n, test_labels) for n in ensemble_names()]
+    experiments = [_guarded(lambda n=n: experiment_row(n, score, task_name), "experiment", n, "status")
+                   for n in experiment_names()]
+    ensembles = [_guarded(lambda n=n: ensemble_row(n, test_labels), "ensemble", n, "tuned")
+                 for n in ensemble_names()]
     return {"experiments": sort_rows(experiments, sort if sort in EXPERIMENT_COLUMNS else "oof", ascending),
             "ensembles": sort_rows(ensembles, sort if sort in ENSEMBLE_COLUMNS else "honest", ascending)}
+
+
+def _guarded(make: Callable[[], dict[str, Any]], key: str, name: str, column: str) -> dict[str, Any]:
+    """`make()`, or for a folder whose files cannot be read (a hand-edited config, a truncated JSON file) a row that
+    says why in `column`, so that one broken folder does not hide the others."""
+    try:
+        return make()
+    except (CxrdetError, ValueError, OSError) as err:
+        return {key: name, column: f"unreadable: {str(err).splitlines()[0]}", "error": str(err)}
 
 
 def sort_rows(rows: list[dict[str, Any]], column: str, ascending: bool = False) -> list[dict[str, Any]]:
