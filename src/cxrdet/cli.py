@@ -588,10 +588,9 @@ def fold_ids_command(config: ConfigArg, cfg_options: CfgOptions = None) -> None:
 
 def _fold_ids(cfg: Any) -> list[int]:
     """The folds of a config's fold file (data.folds), ascending."""
-    from cxrdet import paths
-    from cxrdet.data.folds import read_folds
+    from cxrdet.data.folds import fold_ids
 
-    return sorted(set(read_folds(paths.folds_file(cfg["data"]["folds"]))["fold"].tolist()))
+    return fold_ids(cfg["data"]["folds"])
 
 
 def _chosen_folds(cfg: Any, folds: list[int] | None, all_folds: bool) -> list[int]:

@@ -180,3 +180,14 @@ def test_a_folder_that_cannot_be_read_is_a_row_saying_why() -> None:
     assert result.exit_code == 0, result.output
     assert "warning: half_written: no report" in result.output
     assert "half_written" in (paths.outputs_dir() / "index.html").read_text()
+
+
+def test_the_expected_folds_come_from_the_fold_file_by_path_or_by_name() -> None:
+    from cxrdet.report.leaderboard import _expected_folds
+
+    folds = paths.outputs_dir() / "folds" / "k3.csv"
+    write_csv(folds, pd.DataFrame({"image_id": ["a", "b", "c", "d"], "patient_id": ["a", "b", "c", "d"],
+                                   "fold": [0, 1, 2, 0]}))
+    assert _expected_folds({"data": {"folds": str(folds)}}) == [0, 1, 2]
+    assert _expected_folds({"data": {"folds": "k3"}}) == [0, 1, 2]  # a name, as configs give it
+    assert _expected_folds({"data": {"folds": "missing"}}) == []

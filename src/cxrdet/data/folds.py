@@ -318,6 +318,17 @@ def write_folds(df: pd.DataFrame, path: str | Path) -> Path:
     return write_csv(path, out)
 
 
+def fold_ids(folds: str | Path) -> list[int]:
+    """The folds of a config's `data.folds` (a fold file's path or name, `cxrdet.paths.folds_file`), ascending.
+
+    Raises:
+        TableError: The fold file is missing or invalid (`read_folds`).
+    """
+    from cxrdet import paths
+
+    return sorted(set(read_folds(paths.folds_file(folds))["fold"].tolist()))
+
+
 def read_folds(path: str | Path) -> pd.DataFrame:
     """Read and validate a fold table.
 

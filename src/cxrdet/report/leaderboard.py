@@ -63,12 +63,12 @@ def _signature(files: Sequence[Path]) -> list[list[Any]]:
     return out
 
 
-def _fold_count(cfg: Mapping[str, Any]) -> list[int]:
-    """The folds of a run's fold file (empty when it cannot be read)."""
-    from cxrdet.data.folds import read_folds
+def _expected_folds(cfg: Mapping[str, Any]) -> list[int]:
+    """The folds of a run's fold file (empty when it cannot be read: the folds trained are then all there is)."""
+    from cxrdet.data.folds import fold_ids
 
     try:
-        return sorted(int(k) for k in read_folds(cfg["data"]["folds"])["fold"].unique())
+        return fold_ids(cfg["data"]["folds"])
     except (CxrdetError, KeyError, OSError, ValueError):
         return []
 
@@ -150,7 +150,7 @@ def experiment_row(name: str, score: PooledScore, task_name: TaskOf) -> dict[str
             "wall_s": _wall(run, stages, done),
             "error": run.status().get("error"),
         }
-    expected = _fold_count(cfg) if cfg is not None else []
+    expected = _expected_folds(cfg) if cfg is not None else []
     finished = [k for k, f in per_fold.items() if f["state"] == "finished"]
     metric, oof, why = pooled_oof(experiment, runs, score)
     bests = [f["best"] for f in per_fold.values() if f["best"] is not None and not math.isnan(f["best"])]
