@@ -135,12 +135,13 @@ def experiment_row(name: str, score: PooledScore, task_name: TaskOf) -> dict[str
     """One experiment's leaderboard row (keys `EXPERIMENT_COLUMNS`, plus `per_fold` details and `report`)."""
     experiment = Experiment(name)
     runs = experiment.runs(split=None)
-    cfg = next((r.config() for r in runs if r.has_config()), None)
+    configs = {r.fold: r.config() for r in runs if r.has_config()}  # each run's written config, read once
+    cfg = next(iter(configs.values()), None)
     per_fold: dict[int, dict[str, Any]] = {}
     for run in runs:
-        if not run.has_config():
+        if run.fold not in configs:
             continue
-        stages = resolve_stages(run.config())
+        stages = resolve_stages(configs[run.fold])
         done = [run.done(st) for st in stages]
         final = done[-1] or {}
         per_fold[run.fold] = {
