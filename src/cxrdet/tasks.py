@@ -19,11 +19,11 @@ from typing import Any
 
 import pandas as pd
 
+from cxrdet import paths
 from cxrdet.data.classify import ClassificationDataModule
 from cxrdet.data.datamodule import DetectionDataModule
 from cxrdet.deploy import export as exporting
 from cxrdet.deploy import infer as inferring
-from cxrdet import paths
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.models.lit_base import LitBase
 from cxrdet.models.lit_classifier import LitClassifier, probabilities_frame

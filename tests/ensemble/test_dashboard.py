@@ -24,9 +24,9 @@ def _get(url: str) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
-def _dashboard(config: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+def _dashboard(config: Path) -> tuple[subprocess.Popen[str], str]:
     """Start `cxrdet dashboard CONFIG --port 0` and return it with its base URL (from the line it prints)."""
-    proc = subprocess.Popen([sys.executable, "-m", "cxrdet", "dashboard", str(config), "--port", "0", *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "cxrdet", "dashboard", str(config), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -77,3 +77,18 @@ def test_an_unknown_ensemble_config_is_an_error(tmp_path: Path) -> None:
 def test_loopback_addresses() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10")
+
+
+def test_a_busy_port_is_an_error_naming_it(tmp_path: Path) -> None:
+    import socket
+
+    from cxrdet.ensemble.dashboard import make_dashboard
+    from cxrdet.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        expected = rf"dashboard: cannot listen on 127\.0\.0\.1:{port} .*expected a free port"
+        with pytest.raises(ConfigError, match=expected):
+            make_dashboard(f"sqlite:///{tmp_path / 'study.db'}", "127.0.0.1", port)

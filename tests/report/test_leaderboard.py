@@ -191,3 +191,11 @@ def test_the_expected_folds_come_from_the_fold_file_by_path_or_by_name() -> None
     assert _expected_folds({"data": {"folds": str(folds)}}) == [0, 1, 2]
     assert _expected_folds({"data": {"folds": "k3"}}) == [0, 1, 2]  # a name, as configs give it
     assert _expected_folds({"data": {"folds": "missing"}}) == []
+
+
+def test_report_needs_a_name_or_all_but_not_both() -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["report"])
+    assert result.exit_code == 1 and "name an experiment or a tuned ensemble, or pass --all" in result.output
+    result = runner.invoke(app, ["report", "some_experiment", "--all"])
+    assert result.exit_code == 1 and "give no NAME and no --out" in result.output
